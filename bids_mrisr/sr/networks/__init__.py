@@ -1,0 +1,1 @@
+"""bids_mrisr.sr.networks."""
