@@ -78,8 +78,9 @@ def test_ddim_oracle_recovers_x0(steps: int) -> None:
 
 def test_ddim_oracle_stochastic_also_recovers_x0() -> None:
     x0 = torch.randn(2, 1, 5, 5, generator=torch.Generator().manual_seed(1))
-    out = ddim_sample(_oracle(x0), x0.shape, steps=10, eta=1.0,
-                      generator=torch.Generator().manual_seed(2))
+    out = ddim_sample(
+        _oracle(x0), x0.shape, steps=10, eta=1.0, generator=torch.Generator().manual_seed(2)
+    )
     torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
 
 
@@ -92,8 +93,9 @@ def test_determinism_and_seeds() -> None:
     shape = (2, 1, 8, 8)
 
     def run(seed: int, eta: float) -> torch.Tensor:
-        return ddim_sample(_toy_model, shape, steps=8, eta=eta,
-                           generator=torch.Generator().manual_seed(seed))
+        return ddim_sample(
+            _toy_model, shape, steps=8, eta=eta, generator=torch.Generator().manual_seed(seed)
+        )
 
     assert torch.equal(run(0, 0.0), run(0, 0.0))
     assert torch.equal(run(3, 1.0), run(3, 1.0))
@@ -101,10 +103,12 @@ def test_determinism_and_seeds() -> None:
     # Same start noise, eta differs: the stochastic path moves the result.
     x_T = randn(shape, torch.Generator().manual_seed(5))
     a = ddim_sample(_toy_model, steps=8, eta=0.0, x_T=x_T)
-    b = ddim_sample(_toy_model, steps=8, eta=1.0, x_T=x_T,
-                    generator=torch.Generator().manual_seed(6))
-    c = ddim_sample(_toy_model, steps=8, eta=1.0, x_T=x_T,
-                    generator=torch.Generator().manual_seed(7))
+    b = ddim_sample(
+        _toy_model, steps=8, eta=1.0, x_T=x_T, generator=torch.Generator().manual_seed(6)
+    )
+    c = ddim_sample(
+        _toy_model, steps=8, eta=1.0, x_T=x_T, generator=torch.Generator().manual_seed(7)
+    )
     assert not torch.allclose(a, b) and not torch.allclose(b, c)
 
 

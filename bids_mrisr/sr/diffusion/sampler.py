@@ -125,7 +125,13 @@ def ddim_sample(
         v = model_fn(x, tt).to(torch.float32)
         noise = randn(x.shape, generator, x.device) if eta > 0 and t_prev >= 0 else None
         x, x0 = ddim_step(
-            x, t, t_prev, v, eta=eta if t_prev >= 0 else 0.0, noise=noise, clip_x0=clip_x0,
+            x,
+            t,
+            t_prev,
+            v,
+            eta=eta if t_prev >= 0 else 0.0,
+            noise=noise,
+            clip_x0=clip_x0,
             schedule=sched,
         )
         if callback is not None:

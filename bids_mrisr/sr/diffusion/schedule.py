@@ -89,7 +89,10 @@ def _coefs(abar: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def q_sample(
-    x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor, schedule: NoiseSchedule | None = None
+    x0: torch.Tensor,
+    t: torch.Tensor | int,
+    noise: torch.Tensor,
+    schedule: NoiseSchedule | None = None,
 ) -> torch.Tensor:
     """Noisy sample ``x_t`` from clean ``x0`` and Gaussian ``noise`` at timestep(s) ``t``."""
     ab = (schedule or NoiseSchedule()).alpha_bar(torch.as_tensor(t, device=x0.device))
@@ -103,7 +106,10 @@ def v_from_x0_eps(x0: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> to
 
 
 def v_target(
-    x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int, schedule: NoiseSchedule | None = None
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor | int,
+    schedule: NoiseSchedule | None = None,
 ) -> torch.Tensor:
     """Training target of a v-prediction model."""
     ab = (schedule or NoiseSchedule()).alpha_bar(torch.as_tensor(t, device=x0.device))
