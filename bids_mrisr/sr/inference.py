@@ -1,0 +1,420 @@
+"""Volume-to-volume 2.5D diffusion inference: planes, batches, tiles, fusion, uncertainty.
+
+``run_model`` loads a checkpoint and calls :func:`run_loaded`, which works with any network that
+follows the ``bids_mrisr.sr.networks`` call contract (``route(cond)`` and
+``model(x_t, cond, t, gates=, active_experts=)`` returning a v prediction), so tests can drive it
+with stand-ins.
+
+For every plane the volume is cut into slices; each slice is conditioned on its 2m+1 neighbours
+(edge-replicated), the residual over the cubic estimate is sampled by DDIM from seeded noise, and
+``centre + residual / residual_scale`` is added into one float32 accumulator shared by the planes
+(no per-plane copies of the volume). Noise comes from one generator per (seed, plane, slice,
+sample), so batching and tiling do not change which noise a slice sees.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bids_mrisr.sr import device as devices
+from bids_mrisr.sr import slicing
+from bids_mrisr.sr.diffusion.sampler import ddim_sample, randn
+from bids_mrisr.sr.engine import SRError, SROptions, SRResult
+
+DEFAULT_STEPS = {"teacher": 20, "student": 2}
+EXTRA_DRAW_ETA = 1.0
+"""eta used for N > 1 draws when the user left eta at 0: all N draws then share one stochastic
+sampler (DDPM-like noise at every step), so their mean and spread describe one distribution."""
+DEFAULT_CPU_BUDGET_GB = 2.0
+"""Activation budget used to pick a batch size on the CPU when no --mem limit is given."""
+MIN_TILE = 32
+
+
+TILE_OVERLAP = 16
+"""Width of the blended strip between neighbouring tile cores."""
+MIN_HALO = 16
+"""Context each tile's network call sees beyond its core (in px, rounded up to the patch grid)."""
+
+
+@dataclass
+class _Plan:
+    batch_size: int
+    tile: int | None = None
+    overlap: int = TILE_OVERLAP
+    halo: int = 0
+    align: int = 1
+
+
+def _grid_align(config: Any) -> int:
+    """Tiles start on the coarsest token grid so the router sees the same patches."""
+    if config.kind == "teacher":
+        return int(max(getattr(config, "patch_sizes", (16,))))
+    return 2 ** max(0, len(getattr(config, "channel_mults", (1,))) - 1)
+
+
+def _with_tiles(plan: _Plan, config: Any, core: int) -> _Plan:
+    align = _grid_align(config)
+    plan.align = align
+    plan.halo = -(-MIN_HALO // align) * align
+    plan.tile = max(MIN_TILE, core // align * align)
+    plan.overlap = min(TILE_OVERLAP, plan.tile // 2)
+    return plan
+
+
+def run_model(
+    volume: np.ndarray, options: SROptions, progress: Callable[[int, int], None] | None = None
+) -> SRResult:
+    """Super-resolve with the checkpoint in ``options.weights`` (never with random weights)."""
+    if options.weights is None:
+        raise SRError(
+            f"no trained weights are available for the {options.method} model yet; "
+            "pass --weights DIR pointing at a bids_mrisr checkpoint"
+        )
+    from bids_mrisr.sr.checkpoint import load_checkpoint  # its errors are SRErrors already
+
+    device = devices.resolve_device(options.device)
+    try:
+        ckpt = load_checkpoint(options.weights, device)
+    except OSError as exc:
+        raise SRError(f"cannot read weights from {options.weights}: {exc}") from exc
+    if ckpt.config.kind != options.method:
+        raise SRError(
+            f"the checkpoint in {options.weights} holds a {ckpt.config.kind} model but "
+            f"--method {options.method} was requested"
+        )
+    prov = dict(ckpt.provenance or {})
+    name = prov.get("name") or prov.get("model_name") or Path(ckpt.path).name or ckpt.config.kind
+    result = run_loaded(
+        volume,
+        ckpt.model,
+        ckpt.config,
+        options,
+        device=device,
+        sha256=ckpt.sha256,
+        model_name=str(name),
+        default_steps=_provenance_steps(prov),
+        progress=progress,
+    )
+    if "trained" in prov:
+        result.info["WeightsTrained"] = bool(prov["trained"])
+    return result
+
+
+def _provenance_steps(prov: dict[str, Any]) -> int | None:
+    for key in ("sampling_steps", "SamplingSteps", "steps", "distilled_steps"):
+        val = prov.get(key)
+        if isinstance(val, int) and val > 0:
+            return val
+    return None
+
+
+def _seed_for(seed: int, plane: str, index: int, sample: int) -> int:
+    """Independent, order-free stream for one (plane, slice, sample)."""
+    ss = np.random.SeedSequence([seed & 0xFFFFFFFF, slicing.PLANE_IDS[plane], index, sample])
+    return int(ss.generate_state(1, dtype=np.uint64)[0] & 0x7FFFFFFFFFFFFFFF)
+
+
+def activation_bytes_per_pixel(config: Any) -> int:
+    """Rough peak activation bytes per in-plane pixel of one slice (a planning heuristic).
+
+    U-Net: the skip tensors of every level plus a few working tensors, at 1/4 the pixels per
+    level down; experts run one after another. Router: token features and windowed attention.
+    A factor 2 covers allocator slack and the conv workspace.
+    """
+    base = getattr(config, "base_width", 8)
+    mults = getattr(config, "channel_mults", (1, 2, 2, 4))
+    rb = getattr(config, "num_res_blocks", 1)
+    ch = sum(base * mu * (rb + 7) / 4**lvl for lvl, mu in enumerate(mults))
+    ch += 3 * config.in_condition_channels + 8
+    if config.kind == "teacher":
+        ps = getattr(config, "patch_sizes", (16, 8, 4))
+        emb = getattr(config, "embed_dim", 64)
+        tokens_pp = sum(1.0 / p**2 for p in ps)
+        ch += tokens_pp * emb * 12 + 2 * config.num_experts
+        win = getattr(config, "window_size", 4)
+        if win > 0:
+            n_tok = sum((win * ps[0] // p) ** 2 for p in ps)
+            ch += n_tok * n_tok * getattr(config, "num_heads", 4) / (win * ps[0]) ** 2
+    return int(4 * ch * 2)
+
+
+def plan_memory(
+    config: Any,
+    shape: tuple[int, int, int],
+    volume_shape: tuple[int, ...],
+    options: SROptions,
+    device: torch.device,
+    param_bytes: int,
+) -> _Plan:
+    """Pick slices per batch and (under a memory budget) an in-plane tile size."""
+    num, h, w = shape
+    bpp = activation_bytes_per_pixel(config)
+    if options.max_memory_gb is not None:
+        k = config.num_experts if config.kind == "teacher" else 0
+        n_vol = 2 + k + (1 if options.num_samples > 1 else 0)  # input, sum, gates, std
+        fixed = 4 * int(np.prod(volume_shape)) * n_vol + param_bytes + 300 * 2**20  # + runtime
+        budget = options.max_memory_gb * 1e9 - fixed
+        smallest = bpp * (MIN_TILE + 2 * MIN_HALO) ** 2
+        if budget < smallest:
+            need = (fixed + smallest) / 1e9
+            raise SRError(
+                f"memory budget {options.max_memory_gb} GB is too small for this volume "
+                f"(needs at least {need:.2f} GB)"
+            )
+    else:
+        free = devices.free_memory_bytes(device)
+        budget = 0.5 * free if free is not None else DEFAULT_CPU_BUDGET_GB * 1e9
+    px = max(1, int(budget // bpp))
+    if options.batch_size is not None:
+        if options.batch_size < 1:
+            raise SRError(f"batch size must be >= 1, got {options.batch_size}")
+        batch = options.batch_size
+    else:
+        batch = int(max(1, min(num, px // (h * w))))
+    plan = _Plan(batch)
+    if options.max_memory_gb is not None and batch * h * w > px:
+        halo = -(-MIN_HALO // _grid_align(config)) * _grid_align(config)
+        _with_tiles(plan, config, int(math.sqrt(px / batch)) - 2 * halo)
+    return plan
+
+
+def run_loaded(
+    volume: np.ndarray,
+    model: torch.nn.Module,
+    config: Any,
+    options: SROptions,
+    *,
+    device: torch.device | None = None,
+    sha256: str = "",
+    model_name: str = "",
+    default_steps: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    tile: int | None = None,
+) -> SRResult:
+    """The engine proper, for an already loaded network (see module docstring).
+
+    ``tile`` forces an in-plane tile size (tests, expert use); normally the memory budget
+    (``options.max_memory_gb``) decides.
+    """
+    volume = np.ascontiguousarray(volume, dtype=np.float32)
+    if volume.ndim != 3:
+        raise SRError(f"super-resolution expects a 3D volume, got shape {volume.shape}")
+    planes = tuple(options.planes)
+    bad = [p for p in planes if p not in slicing.PLANE_AXES]
+    if not planes or bad or len(set(planes)) != len(planes):
+        raise SRError(f"planes must be distinct names among {sorted(slicing.PLANE_AXES)}")
+    if options.num_samples < 1:
+        raise SRError("num_samples must be >= 1")
+    if options.eta < 0:
+        raise SRError("eta must be >= 0")
+    device = device or devices.resolve_device(options.device)
+    steps = options.steps or default_steps or DEFAULT_STEPS.get(config.kind, 20)
+    if steps < 1:
+        raise SRError(f"steps must be >= 1, got {steps}")
+    n = options.num_samples
+    eta = options.eta if (n == 1 or options.eta > 0) else EXTRA_DRAW_ETA
+    teacher = config.kind == "teacher"
+    k = config.num_experts if teacher else 0
+    m = config.context_slices
+    scale = float(config.residual_scale)
+
+    model.eval()
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    out = np.zeros_like(volume)
+    unc = np.zeros_like(volume) if n > 1 else None
+    gates_acc = np.zeros((k, *volume.shape), np.float32) if teacher else None
+    vol_t = torch.from_numpy(volume)
+
+    plans = {}
+    for p in planes:
+        planar_shape = tuple(np.moveaxis(volume, slicing.PLANE_AXES[p], 0).shape)
+        plans[p] = plan_memory(config, planar_shape, volume.shape, options, device, param_bytes)
+        if tile is not None:
+            _with_tiles(plans[p], config, tile)
+    total = (
+        sum(
+            len(slicing.batches(volume.shape[slicing.PLANE_AXES[p]], plans[p].batch_size))
+            for p in planes
+        )
+        * n
+        * steps
+    )
+    done = 0
+    stats = {"skipped": 0, "evaluated": 0}
+
+    def tick(*_: Any) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    with devices.cpu_threads(options.threads if device.type == "cpu" else None) as nthreads:
+        with torch.inference_mode():
+            for p in planes:
+                axis = slicing.PLANE_AXES[p]
+                planar = vol_t.movedim(axis, 0)
+                plan = plans[p]
+                for sl in slicing.batches(planar.shape[0], plan.batch_size):
+                    cond = slicing.condition_stack(planar, sl, m).to(device)
+                    res, std, gates = _sample_batch(
+                        model, cond, sl, p, plan, options, steps, eta, n, k, device, stats, tick
+                    )
+                    centre = planar[sl.start : sl.stop].numpy()
+                    np.moveaxis(out, axis, 0)[sl.start : sl.stop] += centre + res / scale
+                    if unc is not None and std is not None:
+                        np.moveaxis(unc, axis, 0)[sl.start : sl.stop] += std / scale
+                    if gates_acc is not None and gates is not None:
+                        g_view = np.moveaxis(gates_acc, axis + 1, 1)
+                        g_view[:, sl.start : sl.stop] += gates.transpose(1, 0, 2, 3)
+    inv = np.float32(1.0 / len(planes))
+    out *= inv
+    if unc is not None:
+        unc *= inv
+    if gates_acc is not None:
+        gsum = gates_acc.sum(axis=0)
+        np.maximum(gsum, np.float32(1e-12), out=gsum)
+        gates_acc /= gsum[None]
+        del gsum
+    info: dict[str, Any] = {
+        "Model": config.kind,
+        "ModelName": model_name,
+        "WeightsSHA256": sha256,
+        "SamplingSteps": steps,
+        "Sampler": "DDIM",
+        "Eta": eta,
+        "NumSamples": n,
+        "Seed": options.seed,
+        "Device": str(device),
+        "Precision": devices.precision_name(device),
+        "Planes": list(planes),
+        "PlaneFusion": "mean" if len(planes) > 1 else "none",
+        "ContextSlices": m,
+        "ResidualScale": scale,
+        "BatchSize": {p: plans[p].batch_size for p in planes},
+        "TileSize": {p: plans[p].tile for p in planes},
+        "TileHalo": {p: plans[p].halo if plans[p].tile else None for p in planes},
+        "ExpertEvaluations": stats["evaluated"],
+        "SkippedExpertEvaluations": stats["skipped"],
+        "GateSkipThreshold": options.gate_skip_threshold,
+        "Threads": nthreads if device.type == "cpu" else None,
+    }
+    if n > 1:
+        info["UncertaintyMeasure"] = "voxel-wise standard deviation over draws (ddof=1)"
+    return SRResult(
+        image=out,
+        gates=gates_acc,
+        expert_names=list(getattr(config, "expert_names", ())) if teacher else [],
+        uncertainty=unc,
+        info=info,
+    )
+
+
+def _active(gates: torch.Tensor, k: int, threshold: float) -> tuple[list[int] | None, int]:
+    """Experts worth running on this batch/tile (max gate >= threshold) and the skip count."""
+    peak = gates.amax(dim=(0, 2, 3))
+    keep = [i for i in range(k) if float(peak[i]) >= threshold]
+    if not keep:
+        keep = [int(peak.argmax())]
+    return (None if len(keep) == k else keep), k - len(keep)
+
+
+def _effective(gates: torch.Tensor, active: list[int] | None) -> torch.Tensor:
+    """Gates as actually applied: skipped experts zeroed, the rest renormalised."""
+    if active is None:
+        return gates
+    mask = torch.zeros(gates.shape[1], device=gates.device, dtype=gates.dtype)
+    mask[active] = 1
+    g = gates * mask.view(1, -1, 1, 1)
+    return g / g.sum(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+def _sample_batch(
+    model: torch.nn.Module,
+    cond: torch.Tensor,
+    sl: range,
+    plane: str,
+    plan: _Plan,
+    options: SROptions,
+    steps: int,
+    eta: float,
+    n: int,
+    k: int,
+    device: torch.device,
+    stats: dict[str, int],
+    tick: Callable[..., None],
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Residual mean (and std over draws) plus fused gates for one batch of slices."""
+    b, _, h, w = cond.shape
+    tiles = slicing.plan_tiles(h, w, plan.tile, plan.overlap, plan.halo, plan.align)
+    ac = devices.autocast(device)
+    full = (slice(None), slice(None))
+    regions = (
+        [(full, full, full, None)]
+        if tiles is None
+        else [(t.window, t.core, t.inner, t.weight.to(device)) for t in tiles]
+    )
+    # Route once per batch/tile: gates depend on the condition only.
+    per_region: list[tuple[torch.Tensor | None, list[int] | None, int]] = []
+    gate_map = torch.zeros((b, k, h, w), device=device) if k else None
+    for (wy, wx), (cy, cx), (iy, ix), wt in regions:
+        g = None
+        active, skipped = None, 0
+        if k:
+            with ac:
+                g = model.route(cond[:, :, wy, wx]).float()
+            active, skipped = _active(g[:, :, iy, ix], k, options.gate_skip_threshold)
+            eff = _effective(g[:, :, iy, ix], active)
+            gate_map[:, :, cy, cx] += eff if wt is None else eff * wt
+        per_region.append((g, active, skipped))
+    wsum = None
+    if tiles is not None:
+        wsum = torch.zeros((h, w), device=device)
+        for _, (cy, cx), _, wt in regions:
+            wsum[cy, cx] += wt
+        if gate_map is not None:
+            gate_map /= wsum
+
+    def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if tiles is None:
+            g, active, skipped = per_region[0]
+            stats["skipped"] += b * skipped
+            stats["evaluated"] += b * (k - skipped)
+            with ac:
+                return model(x_t, cond, t, gates=g, active_experts=active).float()
+        v = torch.zeros_like(x_t)
+        for ((wy, wx), (cy, cx), (iy, ix), wt), (g, active, skipped) in zip(
+            regions, per_region, strict=True
+        ):
+            stats["skipped"] += b * skipped
+            stats["evaluated"] += b * (k - skipped)
+            with ac:
+                vt = model(x_t[:, :, wy, wx], cond[:, :, wy, wx], t, gates=g, active_experts=active)
+            v[:, :, cy, cx] += vt[:, :, iy, ix].float() * wt
+        return v / wsum
+
+    draws = []
+    for s in range(n):
+        gens = [torch.Generator().manual_seed(_seed_for(options.seed, plane, i, s)) for i in sl]
+        x_T = randn((b, 1, h, w), gens, device)
+        x0 = ddim_sample(
+            model_fn,
+            steps=steps,
+            eta=eta,
+            generator=gens,
+            x_T=x_T,
+            device=device,
+            callback=tick,
+        )
+        draws.append(x0[:, 0].float().cpu())
+    stack = torch.stack(draws)
+    mean = stack.mean(dim=0).numpy()
+    std = stack.std(dim=0, unbiased=True).numpy() if n > 1 else None
+    gates = gate_map.cpu().numpy() if gate_map is not None else None
+    return mean, std, gates
