@@ -1,0 +1,202 @@
+"""BIDS-Derivatives: output names, sidecars, dataset_description.json; all writes atomic.
+
+Output names (documented in docs/outputs.md) keep every entity of the input run and add
+``res-<label>`` (the isotropic target grid) and ``desc-<label>``:
+
+=====================  ===================================================  =================
+what                   name                                                 when
+=====================  ===================================================  =================
+super-resolved volume  ``<run>_res-<r>_desc-sr_<T1w|T2w>.nii.gz``           always
+uncertainty (SD)       ``<run>_res-<r>_desc-srstd_<T1w|T2w>.nii.gz``        --num-samples > 1
+gating maps (4D, K)    ``<run>_res-<r>_desc-<T1w|T2w>gates_probseg.nii.gz``  teacher
+=====================  ===================================================  =================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from bids_mrisr import __version__
+from bids_mrisr.image.io import atomic_write_bytes
+
+BIDS_VERSION = "1.10.0"
+RAW_LINK = "raw"
+DESC_SR = "sr"
+DESC_STD = "srstd"
+LOG_DIRNAME = "log"
+
+
+def resolution_label(resolution_mm: float) -> str:
+    """``1.0 -> '1mm'``, ``0.7 -> '0p7mm'``: BIDS labels are alphanumeric."""
+    text = f"{resolution_mm:.3f}".rstrip("0").rstrip(".")
+    return text.replace(".", "p") + "mm"
+
+
+def output_name(stem: str, resolution_mm: float, desc: str, suffix: str,
+                extension: str = ".nii.gz") -> str:
+    return f"{stem}_res-{resolution_label(resolution_mm)}_desc-{desc}_{suffix}{extension}"
+
+
+def gates_desc(suffix: str) -> str:
+    """Gating maps of a T1w and a T2w run of one session must not share a name."""
+    return f"{suffix}gates"
+
+
+def subject_anat_dir(output_dir: Path, entities: dict[str, str]) -> Path:
+    path = output_dir / f"sub-{entities['subject']}"
+    if "session" in entities:
+        path = path / f"ses-{entities['session']}"
+    return path / "anat"
+
+
+def bids_uri(relpath: str, dataset: str = RAW_LINK) -> str:
+    return f"bids:{dataset}:{relpath}"
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    atomic_write_bytes(Path(path), (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode())
+    return Path(path)
+
+
+def container_info() -> dict[str, str] | None:
+    """Container type and tag, set by the Dockerfile / Singularity.def environment."""
+    kind = os.environ.get("BIDS_MRISR_CONTAINER_TYPE")
+    if not kind:
+        return None
+    info = {"Type": kind}
+    tag = os.environ.get("BIDS_MRISR_CONTAINER_TAG")
+    if tag:
+        info["Tag"] = tag
+    return info
+
+
+def dataset_description(bids_dir: Path) -> dict[str, Any]:
+    generated_by: dict[str, Any] = {
+        "Name": "bids_mrisr",
+        "Version": __version__,
+        "Description": "Super-resolution of T1w/T2w MRI (MoEDiff-SR teacher, distilled student)",
+    }
+    container = container_info()
+    if container:
+        generated_by["Container"] = container
+    source: dict[str, Any] = {"URL": bids_dir.resolve().as_uri()}
+    raw_description = bids_dir / "dataset_description.json"
+    try:
+        raw = json.loads(raw_description.read_text())
+    except (OSError, json.JSONDecodeError):
+        raw = {}
+    if raw.get("DatasetDOI"):
+        source["DOI"] = raw["DatasetDOI"]
+    if raw.get("Name"):
+        source["Version"] = str(raw.get("DatasetVersion", "unknown"))
+    return {
+        "Name": "bids_mrisr derivatives: super-resolved anatomical MRI",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated_by],
+        "SourceDatasets": [source],
+        "DatasetLinks": {RAW_LINK: bids_dir.resolve().as_uri()},
+    }
+
+
+README_TEXT = """# bids_mrisr derivatives
+
+Super-resolved T1w/T2w volumes written by bids_mrisr. Every volume has a JSON sidecar with its
+sources (BIDS URIs into the `raw` dataset named in dataset_description.json), the method, the
+model weights' sha256, sampling steps, seed and device. `sub-*/log/` holds run logs (ignored by
+the validator through .bidsignore).
+"""
+
+
+def init_derivatives_dataset(output_dir: Path, bids_dir: Path) -> None:
+    """dataset_description.json, README and .bidsignore at the root of the output dataset."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(output_dir / "dataset_description.json", dataset_description(bids_dir))
+    if not (output_dir / "README.md").exists():
+        atomic_write_bytes(output_dir / "README.md", README_TEXT.encode())
+    ignore = output_dir / ".bidsignore"
+    patterns = ["sub-*/log", "logs", "*.html", "sub-*/figures"]
+    existing = ignore.read_text().split() if ignore.exists() else []
+    merged = existing + [p for p in patterns if p not in existing]
+    if merged != existing:
+        atomic_write_bytes(ignore, ("\n".join(merged) + "\n").encode())
+
+
+def _copy_nifti(src: Path, dst: Path) -> Path:
+    """Copy via a temporary file + rename, so an interrupted run never leaves half a volume."""
+    atomic_write_bytes(dst, Path(src).read_bytes())
+    return dst
+
+
+def write_run_outputs(
+    output_dir: Path,
+    relpath: str,
+    stem: str,
+    suffix: str,
+    entities: dict[str, str],
+    resolution: float,
+    sr_file: Path,
+    info: dict[str, Any],
+    skull_stripped: bool,
+    input_voxel_size: list[float],
+    gates_file: Path | None = None,
+    std_file: Path | None = None,
+) -> list[Path]:
+    """Write the derivatives of one run (volumes and sidecars); return the written paths."""
+    anat_dir = subject_anat_dir(output_dir, entities)
+    sources = [bids_uri(relpath)]
+    res_text = f"isotropic {resolution:g} mm voxels (super-resolution target grid)"
+    model = info.get("Model", "interp")
+    common = {
+        "Resolution": res_text,
+        "SkullStripped": skull_stripped,
+        "InputVoxelSize": input_voxel_size,
+        "VoxelSize": [resolution] * 3,
+        "SoftwareName": "bids_mrisr",
+        "SoftwareVersion": __version__,
+        "SuperResolution": info,
+        "Preprocessing": [
+            "reoriented to RAS+",
+            "N4 bias-field correction (SimpleITK, shrink factor 4)",
+            "robust intensity normalisation (0.5/99.5 percentiles), inverted after SR",
+            f"cubic B-spline resampling to {resolution:g} mm",
+        ],
+    }
+    written: list[Path] = []
+    sr_path = anat_dir / output_name(stem, resolution, DESC_SR, suffix)
+    written.append(_copy_nifti(sr_file, sr_path))
+    written.append(write_json(sr_path.with_name(sr_path.name.replace(".nii.gz", ".json")), {
+        "Description": f"{suffix} super-resolved with {model} (bias-field corrected, "
+                       "on the input's intensity scale)",
+        "Sources": sources,
+        **common,
+    }))
+    sr_uri = bids_uri(sr_path.relative_to(output_dir).as_posix(), dataset="")  # this dataset
+    if std_file is not None:
+        std_path = anat_dir / output_name(stem, resolution, DESC_STD, suffix)
+        written.append(_copy_nifti(std_file, std_path))
+        written.append(write_json(std_path.with_name(std_path.name.replace(".nii.gz", ".json")), {
+            "Description": "voxel-wise standard deviation of the super-resolved intensity over "
+                           f"{info.get('NumSamples', '?')} stochastic draws (uncertainty)",
+            "Sources": sources + [sr_uri],
+            "Units": "same as the super-resolved image",
+            **common,
+        }))
+    if gates_file is not None:
+        gates_path = anat_dir / output_name(stem, resolution, gates_desc(suffix), "probseg")
+        written.append(_copy_nifti(gates_file, gates_path))
+        names = list(info.get("ExpertNames", []))
+        written.append(write_json(
+            gates_path.with_name(gates_path.name.replace(".nii.gz", ".json")), {
+                "Description": "MoEDiff-SR per-expert gating maps: the weight of each expert's "
+                               "denoiser at each voxel (volumes sum to 1)",
+                "Sources": sources + [sr_uri],
+                "SpatialReference": sr_uri,
+                "ExpertNames": names,
+                "Labels": {str(i): name for i, name in enumerate(names)},
+                **common,
+            }))
+    return written

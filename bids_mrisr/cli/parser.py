@@ -1,0 +1,247 @@
+"""The BIDS-App argument parser: ``bids_mrisr bids_dir output_dir {participant,group}``.
+
+Parsing only turns strings into values; :func:`build_settings` then merges the TOML config file,
+resolves paths and checks them, and raises :class:`UserError` with the exit code to use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from bids_mrisr import __version__
+from bids_mrisr.cli.exitcodes import ExitCode, UserError
+from bids_mrisr.config import MODELS, PLANES, Settings, merge, read_toml
+
+ANALYSIS_LEVELS = ("participant", "group")
+_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with 64 (usage) instead of 2, as the BIDS Apps spec expects."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage()
+        raise UserError(f"usage error: {message}", ExitCode.USAGE)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _device(text: str) -> str:
+    if text in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+
+
+def _mem_gb(text: str) -> float:
+    """Accept 8, 8G, 8GB, 8000M, 8000MB (as fMRIPrep does)."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([GgMm]?)[Bb]?\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a memory size such as 8G or 8000MB: {text!r}")
+    value = float(match.group(1))
+    return value / 1024 if match.group(2).lower() == "m" else value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="bids_mrisr",
+        description=(
+            "Super-resolve the T1w and T2w runs of a BIDS dataset (MoEDiff-SR teacher or its "
+            "distilled student) and write BIDS-Derivatives. Also: 'bids_mrisr train --help', "
+            "'bids_mrisr demo --help'."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, help="the root of the input BIDS dataset")
+    parser.add_argument("output_dir", type=Path, help="where the derivatives are written")
+    parser.add_argument("analysis_level", help="participant or group")
+    parser.add_argument("--version", action="version", version=f"bids_mrisr {__version__}")
+
+    filters = parser.add_argument_group("selecting data")
+    filters.add_argument(
+        "--participant-label",
+        "--participant_label",
+        dest="participant_labels",
+        nargs="+",
+        metavar="LABEL",
+        help="labels to process, with or without 'sub-', or a text file of labels",
+    )
+    filters.add_argument(
+        "--session-label",
+        "--session_label",
+        dest="session_labels",
+        nargs="+",
+        metavar="LABEL",
+        help="sessions to process, with or without 'ses-'",
+    )
+    filters.add_argument(
+        "--bids-filter-file",
+        "--bids_filter_file",
+        dest="bids_filter_file",
+        type=Path,
+        metavar="FILE",
+        help='JSON of pybids queries per suffix, e.g. {"t1w": {"acquisition": "mprage"}}',
+    )
+
+    execution = parser.add_argument_group("execution")
+    execution.add_argument("-w", "--work-dir", dest="work_dir", type=Path,
+                           help="nipype work directory; reuse it to resume (default: ./work)")
+    execution.add_argument("--nprocs", "--n-cpus", dest="nprocs", type=_positive_int,
+                           help="runs processed in parallel (default: all cores)")
+    execution.add_argument("--omp-nthreads", dest="omp_nthreads", type=_positive_int,
+                           help="threads per job for N4 and torch")
+    execution.add_argument("--mem", "--mem-gb", dest="mem_gb", type=_mem_gb,
+                           help="memory budget, e.g. 8G; the SR engine tiles to respect it")
+    execution.add_argument("--config-file", dest="config_file", type=Path,
+                           help="TOML file with any of the long options (flags win)")
+    execution.add_argument("--skip-bids-validation", "--skip_bids_validation",
+                           dest="skip_bids_validation", action="store_true", default=None,
+                           help="do not run the BIDS validator on the input")
+    execution.add_argument("-v", "--verbose", dest="verbose", action="count",
+                           help="more log output (repeat for debug)")
+
+    sr = parser.add_argument_group("super-resolution")
+    sr.add_argument("--model", choices=MODELS,
+                    help="student (fast, default), teacher (MoEDiff-SR, writes gating maps) "
+                         "or interp (cubic B-spline only)")
+    sr.add_argument("--weights", type=Path, metavar="DIR",
+                    help="checkpoint directory (default: the shipped weights)")
+    sr.add_argument("--steps", type=_positive_int, help="DDIM sampling steps")
+    sr.add_argument("--num-samples", dest="num_samples", type=_positive_int,
+                    help="stochastic draws; N > 1 also writes a voxel-wise uncertainty map")
+    sr.add_argument("--output-resolution", dest="output_resolution", type=_positive_float,
+                    metavar="MM",
+                    help="isotropic voxel size of the output (default: the finest input "
+                         "spacing, at most 1 mm)")
+    sr.add_argument("--planes", nargs="+", choices=PLANES,
+                    help="slicing planes fused into the result (fewer is faster)")
+    sr.add_argument("--device", type=_device, help="auto, cpu, cuda or cuda:N")
+    sr.add_argument("--seed", type=int, help="random seed; a fixed seed gives identical output")
+    return parser
+
+
+def strip_prefix(label: str, prefix: str) -> str:
+    return label[len(prefix):] if label.startswith(prefix) else label
+
+
+def expand_labels(values: list[str] | None, prefix: str) -> tuple[str, ...]:
+    """Labels with or without the entity prefix; a file contributes one label per token."""
+    if not values:
+        return ()
+    labels: list[str] = []
+    for value in values:
+        path = Path(value)
+        tokens = path.read_text().split() if path.is_file() else [value]
+        for token in tokens:
+            label = strip_prefix(token.strip(), prefix)
+            if not _LABEL.match(label):
+                raise UserError(f"invalid {prefix[:-1]} label {token!r}", ExitCode.USAGE)
+            if label not in labels:
+                labels.append(label)
+    return tuple(labels)
+
+
+def read_filter_file(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        filters = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: BIDS filter file not found", ExitCode.USAGE) from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err})", ExitCode.USAGE) from None
+    if not isinstance(filters, dict) or not all(isinstance(v, dict) for v in filters.values()):
+        raise UserError(
+            f'{path}: expected an object of queries per suffix, e.g. {{"t1w": {{"run": 1}}}}',
+            ExitCode.USAGE,
+        )
+    unknown = sorted(set(k.lower() for k in filters) - {"t1w", "t2w"})
+    if unknown:
+        raise UserError(f"{path}: unknown filter key(s) {unknown}; use t1w and/or t2w",
+                        ExitCode.USAGE)
+    return {key.lower(): value for key, value in filters.items()}
+
+
+def _is_within(path: Path, parent: Path) -> bool:
+    try:
+        path.resolve().relative_to(parent.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def build_settings(argv: list[str]) -> Settings:
+    """Parse ``argv`` into validated :class:`Settings` (raises UserError with an exit code)."""
+    args = build_parser().parse_args(argv)
+    if args.analysis_level not in ANALYSIS_LEVELS:
+        raise UserError(
+            f"unknown analysis level {args.analysis_level!r}; use participant or group",
+            ExitCode.UNKNOWN_LEVEL,
+        )
+    toml_values = read_toml(args.config_file) if args.config_file else {}
+    cli_values: dict[str, Any] = {
+        key: getattr(args, key)
+        for key in ("nprocs", "omp_nthreads", "mem_gb", "device", "skip_bids_validation",
+                    "model", "weights", "steps", "num_samples", "output_resolution", "seed",
+                    "verbose", "work_dir")
+    }
+    cli_values["planes"] = tuple(args.planes) if args.planes else None
+    values = merge(cli_values, toml_values)
+
+    bids_dir = args.bids_dir.expanduser().absolute()
+    output_dir = args.output_dir.expanduser().absolute()
+    work_dir = Path(values.pop("work_dir", None) or Path.cwd() / "work").expanduser().absolute()
+    if not bids_dir.is_dir():
+        raise UserError(f"{bids_dir}: input BIDS directory does not exist", ExitCode.NO_INPUT)
+    for name, path in (("output", output_dir), ("work", work_dir)):
+        if _is_within(path, bids_dir):
+            raise UserError(
+                f"{path}: the {name} directory is inside the input dataset {bids_dir}; "
+                "nothing may be written there, choose a directory outside it",
+                ExitCode.USAGE,
+            )
+    if _is_within(bids_dir, output_dir):
+        raise UserError(f"{output_dir}: the output directory contains the input dataset",
+                        ExitCode.USAGE)
+
+    labels_cli = args.participant_labels or toml_values.get("participant_labels")
+    sessions_cli = args.session_labels or toml_values.get("session_labels")
+    filter_file = args.bids_filter_file
+    values.pop("participant_labels", None)
+    values.pop("session_labels", None)
+    filters = values.pop("bids_filters", None) or {}
+    if filter_file is not None:
+        filters = read_filter_file(filter_file)
+    if values.get("weights") is not None:
+        values["weights"] = Path(values["weights"]).expanduser().absolute()
+    if "planes" in values and values["planes"] is not None:
+        values["planes"] = tuple(values["planes"])
+    values = {key: value for key, value in values.items() if value is not None}
+    try:
+        return Settings(
+            bids_dir=bids_dir,
+            output_dir=output_dir,
+            analysis_level=args.analysis_level,
+            work_dir=work_dir,
+            participant_labels=expand_labels(
+                [labels_cli] if isinstance(labels_cli, str) else labels_cli, "sub-"),
+            session_labels=expand_labels(
+                [sessions_cli] if isinstance(sessions_cli, str) else sessions_cli, "ses-"),
+            bids_filters=filters,
+            **values,
+        )
+    except TypeError as err:
+        raise UserError(f"invalid settings: {err}", ExitCode.USAGE) from None

@@ -1,0 +1,241 @@
+"""The participant level: validate, discover, check inputs, run the graph, report every run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from bids_mrisr import __version__
+from bids_mrisr.bids.derivatives import (
+    DESC_SR,
+    LOG_DIRNAME,
+    init_derivatives_dataset,
+    output_name,
+    subject_anat_dir,
+)
+from bids_mrisr.bids.inputs import input_problem
+from bids_mrisr.bids.layout import AnatRun, check_dataset_description, discover_runs
+from bids_mrisr.bids.validator import ValidatorUnavailableError, validation_errors
+from bids_mrisr.cli.exitcodes import ExitCode, UserError
+from bids_mrisr.config import Settings
+from bids_mrisr.image.io import atomic_write_bytes
+
+LOGGER = logging.getLogger("bids_mrisr")
+
+
+@dataclass
+class RunStatus:
+    run: AnatRun
+    status: str  # "ok", "bad data", "failed"
+    detail: str = ""
+
+
+def validate_input_dataset(settings: Settings) -> None:
+    check_dataset_description(settings.bids_dir)
+    if settings.skip_bids_validation:
+        LOGGER.info("skipping BIDS validation (--skip-bids-validation)")
+        return
+    try:
+        errors = validation_errors(settings.bids_dir)
+    except ValidatorUnavailableError as err:
+        raise UserError(str(err), ExitCode.FAILURE) from None
+    if errors:
+        shown = "; ".join(issue.one_line() for issue in errors[:3])
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise UserError(
+            f"{settings.bids_dir}: not valid BIDS: {shown}{more}; fix the dataset or pass "
+            "--skip-bids-validation",
+            ExitCode.INVALID_BIDS,
+        )
+    LOGGER.info("BIDS validation passed: %s", settings.bids_dir)
+
+
+def resolve_weights(settings: Settings) -> tuple[Path | None, str | None]:
+    """Check the checkpoint up front, so a bad --weights fails before any work starts."""
+    if settings.model == "interp":
+        return None, None
+    from bids_mrisr.sr.engine import SRError
+    from bids_mrisr.sr.weights import default_weights
+
+    weights = settings.weights or default_weights(settings.model)
+    if weights is None:
+        raise UserError(
+            f"no trained weights are available for the {settings.model} model yet; pass "
+            "--weights DIR pointing at a bids_mrisr checkpoint, or use --model interp",
+            ExitCode.USAGE,
+        )
+    from bids_mrisr.sr.checkpoint import load_checkpoint
+
+    try:
+        loaded = load_checkpoint(weights, device="cpu")
+    except SRError as err:
+        raise UserError(str(err), ExitCode.USAGE) from None
+    if loaded.config.kind != settings.model:
+        raise UserError(
+            f"{weights}: is a {loaded.config.kind} checkpoint but --model {settings.model} "
+            "was requested", ExitCode.USAGE)
+    return weights, loaded.sha256
+
+
+def _configure_nipype(settings: Settings) -> None:
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
+
+    crash_dir = settings.work_dir / "crash"
+    crash_dir.mkdir(parents=True, exist_ok=True)
+    level = "INFO" if settings.verbose else "WARNING"
+    nipype_config.update_config({
+        "execution": {
+            "crashdump_dir": str(crash_dir),
+            "crashfile_format": "txt",
+            "stop_on_first_crash": False,
+            "remove_unnecessary_outputs": False,
+            "create_report": False,
+            "check_version": False,
+        },
+        "logging": {"workflow_level": level, "interface_level": level, "utils_level": level,
+                    "log_to_file": False},
+        "monitoring": {"enabled": False},
+    })
+    nipype_logging.update_logging(nipype_config)
+
+
+def _crash_messages(crash_dir: Path, since: float) -> dict[str, str]:
+    """Map node full names to the last line of their traceback (for the summary)."""
+    messages: dict[str, str] = {}
+    for crash in sorted(crash_dir.glob("crash-*.txt")):
+        if crash.stat().st_mtime < since:
+            continue
+        text = crash.read_text(errors="replace")
+        node = re.search(r"^Node: (\S+)", text, re.MULTILINE)
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line)]
+        last = errors[-1] if errors else (lines[-1] if lines else "unknown error")
+        last = re.sub(r"^[\w.]*\.(\w+(Error|Exception))", r"\1", last)
+        if node:
+            messages[node.group(1)] = last
+    return messages
+
+
+def _expected_output(run: AnatRun, settings: Settings, resolution: float | None) -> Path | None:
+    anat = subject_anat_dir(settings.output_dir, run.entities)
+    if resolution:
+        return anat / output_name(run.stem, resolution, DESC_SR, run.suffix)
+    matches = sorted(anat.glob(f"{run.stem}_res-*_desc-{DESC_SR}_{run.suffix}.nii.gz"))
+    return matches[-1] if matches else None
+
+
+def run_graph(runs: list[AnatRun], settings: Settings, weights: Path | None,
+              sha256: str | None) -> list[RunStatus]:
+    from bids_mrisr.workflows.base import init_bids_mrisr_wf
+
+    _configure_nipype(settings)
+    workflow = init_bids_mrisr_wf(runs, settings, weights, sha256)
+    nprocs = settings.resolved_nprocs()
+    started = time.time()
+    plugin, plugin_args = "Linear", {}
+    if nprocs > 1 and len(runs) > 1:
+        plugin = "MultiProc"
+        plugin_args = {"n_procs": nprocs, "raise_insufficient": False}
+        if settings.mem_gb:
+            plugin_args["memory_gb"] = settings.mem_gb
+    LOGGER.info("processing %d run(s) with nipype %s (work dir %s)", len(runs), plugin,
+                settings.work_dir)
+    try:
+        workflow.run(plugin=plugin, plugin_args=plugin_args)
+    except RuntimeError as err:  # nipype: "Workflow did not execute cleanly"
+        LOGGER.debug("nipype: %s", err)
+    crashes = _crash_messages(settings.work_dir / "crash", started - 1)
+    statuses = []
+    for run in runs:
+        expected = _expected_output(run, settings, settings.output_resolution)
+        run_crashes = [msg for node, msg in crashes.items() if f".{run.label}_wf." in node]
+        if run_crashes:
+            statuses.append(RunStatus(run, "failed", run_crashes[0]))
+        elif expected is not None and expected.exists() and expected.stat().st_mtime >= started - 1:
+            statuses.append(RunStatus(run, "ok", expected.relative_to(settings.output_dir)
+                                      .as_posix()))
+        else:
+            statuses.append(RunStatus(run, "failed", "no output was written (see the work dir)"))
+    return statuses
+
+
+def print_summary(statuses: list[RunStatus]) -> None:
+    width = max([len(s.run.relpath) for s in statuses] + [5])
+    lines = ["", "Summary", f"{'input':<{width}}  {'status':<8}  detail",
+             f"{'-' * width}  {'-' * 8}  {'-' * 40}"]
+    lines += [f"{s.run.relpath:<{width}}  {s.status:<8}  {s.detail}" for s in statuses]
+    ok = sum(s.status == "ok" for s in statuses)
+    lines.append(f"{ok} of {len(statuses)} run(s) super-resolved")
+    print("\n".join(lines), flush=True)
+
+
+def write_subject_logs(statuses: list[RunStatus], settings: Settings,
+                       command_line: list[str]) -> None:
+    """A per-subject log under ``sub-<label>/log/<timestamp>/``, as NiPreps apps do."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    subjects = sorted({s.run.subject for s in statuses})
+    for subject in subjects:
+        lines = [
+            f"bids_mrisr {__version__}",
+            f"date: {datetime.now().isoformat(timespec='seconds')}",
+            f"command: {' '.join(command_line)}",
+            f"bids_dir: {settings.bids_dir}",
+            f"work_dir: {settings.work_dir}",
+            f"model: {settings.model}  device: {settings.device}  seed: {settings.seed}  "
+            f"steps: {settings.steps}  num_samples: {settings.num_samples}",
+            "",
+        ]
+        lines += [f"{s.run.relpath}\t{s.status}\t{s.detail}" for s in statuses
+                  if s.run.subject == subject]
+        log_file = (settings.output_dir / f"sub-{subject}" / LOG_DIRNAME / stamp /
+                    "bids_mrisr.log")
+        atomic_write_bytes(log_file, ("\n".join(lines) + "\n").encode())
+
+
+def run_participant(settings: Settings, command_line: list[str]) -> ExitCode:
+    validate_input_dataset(settings)
+    runs = discover_runs(settings.bids_dir, settings.participant_labels, settings.session_labels,
+                         settings.bids_filters)
+    LOGGER.info("found %d T1w/T2w run(s) in %d subject(s)", len(runs),
+                len({run.subject for run in runs}))
+    weights, sha256 = resolve_weights(settings)
+
+    statuses: list[RunStatus] = []
+    good: list[AnatRun] = []
+    for run in runs:
+        problem = input_problem(run.path)
+        if problem:
+            LOGGER.error("%s: %s", run.path, problem)
+            statuses.append(RunStatus(run, "bad data", problem))
+        else:
+            good.append(run)
+    if not good and len(statuses) == len(runs):
+        print_summary(statuses)
+        raise UserError("no usable input: every selected run is bad data", ExitCode.BAD_DATA)
+
+    try:
+        init_derivatives_dataset(settings.output_dir, settings.bids_dir)
+        settings.work_dir.mkdir(parents=True, exist_ok=True)
+    except PermissionError as err:
+        raise UserError(f"{err.filename}: cannot create ({err.strerror})",
+                        ExitCode.CANT_CREATE) from None
+    except OSError as err:
+        raise UserError(f"{err.filename}: {err.strerror}", ExitCode.IO_ERROR) from None
+
+    if settings.omp_nthreads:
+        os.environ.setdefault("OMP_NUM_THREADS", str(settings.omp_nthreads))
+    statuses += run_graph(good, settings, weights, sha256)
+    statuses.sort(key=lambda status: status.run.relpath)
+    write_subject_logs(statuses, settings, command_line)
+    print_summary(statuses)
+    failed = [s for s in statuses if s.status != "ok"]
+    for status in failed:
+        if status.status == "failed":
+            LOGGER.error("%s: %s", status.run.path, status.detail)
+    return ExitCode.FAILURE if failed else ExitCode.OK

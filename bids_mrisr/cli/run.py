@@ -1,0 +1,60 @@
+"""``bids_mrisr``: the BIDS-App entry point (exit codes in docs/usage.md).
+
+User errors print one line and exit with a documented code; a failed run never stops the others,
+and every run ends with a summary table.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from bids_mrisr.cli.exitcodes import UserError
+
+LOGGER = logging.getLogger("bids_mrisr")
+
+
+def setup_logging(verbose: int = 0) -> None:
+    level = logging.DEBUG if verbose >= 2 else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s [bids_mrisr] %(message)s", "%H:%M:%S"))
+    LOGGER.handlers[:] = [handler]
+    LOGGER.setLevel(level)
+    LOGGER.propagate = False
+
+
+def _dispatch_subcommand(argv: list[str]) -> int | None:
+    """``bids_mrisr demo ...`` and ``bids_mrisr train ...`` live beside the BIDS-App call."""
+    if not argv:
+        return None
+    if argv[0] == "demo":
+        from bids_mrisr.cli.demo import main as demo_main
+
+        return demo_main(argv[1:])
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setup_logging()
+    try:
+        code = _dispatch_subcommand(argv)
+        if code is not None:
+            return code
+        from bids_mrisr.cli.parser import build_settings
+
+        settings = build_settings(argv)
+        setup_logging(settings.verbose)
+        if settings.analysis_level == "group":
+            from bids_mrisr.cli.group import run_group
+
+            return int(run_group(settings))
+        from bids_mrisr.cli.participant import run_participant
+
+        return int(run_participant(settings, command_line=["bids_mrisr", *argv]))
+    except UserError as err:
+        LOGGER.error("error: %s", err)
+        return int(err.code)
+    except KeyboardInterrupt:
+        LOGGER.error("interrupted; rerun with the same --work-dir to resume")
+        return 130

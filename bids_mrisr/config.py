@@ -1,0 +1,105 @@
+"""One typed settings object, built once from the command line and an optional TOML file.
+
+The CLI builds :class:`Settings` at the top and passes its fields down as plain arguments;
+nothing below ``cli/`` and ``workflows/base.py`` reads configuration on its own.
+Precedence: command-line flag > TOML file (``--config-file``) > the defaults below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bids_mrisr.cli.exitcodes import ExitCode, UserError
+
+MODELS = ("student", "teacher", "interp")
+PLANES = ("axial", "coronal", "sagittal")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs to know, resolved and validated."""
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    work_dir: Path
+    participant_labels: tuple[str, ...] = ()
+    session_labels: tuple[str, ...] = ()
+    bids_filters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    nprocs: int = 0
+    omp_nthreads: int = 0
+    mem_gb: float | None = None
+    device: str = "auto"
+    skip_bids_validation: bool = False
+    model: str = "student"
+    weights: Path | None = None
+    steps: int | None = None
+    num_samples: int = 1
+    output_resolution: float | None = None
+    seed: int = 0
+    planes: tuple[str, ...] = PLANES
+    verbose: int = 0
+
+    def __post_init__(self) -> None:
+        """Values from a TOML file bypass argparse's checks, so check them here."""
+        problems = []
+        if self.model not in MODELS:
+            problems.append(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if not set(self.planes) <= set(PLANES) or not self.planes:
+            problems.append(f"planes must be among {', '.join(PLANES)}, got {self.planes!r}")
+        if self.num_samples < 1:
+            problems.append(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.output_resolution is not None and self.output_resolution <= 0:
+            problems.append(f"output_resolution must be > 0, got {self.output_resolution}")
+        if problems:
+            raise UserError("invalid settings: " + "; ".join(problems), ExitCode.USAGE)
+
+    def resolved_nprocs(self) -> int:
+        return self.nprocs if self.nprocs > 0 else (os.cpu_count() or 1)
+
+    def resolved_omp_nthreads(self) -> int:
+        """Threads per SR/N4 job: all cores unless several jobs run side by side."""
+        if self.omp_nthreads > 0:
+            return self.omp_nthreads
+        return max(1, (os.cpu_count() or 1) // max(1, min(self.resolved_nprocs(), 2)))
+
+
+# Keys accepted in a TOML config file: the long option names, with - or _.
+_TOML_KEYS = {f.name for f in dataclasses.fields(Settings)} - {
+    "bids_dir",
+    "output_dir",
+    "analysis_level",
+}
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a ``--config-file``; unknown keys are a usage error, so typos do not pass silently."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found", ExitCode.USAGE) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid TOML ({err})", ExitCode.USAGE) from None
+    settings = data.get("bids_mrisr", data)  # allow an optional [bids_mrisr] table
+    normalised = {key.replace("-", "_"): value for key, value in settings.items()}
+    unknown = sorted(set(normalised) - _TOML_KEYS)
+    if unknown:
+        raise UserError(
+            f"{path}: unknown setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(_TOML_KEYS))}",
+            ExitCode.USAGE,
+        )
+    return normalised
+
+
+def merge(cli_values: dict[str, Any], toml_values: dict[str, Any]) -> dict[str, Any]:
+    """Command-line values that were given (not None) win over TOML values."""
+    merged = dict(toml_values)
+    merged.update({key: value for key, value in cli_values.items() if value is not None})
+    return merged

@@ -1,0 +1,1 @@
+"""Pure image operations used by the preprocessing workflow (no nipype here)."""

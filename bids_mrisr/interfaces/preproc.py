@@ -1,0 +1,114 @@
+"""Thin nipype adapters around the pure preprocessing functions in :mod:`bids_mrisr.image`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from bids_mrisr.image.n4 import n4_correct
+from bids_mrisr.image.normalize import normalise_file
+from bids_mrisr.image.reorient import reorient_to_ras
+from bids_mrisr.image.resample import resample_file
+
+
+def _out_path(name: str) -> Path:
+    return Path(os.getcwd()) / name
+
+
+class _InFileSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="input volume")
+
+
+class _OutFileSpec(TraitedSpec):
+    out_file = File(exists=True, desc="output volume")
+
+
+class Reorient(SimpleInterface):
+    """Reorient to RAS+ (closest canonical)."""
+
+    input_spec = _InFileSpec
+    output_spec = _OutFileSpec
+
+    def _run_interface(self, runtime):
+        self._results["out_file"] = str(
+            reorient_to_ras(Path(self.inputs.in_file), _out_path("reoriented.nii.gz")))
+        return runtime
+
+
+class _N4InputSpec(_InFileSpec):
+    shrink_factor = traits.Int(4, usedefault=True, desc="fit on a copy shrunk by this factor")
+    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="ITK threads")
+
+
+class _N4OutputSpec(_OutFileSpec):
+    bias_field = File(exists=True, desc="estimated multiplicative bias field")
+
+
+class N4BiasCorrection(SimpleInterface):
+    """N4 through SimpleITK (there is no ANTs on Debian)."""
+
+    input_spec = _N4InputSpec
+    output_spec = _N4OutputSpec
+
+    def _run_interface(self, runtime):
+        out_file, bias = n4_correct(
+            Path(self.inputs.in_file),
+            _out_path("n4.nii.gz"),
+            bias_file=_out_path("bias_field.nii.gz"),
+            shrink_factor=self.inputs.shrink_factor,
+            threads=self.inputs.num_threads,
+        )
+        self._results["out_file"] = str(out_file)
+        self._results["bias_field"] = str(bias)
+        return runtime
+
+
+class _NormaliseOutputSpec(_OutFileSpec):
+    params_file = File(exists=True, desc="JSON with offset/scale to invert the normalisation")
+
+
+class Normalise(SimpleInterface):
+    """Robust percentile normalisation; the parameters are kept to invert it later."""
+
+    input_spec = _InFileSpec
+    output_spec = _NormaliseOutputSpec
+
+    def _run_interface(self, runtime):
+        out_file, params = normalise_file(
+            Path(self.inputs.in_file), _out_path("normalised.nii.gz"),
+            _out_path("normalisation.json"))
+        self._results["out_file"] = str(out_file)
+        self._results["params_file"] = str(params)
+        return runtime
+
+
+class _ResampleInputSpec(_InFileSpec):
+    resolution = traits.Float(desc="isotropic voxel size in mm (default: finest, <= 1 mm)")
+
+
+class _ResampleOutputSpec(_OutFileSpec):
+    resolution = traits.Float(desc="the voxel size actually used")
+
+
+class ResampleToGrid(SimpleInterface):
+    """Cubic B-spline onto the isotropic target grid."""
+
+    input_spec = _ResampleInputSpec
+    output_spec = _ResampleOutputSpec
+
+    def _run_interface(self, runtime):
+        resolution = self.inputs.resolution if isdefined(self.inputs.resolution) else None
+        out_file, used = resample_file(
+            Path(self.inputs.in_file), _out_path("target_grid.nii.gz"), resolution)
+        self._results["out_file"] = str(out_file)
+        self._results["resolution"] = used
+        return runtime
