@@ -158,8 +158,8 @@ def test_tiling_is_exact_for_local_networks() -> None:
     """The tiling machinery itself (halo, blending, gates) adds no error."""
     cfg = _cfg("teacher")
     model = LocalStandIn(cfg)
-    vol = _phantom((70, 66, 5))
-    opts = SROptions(method="teacher", steps=3, planes=("axial",))
+    vol = _phantom((70, 66, 3))
+    opts = SROptions(method="teacher", steps=2, planes=("axial",))
     whole = run_loaded(vol, model, cfg, opts)
     tiled = run_loaded(vol, model, cfg, opts, tile=32)
     assert tiled.info["TileSize"]["axial"] == 32 and whole.info["TileSize"]["axial"] is None
@@ -169,10 +169,10 @@ def test_tiling_is_exact_for_local_networks() -> None:
 
 def test_tiling_approximates_untiled_for_real_networks(tiny_models) -> None:
     """GroupNorm statistics and the router's attention are tile-dependent, so only close."""
-    vol = _phantom((70, 66, 5))
+    vol = _phantom((70, 66, 3))
     for kind in ("teacher", "student"):
         model, cfg = tiny_models[kind]
-        opts = SROptions(method=kind, steps=2, planes=("axial",))
+        opts = SROptions(method=kind, steps=1, planes=("axial",))
         whole = run_loaded(vol, model, cfg, opts)
         tiled = run_loaded(vol, model, cfg, opts, tile=32)
         resid = np.abs(whole.image - vol).mean()
