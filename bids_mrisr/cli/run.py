@@ -25,8 +25,8 @@ def setup_logging(verbose: int = 0) -> None:
 
 def _dispatch_subcommand(argv: list[str]) -> int | None:
     """``bids_mrisr demo ...`` and ``bids_mrisr train ...`` live beside the BIDS-App call."""
-    if not argv:
-        return None
+    if not argv or (len(argv) >= 3 and argv[2] in ("participant", "group")):
+        return None  # a BIDS-App call, even if the dataset folder is called "demo"
     if argv[0] == "demo":
         from bids_mrisr.cli.demo import main as demo_main
 

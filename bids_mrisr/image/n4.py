@@ -29,7 +29,8 @@ def n4_correct(
         image = image - offset
     # Otsu separates head from background; N4 fits the field inside it only.
     mask = sitk.OtsuThreshold(image, 0, 1, 200)
-    factor = max(1, int(shrink_factor))
+    # Keep at least ~8 voxels per axis after shrinking, so small volumes still fit the field.
+    factor = max(1, min(int(shrink_factor), min(image.GetSize()) // 8))
     small_image = sitk.Shrink(image, [factor] * image.GetDimension())
     small_mask = sitk.Shrink(mask, [factor] * image.GetDimension())
     corrector = sitk.N4BiasFieldCorrectionImageFilter()

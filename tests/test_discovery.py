@@ -1,0 +1,64 @@
+"""pybids discovery: suffixes, sessions, runs, entities, filters."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from bids_mrisr.bids.layout import discover_runs
+from bids_mrisr.cli.exitcodes import ExitCode, UserError
+from bids_mrisr.cli.parser import read_filter_file
+
+
+def test_finds_t1w_and_t2w_with_entities_and_ignores_flair(phantom_dataset, caplog):
+    with caplog.at_level(logging.INFO, logger="bids_mrisr"):
+        runs = discover_runs(phantom_dataset)
+    assert [run.relpath for run in runs] == [
+        "sub-01/anat/sub-01_T1w.nii.gz",
+        "sub-02/ses-a/anat/sub-02_ses-a_run-1_T1w.nii.gz",
+        "sub-02/ses-a/anat/sub-02_ses-a_run-2_T1w.nii.gz",
+        "sub-02/ses-b/anat/sub-02_ses-b_acq-fast_T2w.nii.gz",
+    ]
+    assert "FLAIR" in caplog.text
+    stems = [run.stem for run in runs]
+    assert stems == ["sub-01", "sub-02_ses-a_run-1", "sub-02_ses-a_run-2",
+                     "sub-02_ses-b_acq-fast"]
+    assert len({run.label for run in runs}) == len(runs)
+
+
+def test_participant_and_session_filters(phantom_dataset):
+    assert [r.subject for r in discover_runs(phantom_dataset, ("01",))] == ["01"]
+    runs = discover_runs(phantom_dataset, ("02",), ("b",))
+    assert [r.suffix for r in runs] == ["T2w"]
+
+
+def test_bids_filter_file(phantom_dataset, tmp_path):
+    path = tmp_path / "filters.json"
+    path.write_text(json.dumps({"t1w": {"run": 2}, "t2w": {"acquisition": "nomatch"}}))
+    runs = discover_runs(phantom_dataset, bids_filters=read_filter_file(path))
+    assert [r.relpath for r in runs] == ["sub-02/ses-a/anat/sub-02_ses-a_run-2_T1w.nii.gz"]
+
+
+def test_bad_filter_file_is_usage_error(tmp_path):
+    path = tmp_path / "filters.json"
+    path.write_text('{"bold": {}}')
+    with pytest.raises(UserError) as err:
+        read_filter_file(path)
+    assert err.value.code == ExitCode.USAGE
+
+
+def test_nothing_selected_is_18(phantom_dataset):
+    with pytest.raises(UserError) as err:
+        discover_runs(phantom_dataset, ("nosuchsubject",))
+    assert err.value.code == ExitCode.NOTHING_SELECTED
+
+
+def test_no_anatomical_runs_is_66(tmp_path):
+    from tests.conftest import make_dataset
+
+    root = make_dataset(tmp_path / "bids", {"sub-01/anat/sub-01_FLAIR.nii.gz": None})
+    with pytest.raises(UserError) as err:
+        discover_runs(root)
+    assert err.value.code == ExitCode.NO_INPUT

@@ -1,0 +1,115 @@
+"""Command-line parsing: BIDS-App positional arguments, label forms, TOML, exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bids_mrisr.cli.exitcodes import ExitCode, UserError
+from bids_mrisr.cli.parser import build_settings
+from bids_mrisr.cli.run import main
+
+
+def _settings(bids: Path, tmp_path: Path, *extra: str):
+    return build_settings([str(bids), str(tmp_path / "out"), "participant",
+                           "-w", str(tmp_path / "work"), *extra])
+
+
+def test_labels_with_and_without_prefix_and_both_spellings(phantom_dataset, tmp_path):
+    settings = _settings(phantom_dataset, tmp_path, "--participant-label", "sub-01", "02")
+    assert settings.participant_labels == ("01", "02")
+    settings = _settings(phantom_dataset, tmp_path, "--participant_label", "01")
+    assert settings.participant_labels == ("01",)
+
+
+def test_labels_from_file(phantom_dataset, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("sub-01\n02\n\n")
+    settings = _settings(phantom_dataset, tmp_path, "--participant-label", str(labels))
+    assert settings.participant_labels == ("01", "02")
+
+
+def test_session_labels_and_defaults(phantom_dataset, tmp_path):
+    settings = _settings(phantom_dataset, tmp_path, "--session-label", "ses-a")
+    assert settings.session_labels == ("a",)
+    assert settings.model == "student"
+    assert settings.planes == ("axial", "coronal", "sagittal")
+    assert settings.output_resolution is None
+
+
+def test_sr_and_execution_flags(phantom_dataset, tmp_path):
+    settings = _settings(phantom_dataset, tmp_path, "--model", "interp", "--output-resolution",
+                         "0.8", "--device", "cuda:1", "--seed", "7", "--mem", "8000MB",
+                         "--nprocs", "3", "--omp-nthreads", "2", "--num-samples", "4",
+                         "--steps", "8", "--skip-bids-validation")
+    assert settings.model == "interp"
+    assert settings.output_resolution == pytest.approx(0.8)
+    assert settings.device == "cuda:1"
+    assert settings.seed == 7
+    assert settings.mem_gb == pytest.approx(8000 / 1024)
+    assert (settings.nprocs, settings.omp_nthreads) == (3, 2)
+    assert (settings.num_samples, settings.steps) == (4, 8)
+    assert settings.skip_bids_validation is True
+
+
+def test_toml_config_file_and_flag_precedence(phantom_dataset, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('model = "interp"\nseed = 3\noutput-resolution = 0.5\n')
+    settings = _settings(phantom_dataset, tmp_path, "--config-file", str(config), "--seed", "9")
+    assert settings.model == "interp"
+    assert settings.output_resolution == pytest.approx(0.5)
+    assert settings.seed == 9  # the flag wins over the file
+
+
+def test_toml_unknown_key_is_usage_error(phantom_dataset, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text("modle = 'interp'\n")
+    with pytest.raises(UserError) as err:
+        _settings(phantom_dataset, tmp_path, "--config-file", str(config))
+    assert err.value.code == ExitCode.USAGE
+    assert "modle" in str(err.value)
+
+
+def test_toml_bad_value_is_usage_error(phantom_dataset, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text("model = 'gan'\n")
+    with pytest.raises(UserError) as err:
+        _settings(phantom_dataset, tmp_path, "--config-file", str(config))
+    assert err.value.code == ExitCode.USAGE
+
+
+def test_unknown_analysis_level_exits_17(phantom_dataset, tmp_path):
+    assert main([str(phantom_dataset), str(tmp_path / "out"), "subject"]) == 17
+
+
+def test_bad_flag_exits_64(phantom_dataset, tmp_path, capsys):
+    assert main([str(phantom_dataset), str(tmp_path / "out"), "participant", "--model", "x"]) == 64
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert "bids_mrisr" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("inside", ["derivatives/sr", "."])
+def test_output_inside_bids_dir_exits_64_and_writes_nothing(phantom_dataset, tmp_path, inside):
+    before = sorted(p.relative_to(phantom_dataset) for p in phantom_dataset.rglob("*"))
+    code = main([str(phantom_dataset), str(phantom_dataset / inside), "participant",
+                 "-w", str(tmp_path / "work"), "--model", "interp"])
+    assert code == 64
+    after = sorted(p.relative_to(phantom_dataset) for p in phantom_dataset.rglob("*"))
+    assert before == after
+
+
+def test_work_dir_inside_bids_dir_exits_64(phantom_dataset, tmp_path):
+    code = main([str(phantom_dataset), str(tmp_path / "out"), "participant",
+                 "-w", str(phantom_dataset / "work"), "--model", "interp"])
+    assert code == 64
+    assert not (phantom_dataset / "work").exists()
+
+
+def test_missing_bids_dir_exits_66(tmp_path):
+    assert main([str(tmp_path / "nope"), str(tmp_path / "out"), "participant"]) == 66
