@@ -8,6 +8,7 @@ in code defaults that could drift between the writer and the reader of a checkpo
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +98,16 @@ class ModelConfig:
     def in_condition_channels(self) -> int:
         """Channels of the condition stack: the centre slice and m neighbours on each side."""
         return 2 * self.context_slices + 1
+
+    @property
+    def tile_alignment(self) -> int:
+        """Tile origins on multiples of this see the same internal grids (U-Net pooling, router
+        patches and attention windows), so overlapping tiles agree; tile sizes that are
+        multiples of it need no internal padding."""
+        unet = self.stem * 2 ** (len(self.channel_mults) - 1)
+        if self.kind != "teacher":
+            return unet
+        return math.lcm(unet, self.patch_sizes[0] * max(self.window_size, 1))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (tuples become lists)."""

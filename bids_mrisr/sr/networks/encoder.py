@@ -1,9 +1,12 @@
 """Multi-scale transformer encoder over the condition slices (the teacher's router backbone).
 
 Tokens: patch embeddings of the condition stack at several patch sizes (default 16/8/4 px).
-Position: a depthwise 3x3 conv on each scale's token grid (conditional positional encoding) plus a
-learned per-scale embedding. This is translation-equivariant, so overlapping inference tiles see
-the same features for the same anatomy (absolute position embeddings would not).
+Position: a depthwise 3x3 conv on each scale's token grid within each window (conditional
+positional encoding) plus a learned per-scale embedding. This is translation-equivariant, so
+overlapping inference tiles see the same features for the same anatomy (absolute position
+embeddings would not), and windows never read their neighbours: a tile whose origin is on the
+window grid routes exactly like the whole slice except within ~half a coarse patch of its edges
+(the final coarse-to-fine interpolation).
 
 Attention: tokens of *all* scales that fall in the same window (``window_size`` coarsest patches
 per side, default 4 -> 64x64 px holding 16 + 64 + 256 tokens) attend to each other, so every fine
@@ -46,10 +49,10 @@ class TransformerBlock(nn.Module):
 
 
 def _to_windows(grid: Tensor, wh: int, ww: int) -> Tensor:
-    """[B, D, H, W] -> [B * nWindows, wh * ww, D] (row-major windows)."""
+    """[B, D, H, W] -> [B * nWindows, D, wh, ww] (row-major windows, each a small image)."""
     B, D, H, W = grid.shape
-    g = grid.view(B, D, H // wh, wh, W // ww, ww).permute(0, 2, 4, 3, 5, 1)
-    return g.reshape(B * (H // wh) * (W // ww), wh * ww, D)
+    g = grid.view(B, D, H // wh, wh, W // ww, ww).permute(0, 2, 4, 1, 3, 5)
+    return g.reshape(B * (H // wh) * (W // ww), D, wh, ww)
 
 
 def _from_windows(tokens: Tensor, B: int, H: int, W: int, wh: int, ww: int) -> Tensor:
@@ -98,17 +101,21 @@ class MultiScaleEncoder(nn.Module):
         B, _, H, W = cond.shape
         if H % self.multiple or W % self.multiple:
             raise ValueError(f"encoder input {H}x{W} is not a multiple of {self.multiple}")
-        grids = []
-        for i, (emb, pos) in enumerate(zip(self.embeds, self.pos, strict=True)):
-            e = emb(cond)
-            grids.append(e + pos(e) + self.scale_embed[i][None, :, None, None])
         if self.window_size > 0:
             n_wh, n_ww = H // self.multiple, W // self.multiple  # windows per side
         else:
             n_wh = n_ww = 1
-        shapes = [(g.shape[2], g.shape[3]) for g in grids]
-        win = [(h // n_wh, w // n_ww) for h, w in shapes]
-        parts = [_to_windows(g, wh, ww) for g, (wh, ww) in zip(grids, win, strict=True)]
+        parts, shapes, win = [], [], []
+        for i, (emb, pos) in enumerate(zip(self.embeds, self.pos, strict=True)):
+            e = emb(cond)
+            h, w = e.shape[-2:]
+            wh, ww = h // n_wh, w // n_ww
+            # positional conv inside each window: windows stay independent of one another
+            e = _to_windows(e, wh, ww)
+            e = e + pos(e) + self.scale_embed[i][None, :, None, None]
+            parts.append(e.flatten(2).transpose(1, 2))
+            shapes.append((h, w))
+            win.append((wh, ww))
         tokens = torch.cat(parts, dim=1)
         for blk in self.blocks:
             tokens = blk(tokens)
