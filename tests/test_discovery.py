@@ -13,8 +13,13 @@ from bids_mrisr.cli.parser import read_filter_file
 
 
 def test_finds_t1w_and_t2w_with_entities_and_ignores_flair(phantom_dataset, caplog):
-    with caplog.at_level(logging.INFO, logger="bids_mrisr"):
-        runs = discover_runs(phantom_dataset)
+    logger = logging.getLogger("bids_mrisr")
+    logger.addHandler(caplog.handler)  # the app's logger does not propagate to the root
+    try:
+        with caplog.at_level(logging.INFO, logger="bids_mrisr"):
+            runs = discover_runs(phantom_dataset)
+    finally:
+        logger.removeHandler(caplog.handler)
     assert [run.relpath for run in runs] == [
         "sub-01/anat/sub-01_T1w.nii.gz",
         "sub-02/ses-a/anat/sub-02_ses-a_run-1_T1w.nii.gz",

@@ -1,0 +1,110 @@
+"""End-to-end participant runs on phantoms (and real data when present)."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from bids import BIDSLayout
+
+from bids_mrisr.bids.validator import validate_dataset
+from bids_mrisr.cli.run import main
+
+
+def _run(bids, tmp_path, *extra):
+    out = tmp_path / "out"
+    code = main([str(bids), str(out), "participant", "-w", str(tmp_path / "work"),
+                 "--model", "interp", "--nprocs", "1", *extra])
+    return code, out
+
+
+def _errors(dataset):
+    return [i for i in validate_dataset(dataset) if i.severity == "error"]
+
+
+def test_phantom_run_is_validator_clean_and_indexable(phantom_dataset, tmp_path):
+    before = sorted(p for p in phantom_dataset.rglob("*"))
+    code, out = _run(phantom_dataset, tmp_path)
+    assert code == 0
+    assert sorted(p for p in phantom_dataset.rglob("*")) == before  # nothing written to input
+
+    expected = [
+        "sub-01/anat/sub-01_res-1mm_desc-sr_T1w.nii.gz",
+        "sub-02/ses-a/anat/sub-02_ses-a_run-1_res-1mm_desc-sr_T1w.nii.gz",
+        "sub-02/ses-a/anat/sub-02_ses-a_run-2_res-1mm_desc-sr_T1w.nii.gz",
+        "sub-02/ses-b/anat/sub-02_ses-b_acq-fast_res-1mm_desc-sr_T2w.nii.gz",
+    ]
+    for rel in expected:
+        image = nib.load(str(out / rel))
+        assert image.header.get_zooms()[:3] == pytest.approx((1.0, 1.0, 1.0))
+        assert image.shape == (40, 44, 42)  # 14 slices of 3 mm -> 42 of 1 mm
+        assert np.isfinite(image.get_fdata()).all()
+        sidecar = json.loads((out / rel.replace(".nii.gz", ".json")).read_text())
+        assert sidecar["Sources"][0].startswith("bids:raw:sub-0")
+        assert sidecar["SuperResolution"]["Model"] == "interp"
+        assert isinstance(sidecar["SkullStripped"], bool)
+        assert "Resolution" in sidecar
+    assert not list(out.rglob("*FLAIR*"))
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "bids_mrisr"
+    assert description["SourceDatasets"]
+    assert list((out / "sub-01" / "log").glob("*/bids_mrisr.log"))
+    assert not list(out.rglob(".*.tmp"))  # atomic writes leave no temp files
+
+    assert _errors(out) == []
+    layout = BIDSLayout(str(out), validate=False, config=["bids", "derivatives"])
+    found = layout.get(desc="sr", extension=".nii.gz", return_type="filename")
+    assert len(found) == 4
+    assert {f.entities["res"] for f in layout.get(desc="sr", extension=".nii.gz")} == {"1mm"}
+
+
+def test_rerun_reuses_work_dir(phantom_dataset, tmp_path):
+    code, out = _run(phantom_dataset, tmp_path, "--participant-label", "01")
+    assert code == 0
+    n4_result = next((tmp_path / "work").rglob("n4/result_n4.pklz"))
+    stamp = n4_result.stat().st_mtime_ns
+    target = out / "sub-01/anat/sub-01_res-1mm_desc-sr_T1w.nii.gz"
+    target.unlink()
+    code, _ = _run(phantom_dataset, tmp_path, "--participant-label", "01")
+    assert code == 0
+    assert n4_result.stat().st_mtime_ns == stamp  # N4 was not re-run
+    assert target.exists()  # but the outputs were written again
+
+
+def test_explicit_output_resolution(phantom_dataset, tmp_path):
+    code, out = _run(phantom_dataset, tmp_path, "--participant-label", "01",
+                     "--output-resolution", "2")
+    assert code == 0
+    image = nib.load(str(out / "sub-01/anat/sub-01_res-2mm_desc-sr_T1w.nii.gz"))
+    assert image.shape == (20, 22, 21)
+
+
+def test_group_level_after_participant(phantom_dataset, tmp_path):
+    code, out = _run(phantom_dataset, tmp_path, "--participant-label", "01")
+    assert code == 0
+    assert main([str(phantom_dataset), str(out), "group"]) == 0
+    table = (out / "logs" / "group_sr.tsv").read_text().splitlines()
+    assert table[0].startswith("output\tsources\tmodel")
+    assert len(table) == 2 and "interp" in table[1]
+    assert _errors(out) == []
+
+
+@pytest.mark.realdata
+def test_real_data_stroke_and_xa30(real_data, tmp_path):
+    code, out = _run(real_data, tmp_path, "--participant-label", "stroke01", "sub-xa30")
+    assert code == 0
+    outputs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*_desc-sr_*.nii.gz"))
+    assert outputs == [
+        "sub-stroke01/anat/sub-stroke01_res-1mm_desc-sr_T1w.nii.gz",
+        "sub-stroke01/anat/sub-stroke01_res-1mm_desc-sr_T2w.nii.gz",
+        "sub-xa30/anat/sub-xa30_acq-lowres_res-1mm_desc-sr_T1w.nii.gz",
+    ]
+    xa30 = nib.load(str(out / outputs[2]))
+    assert xa30.header.get_zooms()[:3] == pytest.approx((1.0, 1.0, 1.0))
+    assert xa30.shape == (192, 256, 256)  # 2 mm -> 1 mm
+    sidecar = json.loads((out / outputs[0].replace(".nii.gz", ".json")).read_text())
+    assert sidecar["SkullStripped"] is True
+    assert _errors(out) == []

@@ -1,0 +1,31 @@
+"""Workflow graphs build with the expected nodes and connections."""
+
+from __future__ import annotations
+
+from bids_mrisr.bids.layout import discover_runs
+from bids_mrisr.cli.parser import build_settings
+from bids_mrisr.workflows.base import init_bids_mrisr_wf
+from bids_mrisr.workflows.preproc import init_preproc_wf
+
+
+def test_preproc_graph_order():
+    workflow = init_preproc_wf(output_resolution=1.0)
+    graph = workflow._create_flat_graph()
+    names = {node.name for node in graph.nodes}
+    assert {"reorient", "n4", "normalise", "resample"} <= names
+    edges = {(a.name, b.name) for a, b in graph.edges}
+    assert ("reorient", "n4") in edges and ("n4", "normalise") in edges
+    assert ("normalise", "resample") in edges
+
+
+def test_full_graph_has_one_branch_per_run(phantom_dataset, tmp_path):
+    settings = build_settings([str(phantom_dataset), str(tmp_path / "out"), "participant",
+                               "-w", str(tmp_path / "work"), "--model", "interp"])
+    runs = discover_runs(phantom_dataset)
+    workflow = init_bids_mrisr_wf(runs, settings)
+    graph = workflow._create_flat_graph()
+    superres = [n for n in graph.nodes if n.name == "superres"]
+    writers = [n for n in graph.nodes if n.name == "write_derivatives"]
+    assert len(superres) == len(writers) == len(runs) == 4
+    assert all(node.inputs.method == "interp" for node in superres)
+    assert all(node.overwrite for node in writers)
