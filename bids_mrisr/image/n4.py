@@ -17,7 +17,7 @@ def n4_correct(
     out_file: Path,
     bias_file: Path | None = None,
     shrink_factor: int = 4,
-    iterations: tuple[int, ...] = (50, 50, 30, 20),
+    iterations: tuple[int, ...] = (50, 50, 50),
     threads: int = 1,
 ) -> tuple[Path, Path | None]:
     """Correct ``in_file``; write the corrected volume and optionally the bias field."""

@@ -47,8 +47,7 @@ class Normalisation:
 def fit_normalisation(data: np.ndarray) -> Normalisation:
     """Percentiles of the foreground (voxels above a small fraction of the bright end)."""
     values = np.asarray(data, dtype=np.float32).ravel()
-    low = float(np.percentile(values, LOW_PERCENTILE))
-    bright = float(np.percentile(values, 99.9))
+    low, bright = (float(v) for v in np.percentile(values, [LOW_PERCENTILE, 99.9]))
     foreground = values[values > low + 0.05 * (bright - low)]
     if foreground.size < 16:
         foreground = values

@@ -40,7 +40,7 @@ class Reorient(SimpleInterface):
 
     def _run_interface(self, runtime):
         self._results["out_file"] = str(
-            reorient_to_ras(Path(self.inputs.in_file), _out_path("reoriented.nii.gz")))
+            reorient_to_ras(Path(self.inputs.in_file), _out_path("reoriented.nii")))
         return runtime
 
 
@@ -62,8 +62,8 @@ class N4BiasCorrection(SimpleInterface):
     def _run_interface(self, runtime):
         out_file, bias = n4_correct(
             Path(self.inputs.in_file),
-            _out_path("n4.nii.gz"),
-            bias_file=_out_path("bias_field.nii.gz"),
+            _out_path("n4.nii"),
+            bias_file=_out_path("bias_field.nii"),
             shrink_factor=self.inputs.shrink_factor,
             threads=self.inputs.num_threads,
         )
@@ -84,7 +84,7 @@ class Normalise(SimpleInterface):
 
     def _run_interface(self, runtime):
         out_file, params = normalise_file(
-            Path(self.inputs.in_file), _out_path("normalised.nii.gz"),
+            Path(self.inputs.in_file), _out_path("normalised.nii"),
             _out_path("normalisation.json"))
         self._results["out_file"] = str(out_file)
         self._results["params_file"] = str(params)
@@ -108,7 +108,7 @@ class ResampleToGrid(SimpleInterface):
     def _run_interface(self, runtime):
         resolution = self.inputs.resolution if isdefined(self.inputs.resolution) else None
         out_file, used = resample_file(
-            Path(self.inputs.in_file), _out_path("target_grid.nii.gz"), resolution)
+            Path(self.inputs.in_file), _out_path("target_grid.nii"), resolution)
         self._results["out_file"] = str(out_file)
         self._results["resolution"] = used
         return runtime
