@@ -1,0 +1,102 @@
+"""CLI runs of tiny random teacher and student checkpoints: outputs, sidecars, validator."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bids_mrisr.bids.validator import validate_dataset
+from bids_mrisr.cli.run import main
+from bids_mrisr.sr.checkpoint import random_checkpoint
+from bids_mrisr.sr.networks.config import ModelConfig
+from tests.conftest import make_dataset
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    return {
+        "teacher": (root / "teacher", random_checkpoint(root / "teacher",
+                                                        ModelConfig.tiny_teacher())),
+        "student": (root / "student", random_checkpoint(root / "student",
+                                                        ModelConfig.tiny_student())),
+    }
+
+
+@pytest.fixture
+def small_dataset(tmp_path):
+    return make_dataset(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": None,
+                                            "sub-01/anat/sub-01_T2w.nii.gz": None})
+
+
+def _run(bids, tmp_path, model, weights, *extra):
+    out = tmp_path / "out"
+    code = main([str(bids), str(out), "participant", "-w", str(tmp_path / "work"), "--nprocs",
+                 "1", "--model", model, "--weights", str(weights), "--steps", "2", *extra])
+    return code, out
+
+
+def test_teacher_writes_gates_uncertainty_and_is_validator_clean(small_dataset, tmp_path,
+                                                                 checkpoints):
+    weights, sha = checkpoints["teacher"]
+    code, out = _run(small_dataset, tmp_path, "teacher", weights, "--num-samples", "2")
+    assert code == 0
+    anat = out / "sub-01" / "anat"
+    for suffix in ("T1w", "T2w"):
+        sr = nib.load(str(anat / f"sub-01_res-1mm_desc-sr_{suffix}.nii.gz"))
+        gates = nib.load(str(anat / f"sub-01_res-1mm_desc-{suffix}gates_probseg.nii.gz"))
+        std = nib.load(str(anat / f"sub-01_res-1mm_desc-srstd_{suffix}.nii.gz"))
+        assert gates.shape == (*sr.shape, 3)
+        np.testing.assert_allclose(gates.get_fdata().sum(axis=-1), 1.0, atol=1e-4)
+        assert std.shape == sr.shape and std.get_fdata().min() >= 0
+        meta = json.loads((anat / f"sub-01_res-1mm_desc-sr_{suffix}.json").read_text())
+        info = meta["SuperResolution"]
+        assert info["WeightsSHA256"] == sha
+        assert (info["SamplingSteps"], info["Seed"], info["Device"]) == (2, 0, "cpu")
+        gates_meta = json.loads(
+            (anat / f"sub-01_res-1mm_desc-{suffix}gates_probseg.json").read_text())
+        assert len(gates_meta["ExpertNames"]) == 3
+    assert [i for i in validate_dataset(out) if i.severity == "error"] == []
+
+
+def test_student_run_has_no_gates(small_dataset, tmp_path, checkpoints):
+    weights, sha = checkpoints["student"]
+    code, out = _run(small_dataset, tmp_path, "student", weights, "--participant-label", "01")
+    assert code == 0
+    anat = out / "sub-01" / "anat"
+    assert (anat / "sub-01_res-1mm_desc-sr_T1w.nii.gz").exists()
+    assert not list(anat.glob("*probseg*")) and not list(anat.glob("*srstd*"))
+    meta = json.loads((anat / "sub-01_res-1mm_desc-sr_T1w.json").read_text())
+    assert meta["SuperResolution"]["WeightsSHA256"] == sha
+
+
+def test_seed_makes_runs_identical(small_dataset, tmp_path, checkpoints):
+    weights, _ = checkpoints["student"]
+    results = []
+    for attempt in ("a", "b"):
+        out = tmp_path / attempt
+        code = main([str(small_dataset), str(out), "participant",
+                     "-w", str(tmp_path / f"w{attempt}"), "--model", "student",
+                     "--weights", str(weights), "--seed", "5", "--nprocs", "1",
+                     "--skip-bids-validation"])
+        assert code == 0
+        results.append(nib.load(str(out / "sub-01/anat/sub-01_res-1mm_desc-sr_T1w.nii.gz"))
+                       .get_fdata())
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_wrong_kind_and_corrupt_checkpoint_are_usage_errors(small_dataset, tmp_path,
+                                                            checkpoints, capsys):
+    weights, _ = checkpoints["student"]
+    code, _ = _run(small_dataset, tmp_path, "teacher", weights)
+    assert code == 64
+    assert "student checkpoint" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text("{not json")
+    code, _ = _run(small_dataset, tmp_path, "student", broken)
+    assert code == 64
+    assert str(broken) in capsys.readouterr().err
