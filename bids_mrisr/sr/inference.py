@@ -35,6 +35,10 @@ sampler (DDPM-like noise at every step), so their mean and spread describe one d
 DEFAULT_CPU_BUDGET_GB = 2.0
 """Activation budget used to pick a batch size on the CPU when no --mem limit is given."""
 MIN_TILE = 32
+CLIP_RESIDUAL = 1.0
+"""Each DDIM step clips the predicted clean residual to +-1 intensity unit (times
+residual_scale): on a ~[0, 1] image no real correction is larger, and clipping keeps few-step or
+stochastic sampling from running away (as improved-diffusion's clip_denoised)."""
 
 
 TILE_OVERLAP = 16
@@ -264,7 +268,20 @@ def run_loaded(
                 for sl in slicing.batches(planar.shape[0], plan.batch_size):
                     cond = slicing.condition_stack(planar, sl, m).to(device)
                     res, std, gates = _sample_batch(
-                        model, cond, sl, p, plan, options, steps, eta, n, k, device, stats, tick
+                        model,
+                        cond,
+                        sl,
+                        p,
+                        plan,
+                        scale,
+                        options,
+                        steps,
+                        eta,
+                        n,
+                        k,
+                        device,
+                        stats,
+                        tick,
                     )
                     centre = planar[sl.start : sl.stop].numpy()
                     np.moveaxis(out, axis, 0)[sl.start : sl.stop] += centre + res / scale
@@ -297,6 +314,7 @@ def run_loaded(
         "PlaneFusion": "mean" if len(planes) > 1 else "none",
         "ContextSlices": m,
         "ResidualScale": scale,
+        "ClipResidual": CLIP_RESIDUAL,
         "BatchSize": {p: plans[p].batch_size for p in planes},
         "TileSize": {p: plans[p].tile for p in planes},
         "TileHalo": {p: plans[p].halo if plans[p].tile else None for p in planes},
@@ -341,6 +359,7 @@ def _sample_batch(
     sl: range,
     plane: str,
     plan: _Plan,
+    scale: float,
     options: SROptions,
     steps: int,
     eta: float,
@@ -410,6 +429,7 @@ def _sample_batch(
             generator=gens,
             x_T=x_T,
             device=device,
+            clip_x0=CLIP_RESIDUAL * scale,
             callback=tick,
         )
         draws.append(x0[:, 0].float().cpu())
