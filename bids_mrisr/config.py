@@ -62,11 +62,11 @@ class Settings:
     def resolved_nprocs(self) -> int:
         return self.nprocs if self.nprocs > 0 else (os.cpu_count() or 1)
 
-    def resolved_omp_nthreads(self) -> int:
-        """Threads per SR/N4 job: all cores unless several jobs run side by side."""
+    def resolved_omp_nthreads(self, parallel_jobs: int = 1) -> int:
+        """Threads per N4/SR job: the cores shared among the jobs that run side by side."""
         if self.omp_nthreads > 0:
             return self.omp_nthreads
-        return max(1, (os.cpu_count() or 1) // max(1, min(self.resolved_nprocs(), 2)))
+        return max(1, self.resolved_nprocs() // max(1, parallel_jobs))
 
 
 # Keys accepted in a TOML config file: the long option names, with - or _.

@@ -135,11 +135,12 @@ def run_graph(runs: list[AnatRun], settings: Settings, weights: Path | None,
     from bids_mrisr.workflows.base import init_bids_mrisr_wf
 
     _configure_nipype(settings)
-    workflow = init_bids_mrisr_wf(runs, settings, weights, sha256)
     nprocs = settings.resolved_nprocs()
+    parallel_jobs = min(nprocs, len(runs))
+    workflow = init_bids_mrisr_wf(runs, settings, weights, sha256, parallel_jobs)
     started = time.time()
     plugin, plugin_args = "Linear", {}
-    if nprocs > 1 and len(runs) > 1:
+    if parallel_jobs > 1:
         plugin = "MultiProc"
         plugin_args = {"n_procs": nprocs, "raise_insufficient": False}
         if settings.mem_gb:

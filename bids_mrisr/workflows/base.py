@@ -22,7 +22,7 @@ from bids_mrisr.workflows.superres import SRParameters, init_superres_wf
 
 
 def sr_parameters(settings: Settings, weights: Path | None, weights_sha256: str | None,
-                  ) -> SRParameters:
+                  omp_nthreads: int) -> SRParameters:
     return SRParameters(
         method=settings.model,
         weights=str(weights) if weights else None,
@@ -33,7 +33,7 @@ def sr_parameters(settings: Settings, weights: Path | None, weights_sha256: str 
         num_samples=settings.num_samples,
         planes=settings.planes,
         mem_gb=settings.mem_gb,
-        omp_nthreads=settings.resolved_omp_nthreads(),
+        omp_nthreads=omp_nthreads,
     )
 
 
@@ -50,14 +50,15 @@ def _sidecar(path: Path) -> dict:
     return {}
 
 
-def init_single_run_wf(run: AnatRun, settings: Settings, params: SRParameters) -> pe.Workflow:
+def init_single_run_wf(run: AnatRun, settings: Settings, params: SRParameters,
+                       ) -> pe.Workflow:
     """preproc -> superres -> outputs for one run."""
     workflow = pe.Workflow(name=f"{run.label}_wf")
     inputnode = pe.Node(niu.IdentityInterface(fields=["in_file"]), name="inputnode")
     inputnode.inputs.in_file = str(run.path)
     zooms = [float(z) for z in nib.load(str(run.path)).header.get_zooms()[:3]]
     preproc = init_preproc_wf(output_resolution=settings.output_resolution,
-                              omp_nthreads=settings.resolved_omp_nthreads())
+                              omp_nthreads=params.omp_nthreads)
     superres = init_superres_wf(params, description=f"{run.relpath} ({params.method})")
     outputs = init_outputs_wf(
         run,
@@ -80,11 +81,15 @@ def init_single_run_wf(run: AnatRun, settings: Settings, params: SRParameters) -
 
 def init_bids_mrisr_wf(runs: list[AnatRun], settings: Settings,
                        weights: Path | None = None, weights_sha256: str | None = None,
-                       ) -> pe.Workflow:
-    """The whole participant-level graph for the selected runs."""
+                       parallel_jobs: int = 1) -> pe.Workflow:
+    """The whole participant-level graph for the selected runs.
+
+    ``parallel_jobs`` runs proceed side by side; each gets an equal share of the cores.
+    """
     workflow = pe.Workflow(name="bids_mrisr_wf")
     workflow.base_dir = str(settings.work_dir)
-    params = sr_parameters(settings, weights, weights_sha256)
+    params = sr_parameters(settings, weights, weights_sha256,
+                           settings.resolved_omp_nthreads(parallel_jobs))
     by_subject: dict[str, list[AnatRun]] = defaultdict(list)
     for run in runs:
         by_subject[run.subject].append(run)
