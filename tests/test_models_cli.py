@@ -100,3 +100,19 @@ def test_wrong_kind_and_corrupt_checkpoint_are_usage_errors(small_dataset, tmp_p
     code, _ = _run(small_dataset, tmp_path, "student", broken)
     assert code == 64
     assert str(broken) in capsys.readouterr().err
+
+
+def test_failure_inside_the_workflow_is_one_line_without_traceback(small_dataset, tmp_path,
+                                                                    checkpoints, capsys):
+    weights, _ = checkpoints["teacher"]
+    code, out = _run(small_dataset, tmp_path, "teacher", weights, "--mem", "1MB",
+                     "--participant-label", "01", "--skip-bids-validation")
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    errors = [line for line in captured.err.splitlines() if "memory budget" in line]
+    assert errors and "sub-01_T1w.nii.gz" in errors[0] and "crash-" in errors[0]
+    assert "failed" in captured.out  # the summary table
+    assert not list(out.rglob("*_desc-sr_*.nii.gz"))
+    logs = list((out / "sub-01" / "log").glob("*/bids_mrisr.log"))
+    assert logs and "memory budget" in logs[0].read_text()

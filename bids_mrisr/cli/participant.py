@@ -33,6 +33,7 @@ class RunStatus:
     run: AnatRun
     status: str  # "ok", "bad data", "failed"
     detail: str = ""
+    crash_file: Path | None = None
 
 
 def validate_input_dataset(settings: Settings) -> None:
@@ -88,7 +89,9 @@ def _configure_nipype(settings: Settings) -> None:
 
     crash_dir = settings.work_dir / "crash"
     crash_dir.mkdir(parents=True, exist_ok=True)
-    level = "INFO" if settings.verbose else "WARNING"
+    # Node failures reach the user through the summary (one line each, with the crash file);
+    # nipype's own tracebacks are shown only with -v.
+    level = "INFO" if settings.verbose else "CRITICAL"
     nipype_config.update_config({
         "execution": {
             "crashdump_dir": str(crash_dir),
@@ -105,9 +108,9 @@ def _configure_nipype(settings: Settings) -> None:
     nipype_logging.update_logging(nipype_config)
 
 
-def _crash_messages(crash_dir: Path, since: float) -> dict[str, str]:
-    """Map node full names to the last line of their traceback (for the summary)."""
-    messages: dict[str, str] = {}
+def _crash_messages(crash_dir: Path, since: float) -> dict[str, tuple[str, Path]]:
+    """Map node full names to the last line of their traceback and the crash file."""
+    messages: dict[str, tuple[str, Path]] = {}
     for crash in sorted(crash_dir.glob("crash-*.txt")):
         if crash.stat().st_mtime < since:
             continue
@@ -118,7 +121,7 @@ def _crash_messages(crash_dir: Path, since: float) -> dict[str, str]:
         last = errors[-1] if errors else (lines[-1] if lines else "unknown error")
         last = re.sub(r"^[\w.]*\.(\w+(Error|Exception))", r"\1", last)
         if node:
-            messages[node.group(1)] = last
+            messages[node.group(1)] = (last, crash)
     return messages
 
 
@@ -155,9 +158,10 @@ def run_graph(runs: list[AnatRun], settings: Settings, weights: Path | None,
     statuses = []
     for run in runs:
         expected = _expected_output(run, settings, settings.output_resolution)
-        run_crashes = [msg for node, msg in crashes.items() if f".{run.label}_wf." in node]
+        run_crashes = [crash for node, crash in crashes.items() if f".{run.label}_wf." in node]
         if run_crashes:
-            statuses.append(RunStatus(run, "failed", run_crashes[0]))
+            message, crash_file = run_crashes[0]
+            statuses.append(RunStatus(run, "failed", message, crash_file))
         elif expected is not None and expected.exists() and expected.stat().st_mtime >= started - 1:
             statuses.append(RunStatus(run, "ok", expected.relative_to(settings.output_dir)
                                       .as_posix()))
@@ -192,8 +196,9 @@ def write_subject_logs(statuses: list[RunStatus], settings: Settings,
             f"steps: {settings.steps}  num_samples: {settings.num_samples}",
             "",
         ]
-        lines += [f"{s.run.relpath}\t{s.status}\t{s.detail}" for s in statuses
-                  if s.run.subject == subject]
+        lines += [f"{s.run.relpath}\t{s.status}\t{s.detail}"
+                  + (f"\tcrash file: {s.crash_file}" if s.crash_file else "")
+                  for s in statuses if s.run.subject == subject]
         log_file = (settings.output_dir / f"sub-{subject}" / LOG_DIRNAME / stamp /
                     "bids_mrisr.log")
         atomic_write_bytes(log_file, ("\n".join(lines) + "\n").encode())
@@ -238,5 +243,6 @@ def run_participant(settings: Settings, command_line: list[str]) -> ExitCode:
     failed = [s for s in statuses if s.status != "ok"]
     for status in failed:
         if status.status == "failed":
-            LOGGER.error("%s: %s", status.run.path, status.detail)
+            where = f" (details: {status.crash_file})" if status.crash_file else ""
+            LOGGER.error("%s: %s%s", status.run.path, status.detail, where)
     return ExitCode.FAILURE if failed else ExitCode.OK

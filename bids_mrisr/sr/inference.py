@@ -65,11 +65,23 @@ def _grid_align(config: Any) -> int:
     return 2 ** max(0, len(getattr(config, "channel_mults", (1,))) - 1)
 
 
+def _halo(align: int) -> int:
+    """Context beyond a tile's core, a whole number of grid cells so windows stay aligned."""
+    return -(-MIN_HALO // align) * align
+
+
+def _smallest_window(config: Any) -> int:
+    """Side of the smallest network call a tiled run can make: one grid cell plus halos."""
+    align = _grid_align(config)
+    return max(MIN_TILE, align) + 2 * _halo(align)
+
+
 def _with_tiles(plan: _Plan, config: Any, core: int) -> _Plan:
     align = _grid_align(config)
     plan.align = align
-    plan.halo = -(-MIN_HALO // align) * align
-    plan.tile = max(MIN_TILE, core // align * align)
+    plan.halo = _halo(align)
+    # A whole number of grid cells, at least one (and at least MIN_TILE px).
+    plan.tile = max(-(-MIN_TILE // align) * align, core // align * align)
     plan.overlap = min(TILE_OVERLAP, plan.tile // 2)
     return plan
 
@@ -167,7 +179,7 @@ def plan_memory(
         n_vol = 2 + k + (1 if options.num_samples > 1 else 0)  # input, sum, gates, std
         fixed = 4 * int(np.prod(volume_shape)) * n_vol + param_bytes + 300 * 2**20  # + runtime
         budget = options.max_memory_gb * 1e9 - fixed
-        smallest = bpp * (MIN_TILE + 2 * MIN_HALO) ** 2
+        smallest = bpp * _smallest_window(config) ** 2
         if budget < smallest:
             need = (fixed + smallest) / 1e9
             raise SRError(
@@ -186,8 +198,7 @@ def plan_memory(
         batch = int(max(1, min(num, px // (h * w))))
     plan = _Plan(batch)
     if options.max_memory_gb is not None and batch * h * w > px:
-        halo = -(-MIN_HALO // _grid_align(config)) * _grid_align(config)
-        _with_tiles(plan, config, int(math.sqrt(px / batch)) - 2 * halo)
+        _with_tiles(plan, config, int(math.sqrt(px / batch)) - 2 * _halo(_grid_align(config)))
     return plan
 
 

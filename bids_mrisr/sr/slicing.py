@@ -43,7 +43,11 @@ def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[in
     """
     if tile >= length:
         return [0]
-    stride = max(align, (tile - overlap) // align * align)
+    if tile < align:
+        raise ValueError(f"tile size {tile} is smaller than the grid alignment {align}")
+    # stride <= tile: consecutive tiles always touch or overlap, so nothing is left uncovered
+    # and every start lies inside [0, length).
+    stride = min(tile, max(align, (tile - overlap) // align * align))
     starts = [0]
     while starts[-1] + tile < length:
         starts.append(starts[-1] + stride)
