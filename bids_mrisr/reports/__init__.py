@@ -1,1 +1,0 @@
-"""bids_mrisr.reports."""
