@@ -7,6 +7,7 @@ at most every ``interval`` seconds) tells the user the job is alive and when it 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +22,16 @@ def _format_seconds(seconds: float) -> str:
     return f"{hours:d}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
+def _terminal_has_room() -> bool:
+    """A bar needs a terminal with columns (a 0-column pseudo-terminal would show nothing)."""
+    if not sys.stderr.isatty():
+        return False
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns > 0
+    except OSError:
+        return False
+
+
 class Progress:
     """Callable ``progress(done, total)``; pick the display from whether stderr is a terminal."""
 
@@ -29,7 +40,7 @@ class Progress:
         self.description = description
         self.unit = unit
         self.interval = interval
-        self.use_bar = sys.stderr.isatty() if use_bar is None else use_bar
+        self.use_bar = _terminal_has_room() if use_bar is None else use_bar
         self._bar = None
         self._start = time.monotonic()
         self._last_log = -float("inf")
