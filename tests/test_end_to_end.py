@@ -108,3 +108,13 @@ def test_real_data_stroke_and_xa30(real_data, tmp_path):
     sidecar = json.loads((out / outputs[0].replace(".nii.gz", ".json")).read_text())
     assert sidecar["SkullStripped"] is True
     assert _errors(out) == []
+
+
+def test_runs_in_parallel_with_multiproc(phantom_dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main([str(phantom_dataset), str(out), "participant", "-w", str(tmp_path / "work"),
+                 "--model", "interp", "--nprocs", "2", "--participant-label", "02",
+                 "--skip-bids-validation"])
+    assert code == 0
+    assert "nipype MultiProc" in capsys.readouterr().err
+    assert len(list(out.rglob("*_desc-sr_*.nii.gz"))) == 3
