@@ -67,3 +67,14 @@ def test_no_anatomical_runs_is_66(tmp_path):
     with pytest.raises(UserError) as err:
         discover_runs(root)
     assert err.value.code == ExitCode.NO_INPUT
+
+
+def test_echo_and_part_entities_keep_outputs_apart(tmp_path):
+    from tests.conftest import make_dataset
+
+    root = make_dataset(tmp_path / "bids", {
+        "sub-01/anat/sub-01_echo-1_part-mag_T1w.nii.gz": None,
+        "sub-01/anat/sub-01_echo-2_part-mag_T1w.nii.gz": None,
+    })
+    runs = discover_runs(root)
+    assert [run.stem for run in runs] == ["sub-01_echo-1_part-mag", "sub-01_echo-2_part-mag"]

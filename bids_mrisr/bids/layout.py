@@ -27,6 +27,9 @@ ENTITY_KEYS = {
     "ceagent": "ce",
     "reconstruction": "rec",
     "run": "run",
+    "echo": "echo",
+    "part": "part",
+    "chunk": "chunk",
 }
 
 
@@ -130,4 +133,10 @@ def discover_runs(
             ExitCode.NOTHING_SELECTED,
         )
     runs.sort(key=lambda run: run.relpath)
+    names: dict[str, AnatRun] = {}
+    for run in runs:
+        clash = names.setdefault(run.label, run)
+        if clash is not run:  # e.g. an entity we do not carry into output names
+            raise UserError(f"{run.path}: would share its output name with {clash.relpath}; "
+                            "use --bids-filter-file to select one of them", ExitCode.USAGE)
     return runs
