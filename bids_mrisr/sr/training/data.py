@@ -1,0 +1,187 @@
+"""Training pairs: simulated thick-slice acquisitions, cubic-upsampled back to the HR grid.
+
+The networks work on the cubic-upsampled volume (the app resamples every input onto the target
+grid first), so a training pair is (condition stack of 2m+1 slices of the upsampled volume,
+scaled residual ``(HR - cubic) * residual_scale`` at the centre slice).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from bids_mrisr.sr.degrade import Degradation, degrade
+
+FOREGROUND_THRESHOLD = 0.05
+"""Normalised intensity above which a voxel counts as head (not background)."""
+MIN_FOREGROUND = 0.10
+"""Crops with less than this fraction of head voxels (i.e. >90% background) are redrawn."""
+
+
+def _cubic_weights(frac: np.ndarray) -> np.ndarray:
+    """Cubic B-spline basis at offsets -1, 0, 1, 2 from floor(x); rows sum to 1. [4, n]"""
+    f = frac.astype(np.float64)
+    w0 = (1 - f) ** 3 / 6
+    w1 = (3 * f**3 - 6 * f**2 + 4) / 6
+    w2 = (-3 * f**3 + 3 * f**2 + 3 * f + 1) / 6
+    w3 = f**3 / 6
+    return np.stack([w0, w1, w2, w3])
+
+
+def cubic_upsample_axis(low: np.ndarray, axis: int, factor: float, n_out: int) -> np.ndarray:
+    """Cubic B-spline interpolation of ``low`` along ``axis`` onto ``n_out`` HR voxels.
+
+    Edge-aligned geometry, as the app's resampler (``image.resample``): HR voxel ``i`` reads
+    low-res coordinate ``(i + 0.5) / factor - 0.5``, with scipy's 'nearest' boundary (same
+    numbers as ``ndimage.affine_transform(order=3, mode='nearest')``). Separable, so only the
+    thick axis is interpolated; in-plane the spline interpolates the samples exactly anyway.
+    """
+    low = np.asarray(low, dtype=np.float32)
+    n_low = low.shape[axis]
+    pad = 12  # as scipy does for mode='nearest': edge-pad, then prefilter with 'mirror'
+    coords = (np.arange(n_out) + 0.5) / factor - 0.5
+    coords = np.clip(coords, -pad + 1, n_low + pad - 3) + pad
+    widths = [(pad, pad) if d == axis else (0, 0) for d in range(low.ndim)]
+    padded = np.pad(low, widths, mode="edge")
+    coef = ndimage.spline_filter1d(padded, order=3, axis=axis, mode="mirror", output=np.float32)
+    base = np.floor(coords).astype(np.int64)
+    weights = _cubic_weights(coords - base).astype(np.float32)
+    shape = [1] * low.ndim
+    shape[axis] = n_out
+    out = np.zeros([n_out if d == axis else s for d, s in enumerate(low.shape)], np.float32)
+    for j, off in enumerate((-1, 0, 1, 2)):
+        idx = np.clip(base + off, 0, n_low + 2 * pad - 1)
+        out += np.take(coef, idx, axis=axis) * weights[j].reshape(shape)
+    return out
+
+
+def simulate_cubic(hr: np.ndarray, params: Degradation, rng: np.random.Generator,
+                   bits: int | None = None) -> np.ndarray:
+    """Degrade ``hr`` (1 mm grid) with ``params``, quantise, and cubic-upsample it back."""
+    low, _ = degrade(hr, (1.0, 1.0, 1.0), params, rng)
+    if bits:
+        top = float(np.percentile(low, 99.9)) or 1.0
+        levels = 2**bits - 1
+        low = (np.round(np.clip(low / top, 0, None) * levels) / levels * top).astype(np.float32)
+    return cubic_upsample_axis(low, params.axis, params.factor, hr.shape[params.axis])
+
+
+class PairSampler:
+    """Random (condition stack, scaled residual) crops from a refreshed pool of degradations."""
+
+    def __init__(
+        self,
+        volumes: list[np.ndarray],
+        context_slices: int,
+        residual_scale: float,
+        crop: int = 96,
+        factor_range: tuple[float, float] = (1.5, 4.0),
+        seed: int = 0,
+        refresh_every: int = 200,
+        pool_size: int | None = None,
+    ) -> None:
+        if not volumes:
+            raise ValueError("PairSampler needs at least one volume")
+        self.volumes = [np.ascontiguousarray(v, dtype=np.float32) for v in volumes]
+        if any(v.ndim != 3 for v in self.volumes):
+            raise ValueError("PairSampler volumes must be 3D")
+        self.m = int(context_slices)
+        self.scale = float(residual_scale)
+        self.crop = int(crop)
+        self.factor_range = (float(factor_range[0]), float(factor_range[1]))
+        self.refresh_every = max(1, int(refresh_every))
+        self.rng = np.random.default_rng(seed)
+        n_pool = pool_size or max(2, len(self.volumes))
+        self.pool: list[tuple[int, np.ndarray, Degradation]] = []
+        for i in range(n_pool):
+            self.pool.append(self._make_entry(i % len(self.volumes)))
+        self._since_refresh = 0
+        self._next_slot = 0
+        self.samples_drawn = 0
+
+    # --- pool -----------------------------------------------------------------------------
+    def random_degradation(self) -> tuple[Degradation, int]:
+        r = self.rng
+        params = Degradation(
+            axis=int(r.integers(0, 3)),
+            factor=float(r.uniform(*self.factor_range)),
+            inplane_sigma_vox=float(r.uniform(0.0, 0.6)) if r.random() < 0.5 else 0.0,
+            noise_fraction=float(r.uniform(0.0, 0.03)),
+            bias_strength=float(r.uniform(0.0, 0.3)),
+        )
+        return params, int(r.choice([8, 12]))
+
+    def _make_entry(self, vol_index: int) -> tuple[int, np.ndarray, Degradation]:
+        params, bits = self.random_degradation()
+        child = np.random.default_rng(int(self.rng.integers(2**63)))
+        cubic = simulate_cubic(self.volumes[vol_index], params, child, bits)
+        return vol_index, cubic, params
+
+    def refresh(self) -> None:
+        """Replace the oldest pool entry with a fresh degradation of a random volume."""
+        slot = self._next_slot
+        self.pool[slot] = self._make_entry(int(self.rng.integers(len(self.volumes))))
+        self._next_slot = (slot + 1) % len(self.pool)
+
+    # --- samples --------------------------------------------------------------------------
+    def _one(self) -> tuple[np.ndarray, np.ndarray]:
+        r = self.rng
+        c, m = self.crop, self.m
+        vi, cubic, _ = self.pool[int(r.integers(len(self.pool)))]
+        hr = self.volumes[vi]
+        best = None
+        for _attempt in range(20):
+            axis = int(r.integers(0, 3))
+            hr_p = np.moveaxis(hr, axis, 0)
+            cu_p = np.moveaxis(cubic, axis, 0)
+            n, h, w = hr_p.shape
+            s = int(r.integers(0, n))
+            y = int(r.integers(0, max(h - c, 0) + 1))
+            x = int(r.integers(0, max(w - c, 0) + 1))
+            centre = hr_p[s, y : y + c, x : x + c]
+            fg = float((centre > FOREGROUND_THRESHOLD).mean()) * centre.size / (c * c)
+            if best is None or fg > best[0]:
+                best = (fg, hr_p, cu_p, s, y, x)
+            if fg >= MIN_FOREGROUND:
+                break
+        _, hr_p, cu_p, s, y, x = best
+        idx = np.clip(np.arange(s - m, s + m + 1), 0, hr_p.shape[0] - 1)
+        cond = cu_p[idx, y : y + c, x : x + c]
+        target = hr_p[s, y : y + c, x : x + c]
+        ph, pw = c - cond.shape[1], c - cond.shape[2]
+        if ph or pw:  # volume smaller than the crop: pad with background
+            cond = np.pad(cond, ((0, 0), (0, ph), (0, pw)))
+            target = np.pad(target, ((0, ph), (0, pw)))
+        cond = np.array(cond, dtype=np.float32)
+        target = np.array(target, dtype=np.float32)
+        # Augment: flips (in-plane and of the slice order), intensity scale and gamma.
+        if r.random() < 0.5:
+            cond, target = cond[:, ::-1], target[::-1]
+        if r.random() < 0.5:
+            cond, target = cond[:, :, ::-1], target[:, ::-1]
+        if r.random() < 0.5:
+            cond = cond[::-1]
+        if r.random() < 0.5:
+            gamma = float(np.exp(r.uniform(-0.2, 0.2)))
+            cond = np.clip(cond, 0, None) ** gamma
+            target = np.clip(target, 0, None) ** gamma
+        gain = float(r.uniform(0.85, 1.15))
+        cond = np.ascontiguousarray(cond * gain, dtype=np.float32)
+        target = np.ascontiguousarray(target * gain, dtype=np.float32)
+        x0 = (target - cond[m]) * self.scale
+        return cond, x0[None]
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cond [B, 2m+1, crop, crop]`` and ``x0 [B, 1, crop, crop]`` (float32)."""
+        conds, x0s = [], []
+        for _ in range(batch_size):
+            if self._since_refresh >= self.refresh_every:
+                self.refresh()
+                self._since_refresh = 0
+            cond, x0 = self._one()
+            conds.append(cond)
+            x0s.append(x0)
+            self._since_refresh += 1
+            self.samples_drawn += 1
+        return torch.from_numpy(np.stack(conds)), torch.from_numpy(np.stack(x0s))

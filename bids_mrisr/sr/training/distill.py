@@ -1,0 +1,290 @@
+"""Progressive distillation (Salimans & Ho, 2022) of the MoE teacher into the small student.
+
+Round r trains a student to take in ONE DDIM step what its teacher does in TWO, halving the
+step count each round; round 0's teacher is the MoE with ``teacher_steps`` steps, later rounds'
+teacher is the previous round's (frozen) student. Feature guidance adds an MSE between a learned
+1x1 projection of the student's decoder features and the teacher's decoder features at the same
+downsampling factor.
+
+Step grids are nested: the final grid is the inference engine's own
+(``respaced_timesteps(T, final)`` then clean), and each coarser-to-finer round splits every
+interval at its midpoint. The last interval of the engine's grid, 0 -> clean, cannot be split
+in integer time; its halves are 0 -> 0 (identity) and 0 -> clean, and the student never trains
+on zero-length intervals.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bids_mrisr.sr.checkpoint import load_checkpoint, save_checkpoint
+from bids_mrisr.sr.diffusion.sampler import ddim_step, respaced_timesteps
+from bids_mrisr.sr.diffusion.schedule import NoiseSchedule, q_sample
+from bids_mrisr.sr.inference import CLIP_RESIDUAL
+from bids_mrisr.sr.networks.config import ModelConfig
+from bids_mrisr.sr.networks.factory import build_model
+from bids_mrisr.sr.training.data import PairSampler
+from bids_mrisr.sr.training.loop import EMA_DECAY, run_steps, validate
+
+log = logging.getLogger(__name__)
+
+ModelFn = Callable[[Tensor, Tensor], Tensor]
+
+
+# --- grids and targets -------------------------------------------------------------------------
+def final_grid(steps: int, num_train_steps: int = 1000) -> list[int]:
+    """The engine's DDIM grid for ``steps`` steps, ending at -1 (clean): steps + 1 points."""
+    return respaced_timesteps(num_train_steps, steps) + [-1]
+
+
+def refine_grid(grid: Sequence[int]) -> list[int]:
+    """Split every interval at its (integer) midpoint: n intervals -> 2n."""
+    out: list[int] = []
+    for a, b in zip(grid[:-1], grid[1:], strict=True):
+        mid = (a + max(b, 0)) // 2 if a - max(b, 0) > 1 else max(b, 0)
+        out += [a, mid]
+    return out + [grid[-1]]
+
+
+def grid_for(steps: int, final_steps: int, num_train_steps: int = 1000) -> list[int]:
+    """Nested grid with ``steps`` intervals (``steps = final_steps * 2^j``)."""
+    grid = final_grid(final_steps, num_train_steps)
+    while len(grid) - 1 < steps:
+        grid = refine_grid(grid)
+    if len(grid) - 1 != steps:
+        raise ValueError(f"{steps} steps is not {final_steps} * 2^j")
+    return grid
+
+
+def v_for_jump(x_t: Tensor, x_target: Tensor, t: Tensor, t_next: Tensor,
+               schedule: NoiseSchedule | None = None) -> Tensor:
+    """The v that takes ``x_t`` to ``x_target`` in one deterministic DDIM step t -> t_next.
+
+    Salimans & Ho, Alg. 2: x~ = (x'' - (s''/s) x_t) / (a'' - (s''/s) a), eps~ = (x_t - a x~)/s,
+    v~ = a eps~ - s x~ (a = sqrt(abar), s = sqrt(1 - abar)); t_next < 0 gives x~ = x''.
+    """
+    sched = schedule or NoiseSchedule()
+    shape = (-1,) + (1,) * (x_t.ndim - 1)
+    ab = sched.alpha_bar(torch.as_tensor(t, device=x_t.device)).reshape(shape)
+    abn = sched.alpha_bar(torch.as_tensor(t_next, device=x_t.device)).reshape(shape)
+    a, s = ab.sqrt(), (1 - ab).sqrt()
+    an, sn = abn.sqrt(), (1 - abn).clamp(min=0).sqrt()
+    ratio = sn / s
+    x0 = (x_target.double() - ratio * x_t.double()) / (an - ratio * a)
+    eps = (x_t.double() - a * x0) / s
+    return (a * eps - s * x0).to(x_t.dtype)
+
+
+def two_steps(model_fn: ModelFn, x_t: Tensor, t: Tensor, t_mid: Tensor, t_end: Tensor,
+              clip_x0: float | None = None, schedule: NoiseSchedule | None = None) -> Tensor:
+    """Two deterministic DDIM steps t -> t_mid -> t_end (zero-length steps are identities)."""
+    x = x_t
+    for a, b in ((t, t_mid), (t_mid, t_end)):
+        same = (a == b).view(-1, *([1] * (x.ndim - 1)))
+        if bool(same.all()):
+            continue
+        v = model_fn(x, a.float())
+        x_new, _ = ddim_step(x, a, b, v, clip_x0=clip_x0, schedule=schedule)
+        x = torch.where(same, x, x_new)
+    return x
+
+
+# --- feature guidance --------------------------------------------------------------------------
+def _strides(model: nn.Module, size: int) -> list[int]:
+    with torch.no_grad():
+        cfg = model.config
+        cond = torch.zeros(1, cfg.in_condition_channels, size, size)
+        _, feats = model(torch.zeros(1, 1, size, size), cond, torch.zeros(1),
+                         return_features=True)
+    return [size // f.shape[-1] for f in feats], [f.shape[1] for f in feats]
+
+
+class FeatureProjector(nn.Module):
+    """1x1 convs from student decoder levels to teacher decoder levels of the same stride."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, size: int = 64) -> None:
+        super().__init__()
+        s_strides, s_ch = _strides(student, size)
+        t_strides, t_ch = _strides(teacher, size)
+        self.pairs: list[tuple[int, int]] = []
+        projs = []
+        for i, st in enumerate(s_strides):
+            if st in t_strides:
+                j = t_strides.index(st)
+                self.pairs.append((i, j))
+                projs.append(nn.Conv2d(s_ch[i], t_ch[j], 1))
+        self.projs = nn.ModuleList(projs)
+
+    def loss(self, s_feats: list[Tensor], t_feats: list[Tensor]) -> Tensor:
+        if not self.pairs:
+            return s_feats[-1].new_zeros(())
+        total = 0.0
+        for proj, (i, j) in zip(self.projs, self.pairs, strict=True):
+            total = total + F.mse_loss(proj(s_feats[i]), t_feats[j].detach())
+        return total / len(self.pairs)
+
+
+# --- the distillation driver -------------------------------------------------------------------
+def _frozen(model: nn.Module) -> nn.Module:
+    model = model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def distill_student(
+    teacher_dir: str | Path,
+    volumes: Sequence[np.ndarray],
+    student_config: ModelConfig,
+    out_dir: str | Path,
+    *,
+    teacher_steps: int = 8,
+    rounds: int | None = None,
+    minutes: float | None = None,
+    steps_per_round: int | None = None,
+    steps: int | None = None,
+    final_steps: int = 2,
+    feature_weight: float = 0.1,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    seed: int = 0,
+    crop: int = 96,
+    progress: Callable[[int, int], None] | None = None,
+    val_volumes: Sequence[np.ndarray] | None = None,
+    provenance: dict | None = None,
+) -> str:
+    """Distil the checkpoint in ``teacher_dir`` into a ``student_config`` student; return sha256.
+
+    ``rounds`` defaults to halving from ``teacher_steps`` down to ``final_steps``; if given,
+    the student ends with ``teacher_steps / 2^rounds`` steps. Budget: ``steps_per_round``, or
+    ``steps`` (total, split evenly), or ``minutes`` (total, split evenly).
+    """
+    if student_config.kind != "student":
+        raise ValueError("distill_student needs a student config")
+    if rounds is None:
+        ratio = teacher_steps / final_steps
+        rounds = int(round(math.log2(ratio))) if ratio >= 1 else -1
+        if rounds < 1 or final_steps * 2**rounds != teacher_steps:
+            raise ValueError(f"teacher_steps={teacher_steps} is not final_steps={final_steps} "
+                             "times a power of two (>= 2x)")
+    else:
+        if rounds < 1 or teacher_steps % 2**rounds:
+            raise ValueError(f"teacher_steps={teacher_steps} cannot be halved {rounds} times")
+        final_steps = teacher_steps // 2**rounds
+    if steps_per_round is None and steps is not None:
+        steps_per_round = max(1, steps // rounds)
+    if steps_per_round is None and minutes is None:
+        raise ValueError("give steps_per_round=, steps= or minutes=")
+    round_minutes = None if minutes is None else minutes / rounds
+
+    loaded = load_checkpoint(Path(teacher_dir))
+    teacher = _frozen(loaded.model)
+    t_cfg = loaded.config
+    if t_cfg.context_slices != student_config.context_slices or \
+            t_cfg.residual_scale != student_config.residual_scale:
+        raise ValueError("teacher and student must share context_slices and residual_scale")
+    sched = NoiseSchedule()
+    clip = CLIP_RESIDUAL * student_config.residual_scale
+    sampler = PairSampler(list(volumes), student_config.context_slices,
+                          student_config.residual_scale, crop=crop, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    student = build_model(student_config)
+
+    history: list[dict[str, Any]] = []
+    done_total, used_total = 0, 0.0
+    n_teacher = teacher_steps
+    budget_total = None if steps_per_round is None else steps_per_round * rounds
+    for r in range(rounds):
+        n_student = n_teacher // 2
+        t_grid = torch.tensor(grid_for(n_teacher, final_steps), dtype=torch.float64)
+        s_grid = t_grid[::2]
+        valid = torch.nonzero(s_grid[:-1] != s_grid[1:]).flatten()  # skip 0 -> 0
+        projector = FeatureProjector(student, teacher)
+        cur_teacher = teacher
+
+        def step_fn(_i: int, cur_teacher=cur_teacher, t_grid=t_grid, valid=valid,
+                    projector=projector) -> tuple[Tensor, dict[str, float]]:
+            cond, x0 = sampler.sample(batch_size)
+            b = x0.shape[0]
+            pick = valid[torch.randint(len(valid), (b,), generator=gen)]
+            t = t_grid[2 * pick]
+            t_mid = t_grid[2 * pick + 1]
+            t_end = t_grid[2 * pick + 2]
+            noise = torch.randn(x0.shape, generator=gen)
+            x_t = q_sample(x0, t, noise, sched)
+            with torch.no_grad():
+                feats: list[list[Tensor]] = []
+
+                def model_fn(x: Tensor, tt: Tensor) -> Tensor:
+                    if not feats:
+                        v, f = cur_teacher(x, cond, tt, return_features=True)
+                        feats.append(f)
+                        return v
+                    return cur_teacher(x, cond, tt)
+
+                x_end = two_steps(model_fn, x_t, t, t_mid, t_end, clip_x0=clip, schedule=sched)
+                target = v_for_jump(x_t, x_end, t, t_end, sched)
+            pred, s_feats = student(x_t, cond, t.float(), return_features=True)
+            mse = F.mse_loss(pred, target)
+            feat = projector.loss(s_feats, feats[0]) if feats and feature_weight else \
+                mse.new_zeros(())
+            loss = mse + feature_weight * feat
+            return loss, {"loss": float(loss.detach()), "mse": float(mse.detach()),
+                          "feature": float(feat.detach())}
+
+        def round_progress(i: int, total: int, base: int = done_total) -> None:
+            if progress is not None:
+                tot = budget_total or total * rounds
+                progress(min(base + i, tot), tot)
+
+        ema, done, used = run_steps(
+            student, step_fn, minutes=round_minutes, steps=steps_per_round, lr=lr,
+            progress=round_progress, extra_params=list(projector.parameters()),
+            label=f"distill round {r + 1}/{rounds} ({n_teacher}->{n_student} steps)",
+        )
+        done_total += done
+        used_total += used
+        history.append({"round": r, "teacher_steps": n_teacher, "student_steps": n_student,
+                        "steps": done, "minutes": round(used, 3)})
+        # Next round starts from this round's EMA student and uses it, frozen, as teacher.
+        student.load_state_dict(ema.model.state_dict())
+        teacher = _frozen(copy.deepcopy(ema.model))
+        n_teacher = n_student
+
+    student.eval()
+    metrics = validate(student, student_config, val_volumes, final_steps)
+    prov = dict(provenance or {})
+    prov.update(
+        trained=True,
+        kind="student",
+        objective="progressive distillation (v-space) + feature guidance",
+        distilled_from=loaded.sha256,
+        teacher_config=t_cfg.to_dict(),
+        teacher_steps=teacher_steps,
+        rounds=rounds,
+        round_history=history,
+        sampling_steps=final_steps,
+        feature_weight=feature_weight,
+        steps=done_total,
+        minutes=round(used_total, 3),
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        crop=crop,
+        ema_decay=EMA_DECAY,
+        training_volumes=list((provenance or {}).get("training_volumes", [])),
+    )
+    if metrics is not None:
+        prov["metrics"] = metrics
+    return save_checkpoint(student, Path(out_dir), prov)

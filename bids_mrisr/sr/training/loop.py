@@ -1,0 +1,225 @@
+"""Optimisation loop shared by the teacher, the direct student and distillation rounds.
+
+AdamW, linear warm-up then cosine decay over the step budget (a minutes budget is turned into a
+step count from the timing of the first steps), grad-norm clipping at 1, and an EMA of the
+weights (the EMA is what gets saved and evaluated).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bids_mrisr.sr.checkpoint import save_checkpoint
+from bids_mrisr.sr.networks.config import ModelConfig
+from bids_mrisr.sr.networks.factory import build_model
+from bids_mrisr.sr.training.data import PairSampler
+from bids_mrisr.sr.training.losses import diffusion_batch, student_loss, teacher_loss
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None] | None
+EMA_DECAY = 0.999
+GRAD_CLIP = 1.0
+TIMING_STEPS = 20
+LOG_EVERY = 50
+VAL_SLICES = 64
+"""Validation volumes are cut to this many central slices along the thick axis (speed)."""
+
+
+class EMA:
+    """Exponential moving average of a model's weights (warm-up: decay (1+n)/(10+n) early)."""
+
+    def __init__(self, model: nn.Module, decay: float = EMA_DECAY) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for e, p in zip(self.model.state_dict().values(), model.state_dict().values(),
+                        strict=True):
+            if e.dtype.is_floating_point:
+                e.mul_(d).add_(p.detach(), alpha=1 - d)
+            else:
+                e.copy_(p)
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def run_steps(
+    model: nn.Module,
+    step_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
+    *,
+    minutes: float | None,
+    steps: int | None,
+    lr: float,
+    progress: Progress = None,
+    extra_params: Sequence[nn.Parameter] = (),
+    label: str = "train",
+) -> tuple[EMA, int, float]:
+    """Optimise ``model`` with ``step_fn(i) -> (loss, stats)``; return (EMA, steps, minutes)."""
+    if steps is None and minutes is None:
+        raise ValueError("give a step budget (steps=) or a time budget (minutes=)")
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    ema = EMA(model)
+    total = int(steps) if steps is not None else None
+    est_total = total or 1000
+    warmup = max(1, min(100, est_total // 20))
+    start = time.perf_counter()
+    running: dict[str, float] = {}
+    i = 0
+    model.train()
+    while True:
+        if total is not None and i >= total:
+            break
+        elapsed = time.perf_counter() - start
+        if minutes is not None and elapsed >= minutes * 60 and i > 0:
+            break
+        for group in opt.param_groups:
+            group["lr"] = lr_at(i, total or est_total, lr, warmup)
+        loss, stats = step_fn(i)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{label}: non-finite loss at step {i}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        opt.step()
+        ema.update(model)
+        for k, v in stats.items():
+            running[k] = v if k not in running else 0.98 * running[k] + 0.02 * v
+        i += 1
+        if total is None and i == TIMING_STEPS:
+            per_step = (time.perf_counter() - start) / i
+            total = max(i, int(minutes * 60 / per_step))
+            warmup = min(warmup, max(1, total // 20))
+            log.info("%s: %.3f s/step, budget of %.1f min -> %d steps", label, per_step,
+                     minutes, total)
+        if progress is not None:
+            progress(i, total or est_total)
+        if i % LOG_EVERY == 0 or i == total:
+            text = " ".join(f"{k}={v:.4g}" for k, v in running.items())
+            log.info("%s step %d/%s %s", label, i, total or "?", text)
+    return ema, i, (time.perf_counter() - start) / 60.0
+
+
+def validate(
+    model: nn.Module, config: ModelConfig, val_volumes: Sequence[np.ndarray] | None,
+    steps: int, planes: tuple[str, ...] = ("axial",), max_slices: int | None = VAL_SLICES,
+) -> dict[str, Any] | None:
+    """Mean held-out metrics over ``val_volumes`` (3x thick axial slices, 1% noise)."""
+    if not val_volumes:
+        return None
+    from bids_mrisr.sr.training.evaluate import evaluate_volume
+
+    per = []
+    for vol in val_volumes:
+        vol = np.asarray(vol, dtype=np.float32)
+        if max_slices and vol.shape[2] > max_slices:
+            lo = (vol.shape[2] - max_slices) // 2
+            vol = vol[:, :, lo : lo + max_slices]
+        per.append(evaluate_volume(model, config, vol, steps=steps, planes=planes))
+    keys = ("psnr_cubic", "psnr_model", "gain_db", "ssim_cubic", "ssim_model")
+    out: dict[str, Any] = {k: float(np.mean([p[k] for p in per])) for k in keys if k in per[0]}
+    out.update(sampling_steps=steps, planes=list(planes), factor=3.0, per_volume=per)
+    return out
+
+
+def _names(provenance: dict | None) -> list:
+    prov = provenance or {}
+    return list(prov.get("training_volumes", []))
+
+
+def _train_direct(
+    kind: str,
+    volumes: Sequence[np.ndarray],
+    config: ModelConfig,
+    out_dir: str | Path,
+    *,
+    minutes: float | None,
+    steps: int | None,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    progress: Progress,
+    val_volumes: Sequence[np.ndarray] | None,
+    provenance: dict | None,
+    sampling_steps: int,
+    crop: int,
+) -> str:
+    if config.kind != kind:
+        raise ValueError(f"expected a {kind} config, got kind={config.kind!r}")
+    torch.manual_seed(seed)
+    model = build_model(config)
+    sampler = PairSampler(list(volumes), config.context_slices, config.residual_scale,
+                          crop=crop, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+
+    def step_fn(_i: int) -> tuple[torch.Tensor, dict[str, float]]:
+        cond, x0 = sampler.sample(batch_size)
+        x_t, t, v = diffusion_batch(x0, generator=gen)
+        if kind == "teacher":
+            return teacher_loss(model, x_t, cond, t, v)
+        return student_loss(model, x_t, cond, t, v)
+
+    ema, done, used = run_steps(model, step_fn, minutes=minutes, steps=steps, lr=lr,
+                                progress=progress, label=kind)
+    metrics = validate(ema.model, config, val_volumes, sampling_steps)
+    prov = dict(provenance or {})
+    prov.update(
+        trained=True,
+        kind=kind,
+        objective="v-prediction" + (" + MoE gating" if kind == "teacher" else ""),
+        steps=done,
+        minutes=round(used, 3),
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        crop=crop,
+        ema_decay=EMA_DECAY,
+        training_volumes=_names(provenance),
+        sampling_steps=sampling_steps,
+        degradation={"factor_range": list(sampler.factor_range), "noise_fraction": [0, 0.03],
+                     "bias_strength": [0, 0.3], "bits": [8, 12]},
+    )
+    if metrics is not None:
+        prov["metrics"] = metrics
+    return save_checkpoint(ema.model, Path(out_dir), prov)
+
+
+def train_teacher(volumes, config, out_dir, *, minutes=None, steps=None, batch_size=8, lr=2e-3,
+                  seed=0, progress=None, val_volumes=None, provenance=None, crop=96) -> str:
+    """Train the MoEDiff-SR teacher; save its EMA weights to ``out_dir``; return the sha256."""
+    return _train_direct("teacher", volumes, config, out_dir, minutes=minutes, steps=steps,
+                         batch_size=batch_size, lr=lr, seed=seed, progress=progress,
+                         val_volumes=val_volumes, provenance=provenance, sampling_steps=20,
+                         crop=crop)
+
+
+def train_student_direct(volumes, config, out_dir, *, minutes=None, steps=None, batch_size=8,
+                         lr=2e-3, seed=0, progress=None, val_volumes=None, provenance=None,
+                         crop=96) -> str:
+    """Baseline: a student trained with plain v-prediction, no teacher (2 sampling steps)."""
+    return _train_direct("student", volumes, config, out_dir, minutes=minutes, steps=steps,
+                         batch_size=batch_size, lr=lr, seed=seed, progress=progress,
+                         val_volumes=val_volumes, provenance=provenance, sampling_steps=2,
+                         crop=crop)
