@@ -31,6 +31,10 @@ def _dispatch_subcommand(argv: list[str]) -> int | None:
         from bids_mrisr.cli.demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv[0] == "train":
+        from bids_mrisr.cli.train import main as train_main
+
+        return train_main(argv[1:])
     return None
 
 

@@ -1,0 +1,185 @@
+"""``bids_mrisr train``: train the MoEDiff-SR teacher on local data, then distil the student.
+
+High-resolution T1w/T2w runs of a BIDS dataset (finest spacing <= ``--max-spacing``) are
+preprocessed exactly as at inference (RAS+, N4, robust normalisation, isotropic grid) and used
+as ground truth; the degradation model simulates the low-resolution inputs. Bundled volumes
+(nilearn's MNI152 T1, pydeface's whole-head mean when installed) add anatomy and a whole-head
+field of view. Held-out runs (``--validation-label``) give the metrics stored with the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from bids_mrisr.bids.layout import discover_runs
+from bids_mrisr.cli.exitcodes import ExitCode, UserError
+from bids_mrisr.cli.parser import expand_labels
+from bids_mrisr.image.n4 import n4_correct
+from bids_mrisr.image.normalize import fit_normalisation
+from bids_mrisr.image.reorient import reorient_to_ras
+from bids_mrisr.image.resample import resample_to_resolution
+from bids_mrisr.progress import progress_callback
+
+LOGGER = logging.getLogger("bids_mrisr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bids_mrisr train",
+        description="Train the MoEDiff-SR teacher on local high-resolution data and distil the "
+                    "student. Writes OUT/teacher and OUT/student checkpoints for --weights.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, nargs="?",
+                        help="BIDS dataset with high-resolution T1w/T2w runs (optional with "
+                             "bundled volumes)")
+    parser.add_argument("output_dir", type=Path, help="where checkpoints and logs are written")
+    parser.add_argument("--participant-label", "--participant_label", nargs="+",
+                        dest="participant_labels", help="subjects used for training")
+    parser.add_argument("--validation-label", nargs="+", dest="validation_labels",
+                        help="subjects held out for the metrics stored with the weights")
+    parser.add_argument("--max-spacing", type=float, default=1.2,
+                        help="runs coarser than this (mm) cannot serve as ground truth")
+    parser.add_argument("--no-bundled", action="store_true",
+                        help="do not add nilearn's MNI152 T1 and pydeface's mean head")
+    parser.add_argument("--teacher-minutes", type=float, default=20.0)
+    parser.add_argument("--distill-minutes", type=float, default=15.0,
+                        help="total time for all distillation rounds")
+    parser.add_argument("--teacher-steps", type=int, default=8,
+                        help="DDIM steps of the teacher that round 0 of distillation halves")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--skip-teacher", action="store_true",
+                        help="reuse OUT/teacher and only distil the student")
+    parser.add_argument("--preset", choices=("default", "tiny"), default="default",
+                        help="network sizes: the shipped ones, or tiny ones for smoke tests")
+    return parser
+
+
+def bundled_volumes() -> list[tuple[str, Path | nib.Nifti1Image]]:
+    """Real volumes that dependencies ship: no download, usable offline."""
+    volumes: list[tuple[str, Path | nib.Nifti1Image]] = []
+    from nilearn.datasets import load_mni152_template
+
+    volumes.append(("nilearn-MNI152-T1", load_mni152_template(resolution=1)))
+    try:
+        import pydeface
+
+        head = Path(pydeface.__file__).parent / "data" / "mean_reg2mean.nii.gz"
+        if head.is_file():
+            volumes.append(("pydeface-mean-head", head))
+    except ImportError:
+        LOGGER.info("pydeface is not installed: training without its whole-head mean volume")
+    return volumes
+
+
+def prepare_volume(source: Path | nib.Nifti1Image, cache: Path) -> np.ndarray:
+    """Preprocess as at inference (RAS+, N4, normalise, isotropic finest spacing); cached."""
+    cached = cache.with_suffix(".npy")
+    if cached.is_file():
+        return np.load(cached)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(source, nib.Nifti1Image):
+        path = cache.with_name(cache.name + "_in.nii.gz")
+        nib.save(source, str(path))
+        source = path
+    ras = reorient_to_ras(Path(source), cache.with_name(cache.name + "_ras.nii"))
+    corrected, _ = n4_correct(ras, cache.with_name(cache.name + "_n4.nii"))
+    image = nib.load(str(corrected))
+    data = np.asanyarray(image.dataobj).astype(np.float32)
+    data = fit_normalisation(data).apply(data)
+    resolution = float(min(image.header.get_zooms()[:3]))
+    data, _ = resample_to_resolution(data, image.affine, resolution)
+    np.save(cached, data.astype(np.float32))
+    return data
+
+
+def collect_volumes(args: argparse.Namespace, cache: Path,
+                    ) -> tuple[list[np.ndarray], list[str], list[np.ndarray], list[str]]:
+    train: list[np.ndarray] = []
+    train_names: list[str] = []
+    val: list[np.ndarray] = []
+    val_names: list[str] = []
+    validation = set(expand_labels(args.validation_labels, "sub-"))
+    if args.bids_dir is not None:
+        labels = expand_labels(args.participant_labels, "sub-")
+        runs = discover_runs(args.bids_dir.absolute(), tuple(sorted(set(labels) | validation))
+                             if labels else ())
+        for run in runs:
+            zooms = nib.load(str(run.path)).header.get_zooms()[:3]
+            if min(zooms) > args.max_spacing:
+                LOGGER.info("%s: finest spacing %.2f mm > %.2f mm, not used as ground truth",
+                            run.relpath, min(zooms), args.max_spacing)
+                continue
+            data = prepare_volume(run.path, cache / run.label)
+            if run.subject in validation:
+                val.append(data)
+                val_names.append(run.relpath)
+            else:
+                train.append(data)
+                train_names.append(run.relpath)
+    if not args.no_bundled:
+        for name, source in bundled_volumes():
+            train.append(prepare_volume(source, cache / name))
+            train_names.append(name)
+    if not train:
+        raise UserError("no high-resolution training volumes: give a BIDS dataset with runs at "
+                        f"<= {args.max_spacing} mm or drop --no-bundled", ExitCode.NO_INPUT)
+    return train, train_names, val, val_names
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    output_dir = args.output_dir.expanduser().absolute()
+    if args.bids_dir is not None:
+        bids_dir = args.bids_dir.expanduser().absolute()
+        try:
+            output_dir.relative_to(bids_dir)
+        except ValueError:
+            pass
+        else:
+            raise UserError(f"{output_dir}: inside the input dataset; choose another folder",
+                            ExitCode.USAGE)
+    import torch
+
+    from bids_mrisr.sr.networks.config import ModelConfig
+    from bids_mrisr.sr.training.distill import distill_student
+    from bids_mrisr.sr.training.loop import train_teacher
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.monotonic()
+    train, train_names, val, val_names = collect_volumes(args, output_dir / "work")
+    LOGGER.info("training on %d volume(s): %s; held out: %s", len(train),
+                ", ".join(train_names), ", ".join(val_names) or "none")
+    provenance = {"training_volumes": train_names, "validation_volumes": val_names,
+                  "seed": args.seed}
+    teacher_dir = output_dir / "teacher"
+    tiny = args.preset == "tiny"
+    teacher_config = ModelConfig.tiny_teacher() if tiny else ModelConfig.teacher_default()
+    student_config = ModelConfig.tiny_student() if tiny else ModelConfig.student_default()
+    if not args.skip_teacher:
+        train_teacher(train, teacher_config, teacher_dir,
+                      minutes=args.teacher_minutes, batch_size=args.batch_size, seed=args.seed,
+                      progress=progress_callback("teacher training", "step"),
+                      val_volumes=val or None, provenance=dict(provenance))
+    distill_student(teacher_dir, train, student_config, output_dir / "student",
+                    teacher_steps=args.teacher_steps, minutes=args.distill_minutes,
+                    seed=args.seed, progress=progress_callback("distillation", "step"),
+                    val_volumes=val or None, provenance=dict(provenance))
+    for kind in ("teacher", "student"):
+        meta = json.loads((output_dir / kind / "model.json").read_text())
+        metrics = meta.get("provenance", {}).get("metrics")
+        LOGGER.info("%s: sha256 %s, held-out metrics %s", kind, meta.get("sha256"),
+                    json.dumps(metrics) if metrics else "none (no --validation-label)")
+    LOGGER.info("done in %.1f min: use --weights %s/student (or /teacher)",
+                (time.monotonic() - started) / 60, output_dir)
+    return int(ExitCode.OK)

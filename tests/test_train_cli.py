@@ -1,0 +1,40 @@
+"""``bids_mrisr train`` end to end with tiny networks on a phantom dataset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from bids_mrisr.cli.run import main
+from bids_mrisr.sr.checkpoint import load_checkpoint
+from tests.conftest import make_dataset, phantom_volume, write_volume
+
+
+def test_train_writes_teacher_and_distilled_student(tmp_path):
+    root = make_dataset(tmp_path / "bids", {})
+    for index, label in enumerate(("01", "02", "03")):
+        write_volume(root / f"sub-{label}/anat/sub-{label}_T1w.nii.gz",
+                     phantom_volume((40, 44, 40), seed=index), zooms=(1.0, 1.0, 1.0))
+    write_volume(root / "sub-lo/anat/sub-lo_T1w.nii.gz", phantom_volume((20, 22, 20)),
+                 zooms=(2.0, 2.0, 2.0))
+    out = tmp_path / "train"
+    code = main(["train", str(root), str(out), "--no-bundled", "--preset", "tiny",
+                 "--validation-label", "03", "--teacher-minutes", "0.05",
+                 "--distill-minutes", "0.05", "--teacher-steps", "4", "--batch-size", "2"])
+    assert code == 0
+    teacher = load_checkpoint(out / "teacher")
+    student = load_checkpoint(out / "student")
+    assert teacher.config.kind == "teacher" and student.config.kind == "student"
+    assert student.provenance["distilled_from"] == teacher.sha256
+    assert student.provenance["sampling_steps"] == 2
+    meta = json.loads((out / "teacher" / "model.json").read_text())["provenance"]
+    assert meta["trained"] is True
+    assert meta["validation_volumes"] == ["sub-03/anat/sub-03_T1w.nii.gz"]
+    assert "sub-lo/anat/sub-lo_T1w.nii.gz" not in meta["training_volumes"]  # 2 mm: no truth
+    assert np.isfinite(meta["metrics"]["psnr_model"])
+
+
+def test_train_output_inside_bids_dir_is_refused(tmp_path):
+    root = make_dataset(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": None})
+    assert main(["train", str(root), str(root / "derivatives" / "train"), "--no-bundled"]) == 64
