@@ -36,12 +36,16 @@ def super_resolve_file(
     params = Normalisation.from_json(params_file)
     result = super_resolve(volume, options, progress=progress_callback(description))
     # Cubic and SR overshoot at edges; never go below the darkest input intensity.
-    restored = np.maximum(params.invert(result.image), params.invert(volume.min(keepdims=True)))
+    floor = params.invert(volume.min(keepdims=True))
+    del volume  # each full-size array is released as soon as it is written (--mem)
+    restored = np.maximum(params.invert(result.image), floor)
+    result.image = None  # type: ignore[assignment]  # the engine's copy is no longer needed
     outputs: dict[str, Path | None] = {
         "out_file": save_nifti(float_image(restored, image), out_dir / "sr.nii.gz"),
         "gates_file": None,
         "std_file": None,
     }
+    del restored
     if result.gates is not None:
         gates = np.moveaxis(result.gates, 0, -1)  # (K, X, Y, Z) -> (X, Y, Z, K)
         outputs["gates_file"] = save_nifti(float_image(gates, image), out_dir / "gates.nii.gz")
