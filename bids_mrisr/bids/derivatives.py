@@ -125,6 +125,10 @@ def init_derivatives_dataset(output_dir: Path, bids_dir: Path) -> None:
         atomic_write_bytes(ignore, ("\n".join(merged) + "\n").encode())
 
 
+def sidecar_path(nifti: Path) -> Path:
+    return nifti.with_name(nifti.name.replace(".nii.gz", ".json"))
+
+
 def _copy_nifti(src: Path, dst: Path) -> Path:
     """Copy via a temporary file + rename, so an interrupted run never leaves half a volume."""
     atomic_write_bytes(dst, Path(src).read_bytes())
@@ -168,7 +172,7 @@ def write_run_outputs(
     written: list[Path] = []
     sr_path = anat_dir / output_name(stem, resolution, DESC_SR, suffix)
     written.append(_copy_nifti(sr_file, sr_path))
-    written.append(write_json(sr_path.with_name(sr_path.name.replace(".nii.gz", ".json")), {
+    written.append(write_json(sidecar_path(sr_path), {
         "Description": f"{suffix} super-resolved with {model} (bias-field corrected, "
                        "on the input's intensity scale)",
         "Sources": sources,
@@ -178,7 +182,7 @@ def write_run_outputs(
     if std_file is not None:
         std_path = anat_dir / output_name(stem, resolution, DESC_STD, suffix)
         written.append(_copy_nifti(std_file, std_path))
-        written.append(write_json(std_path.with_name(std_path.name.replace(".nii.gz", ".json")), {
+        written.append(write_json(sidecar_path(std_path), {
             "Description": "voxel-wise standard deviation of the super-resolved intensity over "
                            f"{info.get('NumSamples', '?')} stochastic draws (uncertainty)",
             "Sources": sources + [sr_uri],
@@ -190,7 +194,7 @@ def write_run_outputs(
         written.append(_copy_nifti(gates_file, gates_path))
         names = list(info.get("ExpertNames", []))
         written.append(write_json(
-            gates_path.with_name(gates_path.name.replace(".nii.gz", ".json")), {
+            sidecar_path(gates_path), {
                 "Description": "MoEDiff-SR per-expert gating maps: the weight of each expert's "
                                "denoiser at each voxel (volumes sum to 1)",
                 "Sources": sources + [sr_uri],

@@ -178,7 +178,7 @@ def read_filter_file(path: Path) -> dict[str, dict[str, Any]]:
     return {key.lower(): value for key, value in filters.items()}
 
 
-def _is_within(path: Path, parent: Path) -> bool:
+def is_within(path: Path, parent: Path) -> bool:
     try:
         path.resolve().relative_to(parent.resolve())
     except ValueError:
@@ -210,13 +210,13 @@ def build_settings(argv: list[str]) -> Settings:
     if not bids_dir.is_dir():
         raise UserError(f"{bids_dir}: input BIDS directory does not exist", ExitCode.NO_INPUT)
     for name, path in (("output", output_dir), ("work", work_dir)):
-        if _is_within(path, bids_dir):
+        if is_within(path, bids_dir):
             raise UserError(
                 f"{path}: the {name} directory is inside the input dataset {bids_dir}; "
                 "nothing may be written there, choose a directory outside it",
                 ExitCode.USAGE,
             )
-    if _is_within(bids_dir, output_dir):
+    if is_within(bids_dir, output_dir):
         raise UserError(f"{output_dir}: the output directory contains the input dataset",
                         ExitCode.USAGE)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from bids_mrisr.bids.layout import discover_runs
 from bids_mrisr.cli.exitcodes import ExitCode, UserError
-from bids_mrisr.cli.parser import expand_labels
+from bids_mrisr.cli.parser import expand_labels, is_within
 from bids_mrisr.image.n4 import n4_correct
 from bids_mrisr.image.normalize import fit_normalisation
 from bids_mrisr.image.reorient import reorient_to_ras
@@ -140,12 +140,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     output_dir = args.output_dir.expanduser().absolute()
     if args.bids_dir is not None:
-        bids_dir = args.bids_dir.expanduser().absolute()
-        try:
-            output_dir.relative_to(bids_dir)
-        except ValueError:
-            pass
-        else:
+        if is_within(output_dir, args.bids_dir.expanduser().absolute()):
             raise UserError(f"{output_dir}: inside the input dataset; choose another folder",
                             ExitCode.USAGE)
     import torch
