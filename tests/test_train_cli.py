@@ -11,15 +11,39 @@ from bids_mrisr.sr.checkpoint import load_checkpoint
 from tests.conftest import make_dataset, phantom_volume, write_volume
 
 
-def test_train_writes_teacher_and_distilled_student(tmp_path):
+def _dataset(tmp_path):
     root = make_dataset(tmp_path / "bids", {})
     for index, label in enumerate(("01", "02", "03")):
         write_volume(root / f"sub-{label}/anat/sub-{label}_T1w.nii.gz",
                      phantom_volume((40, 44, 40), seed=index), zooms=(1.0, 1.0, 1.0))
     write_volume(root / "sub-lo/anat/sub-lo_T1w.nii.gz", phantom_volume((20, 22, 20)),
                  zooms=(2.0, 2.0, 2.0))
+    return root
+
+
+def test_train_regression_recipe_writes_a_mean_student(tmp_path):
+    root = _dataset(tmp_path)
     out = tmp_path / "train"
     code = main(["train", str(root), str(out), "--no-bundled", "--preset", "tiny",
+                 "--validation-label", "03", "--student-steps", "30", "--batch-size", "2",
+                 "--crop", "32"])
+    assert code == 0
+    student = load_checkpoint(out / "student")
+    assert student.config.kind == "student" and student.config.prediction_type == "mean"
+    prov = student.provenance
+    assert prov["recipe"] == "regression" and prov["steps"] == 30
+    assert prov["sampling_steps"] == 1
+    assert prov["validation_volumes"] == ["sub-03/anat/sub-03_T1w.nii.gz"]
+    assert "--student-steps 30" in prov["command"]
+    assert np.isfinite(prov["metrics"]["psnr_model"])
+    assert not (out / "teacher").exists()
+
+
+def test_train_writes_teacher_and_distilled_student(tmp_path):
+    root = _dataset(tmp_path)
+    out = tmp_path / "train"
+    code = main(["train", str(root), str(out), "--no-bundled", "--preset", "tiny",
+                 "--recipe", "diffusion",
                  "--validation-label", "03", "--teacher-minutes", "0.05",
                  "--distill-minutes", "0.05", "--teacher-steps", "4", "--batch-size", "2"])
     assert code == 0

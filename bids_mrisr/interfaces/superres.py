@@ -19,8 +19,20 @@ from nipype.interfaces.base import (
 
 from bids_mrisr.image.io import float_image, save_nifti
 from bids_mrisr.image.normalize import Normalisation
+from bids_mrisr.image.resample import resample_to_resolution
 from bids_mrisr.progress import progress_callback
 from bids_mrisr.sr.engine import SROptions, super_resolve
+
+
+def bias_on_grid(bias_file: Path, image: nib.Nifti1Image) -> np.ndarray:
+    """The N4 field (on the reoriented input grid) resampled onto ``image``'s target grid."""
+    bias = nib.load(str(bias_file))
+    resolution = float(image.header.get_zooms()[0])
+    data, _ = resample_to_resolution(np.asanyarray(bias.dataobj), bias.affine, resolution)
+    if data.shape != image.shape[:3]:
+        raise ValueError(f"{bias_file}: bias field grid {data.shape} does not match the target "
+                         f"grid {image.shape[:3]}")
+    return np.maximum(data, np.float32(1e-3))
 
 
 def super_resolve_file(
@@ -29,8 +41,11 @@ def super_resolve_file(
     options: SROptions,
     out_dir: Path,
     description: str = "super-resolution",
+    bias_file: Path | None = None,
 ) -> dict[str, Path | None]:
-    """Super-resolve a normalised target-grid volume and map it back to the input's scale."""
+    """Super-resolve a normalised target-grid volume and map it back to the input's
+    intensities: undo the normalisation, then multiply the N4 bias field back in (downstream
+    tools run their own bias correction and expect the scan as acquired)."""
     image = nib.load(str(in_file))
     volume = np.asanyarray(image.dataobj).astype(np.float32)
     params = Normalisation.from_json(params_file)
@@ -38,8 +53,12 @@ def super_resolve_file(
     # Cubic and SR overshoot at edges; never go below the darkest input intensity.
     floor = params.invert(volume.min(keepdims=True))
     del volume  # each full-size array is released as soon as it is written (--mem)
-    restored = np.maximum(params.invert(result.image), floor)
+    restored = params.invert(result.image)
     result.image = None  # type: ignore[assignment]  # the engine's copy is no longer needed
+    if bias_file is not None:
+        restored *= bias_on_grid(bias_file, image)
+        result.info["BiasFieldRestored"] = True
+    np.maximum(restored, floor, out=restored)
     outputs: dict[str, Path | None] = {
         "out_file": save_nifti(float_image(restored, image), out_dir / "sr.nii.gz"),
         "gates_file": None,
@@ -64,6 +83,8 @@ def super_resolve_file(
 class _SuperResolveInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="normalised volume on the target grid")
     params_file = File(exists=True, mandatory=True, desc="normalisation parameters (JSON)")
+    bias_file = File(exists=True, desc="N4 bias field on the reoriented input grid")
+    thick_axis = traits.Int(desc="target-grid axis acquired with thick slices (unset: isotropic)")
     method = traits.Enum("student", "teacher", "interp", usedefault=True)
     weights = traits.Str(desc="checkpoint directory")
     weights_sha256 = traits.Str(desc="hash of the weights, so new weights invalidate the cache")
@@ -100,8 +121,10 @@ class SuperResolve(SimpleInterface):
             planes=tuple(inputs.planes),
             max_memory_gb=inputs.max_memory_gb if isdefined(inputs.max_memory_gb) else None,
             threads=inputs.num_threads,
+            thick_axis=inputs.thick_axis if isdefined(inputs.thick_axis) else None,
         )
+        bias = Path(inputs.bias_file) if isdefined(inputs.bias_file) else None
         outputs = super_resolve_file(Path(inputs.in_file), Path(inputs.params_file), options,
-                                     Path(os.getcwd()), inputs.description)
+                                     Path(os.getcwd()), inputs.description, bias_file=bias)
         self._results.update({key: str(path) for key, path in outputs.items() if path})
         return runtime

@@ -57,6 +57,10 @@ class SROptions:
     max_memory_gb: float | None = None
     threads: int | None = None
     gate_skip_threshold: float = 1e-3
+    thick_axis: int | None = None
+    """Axis of the target grid along which the input was acquired with thick slices (from the
+    header, see :func:`bids_mrisr.sr.geometry.thick_axis`); None for isotropic inputs. Networks
+    then run only in the planes that contain it, with it along the slice rows, as trained."""
 
 
 def super_resolve(

@@ -27,6 +27,7 @@ from bids_mrisr.sr import device as devices
 from bids_mrisr.sr import slicing
 from bids_mrisr.sr.diffusion.sampler import ddim_sample, randn
 from bids_mrisr.sr.engine import SRError, SROptions, SRResult
+from bids_mrisr.sr.networks.config import MEAN_TIMESTEP
 
 DEFAULT_STEPS = {"teacher": 20, "student": 2}
 EXTRA_DRAW_ETA = 1.0
@@ -227,15 +228,21 @@ def run_loaded(
     bad = [p for p in planes if p not in slicing.PLANE_AXES]
     if not planes or bad or len(set(planes)) != len(planes):
         raise SRError(f"planes must be distinct names among {sorted(slicing.PLANE_AXES)}")
+    thick = options.thick_axis
+    if thick is not None and thick not in (0, 1, 2):
+        raise SRError(f"thick_axis must be 0, 1, 2 or None, got {thick}")
+    planes = slicing.planes_for_geometry(planes, thick)
     if options.num_samples < 1:
         raise SRError("num_samples must be >= 1")
     if options.eta < 0:
         raise SRError("eta must be >= 0")
     device = device or devices.resolve_device(options.device)
-    steps = options.steps or default_steps or DEFAULT_STEPS.get(config.kind, 20)
+    direct = getattr(config, "prediction_type", "v") == "mean"
+    steps = 1 if direct else options.steps or default_steps or DEFAULT_STEPS.get(config.kind, 20)
     if steps < 1:
         raise SRError(f"steps must be >= 1, got {steps}")
-    n = options.num_samples
+    # A mean regressor is deterministic: one pass, no draws (hence no uncertainty map).
+    n = 1 if direct else options.num_samples
     eta = options.eta if (n == 1 or options.eta > 0) else EXTRA_DRAW_ETA
     teacher = config.kind == "teacher"
     k = config.num_experts if teacher else 0
@@ -254,7 +261,7 @@ def run_loaded(
 
     plans = {}
     for p in planes:
-        planar_shape = tuple(np.moveaxis(volume, slicing.PLANE_AXES[p], 0).shape)
+        planar_shape = tuple(slicing.planar_view(volume, slicing.PLANE_AXES[p], thick).shape)
         plans[p] = plan_memory(config, planar_shape, volume.shape, options, device, param_bytes)
         if tile is not None:
             _with_tiles(plans[p], config, tile)
@@ -279,7 +286,7 @@ def run_loaded(
         with torch.inference_mode():
             for p in planes:
                 axis = slicing.PLANE_AXES[p]
-                planar = vol_t.movedim(axis, 0)
+                planar = slicing.planar_view(vol_t, axis, thick)
                 plan = plans[p]
                 for sl in slicing.batches(planar.shape[0], plan.batch_size):
                     cond = slicing.condition_stack(planar, sl, m).to(device).contiguous(
@@ -299,14 +306,17 @@ def run_loaded(
                         device,
                         stats,
                         tick,
+                        direct,
                     )
                     centre = planar[sl.start : sl.stop].numpy()
-                    np.moveaxis(out, axis, 0)[sl.start : sl.stop] += centre + res / scale
+                    slicing.planar_view(out, axis, thick)[sl.start : sl.stop] += (
+                        centre + res / scale)
                     if unc is not None and std is not None:
-                        np.moveaxis(unc, axis, 0)[sl.start : sl.stop] += std / scale
+                        slicing.planar_view(unc, axis, thick)[sl.start : sl.stop] += std / scale
                     if gates_acc is not None and gates is not None:
-                        g_view = np.moveaxis(gates_acc, axis + 1, 1)
-                        g_view[:, sl.start : sl.stop] += gates.transpose(1, 0, 2, 3)
+                        for e in range(k):
+                            g_view = slicing.planar_view(gates_acc[e], axis, thick)
+                            g_view[sl.start : sl.stop] += gates[:, e]
     inv = np.float32(1.0 / len(planes))
     out *= inv
     if unc is not None:
@@ -321,7 +331,8 @@ def run_loaded(
         "ModelName": model_name,
         "WeightsSHA256": sha256,
         "SamplingSteps": steps,
-        "Sampler": "DDIM",
+        "Sampler": "direct posterior-mean regression" if direct else "DDIM",
+        "ThickAxis": thick,
         "Eta": eta,
         "NumSamples": n,
         "Seed": options.seed,
@@ -385,6 +396,7 @@ def _sample_batch(
     device: torch.device,
     stats: dict[str, int],
     tick: Callable[..., None],
+    direct: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Residual mean (and std over draws) plus fused gates for one batch of slices."""
     b, _, h, w = cond.shape
@@ -435,6 +447,13 @@ def _sample_batch(
             v[:, :, cy, cx] += vt[:, :, iy, ix].float() * wt
         return v / wsum
 
+    if direct:  # one deterministic pass of a mean regressor
+        t = torch.full((b,), float(MEAN_TIMESTEP), device=device)
+        x0 = model_fn(torch.zeros((b, 1, h, w), device=device), t)
+        x0 = x0.clamp(-CLIP_RESIDUAL * scale, CLIP_RESIDUAL * scale)
+        tick()
+        gates = gate_map.cpu().numpy() if gate_map is not None else None
+        return x0[:, 0].float().cpu().numpy(), None, gates
     draws = []
     for s in range(n):
         gens = [torch.Generator().manual_seed(_seed_for(options.seed, plane, i, s)) for i in sl]

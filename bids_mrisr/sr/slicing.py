@@ -17,6 +17,32 @@ PLANE_IDS = {"axial": 0, "coronal": 1, "sagittal": 2}
 """Stable per-plane ids for seeding: a plane's noise does not depend on which others run."""
 
 
+def planar_view(volume: np.ndarray | torch.Tensor, axis: int, thick_axis: int | None = None,
+                ) -> np.ndarray | torch.Tensor:
+    """``[S, H, W]`` view of ``volume`` sliced along ``axis``, with ``thick_axis`` along H.
+
+    The networks are trained with the acquisition's thick (blurred) axis along the rows of every
+    slice; this view gives the engine the same orientation. Writes through the view reach the
+    volume (numpy and torch alike).
+    """
+    rest = [a for a in range(3) if a != axis]
+    swap = thick_axis is not None and thick_axis in rest and rest.index(thick_axis) == 1
+    if isinstance(volume, torch.Tensor):
+        view = volume.movedim(axis, 0)
+        return view.transpose(1, 2) if swap else view
+    view = np.moveaxis(volume, axis, 0)
+    return view.swapaxes(1, 2) if swap else view
+
+
+def planes_for_geometry(planes: tuple[str, ...], thick_axis: int | None) -> tuple[str, ...]:
+    """The requested planes that contain the thick axis (they see its blur in-plane); all of
+    them when the input is isotropic or when none would be left."""
+    if thick_axis is None:
+        return tuple(planes)
+    kept = tuple(p for p in planes if PLANE_AXES[p] != thick_axis)
+    return kept or tuple(planes)
+
+
 def condition_indices(slices: np.ndarray | range, num_slices: int, m: int) -> np.ndarray:
     """``(len(slices), 2m+1)`` neighbour indices, replicated at the volume borders."""
     s = np.asarray(slices, dtype=np.int64)[:, None]

@@ -16,6 +16,8 @@ from nipype.pipeline import engine as pe
 from bids_mrisr.bids.inputs import looks_skull_stripped
 from bids_mrisr.bids.layout import AnatRun
 from bids_mrisr.config import Settings
+from bids_mrisr.image.reorient import ras_zooms
+from bids_mrisr.sr.geometry import thick_axis
 from bids_mrisr.workflows.outputs import init_outputs_wf
 from bids_mrisr.workflows.preproc import init_preproc_wf
 from bids_mrisr.workflows.superres import SRParameters, init_superres_wf
@@ -56,10 +58,13 @@ def init_single_run_wf(run: AnatRun, settings: Settings, params: SRParameters,
     workflow = pe.Workflow(name=f"{run.label}_wf")
     inputnode = pe.Node(niu.IdentityInterface(fields=["in_file"]), name="inputnode")
     inputnode.inputs.in_file = str(run.path)
-    zooms = [float(z) for z in nib.load(str(run.path)).header.get_zooms()[:3]]
+    image = nib.load(str(run.path))
+    zooms = [float(z) for z in image.header.get_zooms()[:3]]
+    thick = thick_axis(ras_zooms(image))
     preproc = init_preproc_wf(output_resolution=settings.output_resolution,
                               omp_nthreads=params.omp_nthreads)
-    superres = init_superres_wf(params, description=f"{run.relpath} ({params.method})")
+    superres = init_superres_wf(params, description=f"{run.relpath} ({params.method})",
+                                thick_axis=thick)
     outputs = init_outputs_wf(
         run,
         settings.output_dir,
@@ -69,7 +74,8 @@ def init_single_run_wf(run: AnatRun, settings: Settings, params: SRParameters,
     workflow.connect([
         (inputnode, preproc, [("in_file", "inputnode.in_file")]),
         (preproc, superres, [("outputnode.out_file", "inputnode.in_file"),
-                             ("outputnode.params_file", "inputnode.params_file")]),
+                             ("outputnode.params_file", "inputnode.params_file"),
+                             ("outputnode.bias_field", "inputnode.bias_file")]),
         (preproc, outputs, [("outputnode.resolution", "inputnode.resolution")]),
         (superres, outputs, [("outputnode.out_file", "inputnode.sr_file"),
                              ("outputnode.info_file", "inputnode.info_file"),

@@ -27,11 +27,12 @@ class SRParameters:
 
 
 def init_superres_wf(params: SRParameters, description: str = "super-resolution",
-                     name: str = "superres_wf") -> pe.Workflow:
-    """Inputs: ``in_file``, ``params_file``. Outputs: ``out_file``, ``gates_file``,
-    ``std_file``, ``info_file`` (see :class:`SuperResolve`)."""
+                     thick_axis: int | None = None, name: str = "superres_wf") -> pe.Workflow:
+    """Inputs: ``in_file``, ``params_file``, ``bias_file`` (the N4 field, put back after SR).
+    Outputs: ``out_file``, ``gates_file``, ``std_file``, ``info_file`` (see
+    :class:`SuperResolve`). ``thick_axis``: the target-grid axis acquired with thick slices."""
     workflow = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", "params_file"]),
+    inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", "params_file", "bias_file"]),
                         name="inputnode")
     outputnode = pe.Node(
         niu.IdentityInterface(fields=["out_file", "gates_file", "std_file", "info_file"]),
@@ -46,6 +47,8 @@ def init_superres_wf(params: SRParameters, description: str = "super-resolution"
         num_threads=params.omp_nthreads,
         description=description,
     )
+    if thick_axis is not None:
+        node.inputs.thick_axis = thick_axis
     if params.weights:
         node.inputs.weights = params.weights
     if params.weights_sha256:
@@ -57,7 +60,8 @@ def init_superres_wf(params: SRParameters, description: str = "super-resolution"
     superres = pe.Node(node, name="superres", n_procs=params.omp_nthreads,
                        mem_gb=min(params.mem_gb or 4.0, 4.0))
     workflow.connect([
-        (inputnode, superres, [("in_file", "in_file"), ("params_file", "params_file")]),
+        (inputnode, superres, [("in_file", "in_file"), ("params_file", "params_file"),
+                               ("bias_file", "bias_file")]),
         (superres, outputnode, [("out_file", "out_file"), ("gates_file", "gates_file"),
                                 ("std_file", "std_file"), ("info_file", "info_file")]),
     ])

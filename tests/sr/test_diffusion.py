@@ -45,11 +45,13 @@ def test_parameterisation_round_trips(t: int) -> None:
     torch.testing.assert_close(S.predict_eps_from_x0(x_t, x0, ab), eps, atol=1e-4, rtol=0)
 
 
-def test_respacing() -> None:
+def test_respacing_is_trailing_and_nests() -> None:
     assert respaced_timesteps(1000, 1) == [999]
-    assert respaced_timesteps(1000, 2) == [999, 0]
+    assert respaced_timesteps(1000, 2) == [999, 499]  # the last step starts from real noise
     ts = respaced_timesteps(1000, 20)
-    assert len(ts) == 20 and ts[0] == 999 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
+    assert len(ts) == 20 and ts[0] == 999 and ts[-1] == 49 and ts == sorted(ts, reverse=True)
+    for steps in (2, 4, 8):  # halving the steps keeps every other timestep
+        assert respaced_timesteps(1000, steps) == respaced_timesteps(1000, 2 * steps)[::2]
     assert len(set(respaced_timesteps(1000, 1000))) == 1000
     with pytest.raises(ValueError):
         respaced_timesteps(1000, 0)

@@ -10,6 +10,7 @@ from bids_mrisr.sr.checkpoint import load_checkpoint
 from bids_mrisr.sr.diffusion.sampler import ddim_step
 from bids_mrisr.sr.diffusion.schedule import NoiseSchedule, q_sample, v_from_x0_xt
 from bids_mrisr.sr.networks import ModelConfig, build_model
+from bids_mrisr.sr.slicing import planar_view
 from bids_mrisr.sr.training.data import PairSampler
 from bids_mrisr.sr.training.distill import distill_student, grid_for, two_steps, v_for_jump
 from bids_mrisr.sr.training.evaluate import evaluate_volume
@@ -58,6 +59,9 @@ class _MidRng:
     def random(self):
         return 1.0  # every "if random() < 0.5" augmentation is skipped
 
+    def choice(self, seq):
+        return seq[(len(seq) - 1) // 2]
+
     def uniform(self, low, high):
         return 1.0  # gain 1
 
@@ -66,16 +70,18 @@ def test_pair_sampler_residual_reconstructs_hr():
     vol = head()
     s = PairSampler([vol], context_slices=1, residual_scale=5.0, crop=16, seed=0)
     for _, cubic, params in s.pool:
-        assert cubic.shape == vol.shape and 1.5 <= params.factor <= 4.0
+        assert cubic.shape == vol.shape and 1.5 <= params.factor <= 5.0
     s.rng = _MidRng()
     cond, x0 = s.sample(2)
-    planar = np.moveaxis(vol, 1, 0)  # axis integers(0, 3) -> 1
+    hr, cubic, params = s.pool[(len(s.pool) - 1) // 2]
+    axis = [a for a in range(3) if a != params.axis][0]  # _MidRng's choice of plane
+    planar = planar_view(hr, axis, params.axis)
     n, h, w = planar.shape
     y, x = (h - 16) // 2, (w - 16) // 2
     expected = planar[(n - 1) // 2, y : y + 16, x : x + 16]
     rec = (cond[:, 1] + x0[:, 0] / 5.0).numpy()
     np.testing.assert_allclose(rec[0], expected, atol=1e-5)
-    cubic = np.moveaxis(s.pool[(len(s.pool) - 1) // 2][1], 1, 0)
+    cubic = planar_view(cubic, axis, params.axis)
     np.testing.assert_allclose(cond[0].numpy(),
                                cubic[(n - 1) // 2 - 1 : (n - 1) // 2 + 2, y : y + 16, x : x + 16])
 

@@ -24,13 +24,16 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 def respaced_timesteps(num_train_steps: int, steps: int) -> list[int]:
-    """``steps`` timesteps evenly spaced from ``T-1`` down to 0 (distinct, descending)."""
+    """``steps`` timesteps with trailing spacing: ``T-1, T-1-T/steps, ...`` (descending).
+
+    The last step starts from a noisy level (e.g. [999, 499] for 2 steps, not [999, 0] where
+    almost no noise is left and the step does nothing), and halving ``steps`` keeps every other
+    timestep, so progressive distillation rounds nest.
+    """
     if not 1 <= steps <= num_train_steps:
         raise ValueError(f"steps must be in [1, {num_train_steps}], got {steps}")
-    if steps == 1:
-        return [num_train_steps - 1]
-    ts = torch.linspace(num_train_steps - 1, 0, steps, dtype=torch.float64).round().long()
-    return [int(t) for t in ts]
+    stride = num_train_steps / steps
+    return [int(round(num_train_steps - 1 - k * stride)) for k in range(steps)]
 
 
 def randn(

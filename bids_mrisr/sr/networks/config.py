@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 KINDS = ("teacher", "student")
-PREDICTION_TYPES = ("v", "eps", "x0")
+PREDICTION_TYPES = ("v", "eps", "x0", "mean")
+"""``v``/``eps``/``x0``: diffusion parametrisations. ``mean``: a direct regressor of the posterior
+mean residual (one deterministic pass; the noisy-input channel is fed zeros). PSNR rewards the
+mean, so this is the default output path; draws need a diffusion model."""
+MEAN_TIMESTEP = 999
+"""Timestep fed to ``mean`` models: the network's FiLM input is constant, as at t = T-1, where a
+v-prediction model's one-step estimate is also the posterior mean."""
 EXPERT_BIASES = ("none", "edge", "dilated")
 """Optional per-expert inductive biases: ``edge`` adds a fixed Laplacian of the centre condition
 slice as an input channel; ``dilated`` gives the U-Net bottleneck dilated convolutions (wider,

@@ -3,15 +3,26 @@
 The networks work on the cubic-upsampled volume (the app resamples every input onto the target
 grid first), so a training pair is (condition stack of 2m+1 slices of the upsampled volume,
 scaled residual ``(HR - cubic) * residual_scale`` at the centre slice).
+
+Crops are cut as the app cuts slices: in a plane that contains the thick axis, with the thick
+axis along the rows (:func:`bids_mrisr.sr.slicing.planar_view`). The app reads the thick axis
+from the header, so the network never has to guess which direction is blurred.
+
+A bias field, when drawn, multiplies the target as well as the input: at inference N4 has
+removed most of it already, and what is left is in both; the network must not learn to guess a
+smooth correction it cannot see in a crop.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from bids_mrisr.sr.degrade import Degradation, degrade
+from bids_mrisr.sr.degrade import PROFILES, Degradation, degrade, smooth_bias_field
+from bids_mrisr.sr.slicing import planar_view
 
 FOREGROUND_THRESHOLD = 0.05
 """Normalised intensity above which a voxel counts as head (not background)."""
@@ -76,7 +87,7 @@ class PairSampler:
         context_slices: int,
         residual_scale: float,
         crop: int = 96,
-        factor_range: tuple[float, float] = (1.5, 4.0),
+        factor_range: tuple[float, float] = (1.5, 5.0),
         seed: int = 0,
         refresh_every: int = 200,
         pool_size: int | None = None,
@@ -93,7 +104,7 @@ class PairSampler:
         self.refresh_every = max(1, int(refresh_every))
         self.rng = np.random.default_rng(seed)
         n_pool = pool_size or max(2, len(self.volumes))
-        self.pool: list[tuple[int, np.ndarray, Degradation]] = []
+        self.pool: list[tuple[np.ndarray, np.ndarray, Degradation]] = []
         for i in range(n_pool):
             self.pool.append(self._make_entry(i % len(self.volumes)))
         self._since_refresh = 0
@@ -102,21 +113,36 @@ class PairSampler:
 
     # --- pool -----------------------------------------------------------------------------
     def random_degradation(self) -> tuple[Degradation, int]:
+        """A draw from the family of real acquisitions (see docs/model-card.md)."""
         r = self.rng
         params = Degradation(
             axis=int(r.integers(0, 3)),
             factor=float(r.uniform(*self.factor_range)),
+            profile=str(r.choice(PROFILES)),
+            thickness_ratio=float(r.uniform(0.8, 1.3)),
             inplane_sigma_vox=float(r.uniform(0.0, 0.6)) if r.random() < 0.5 else 0.0,
-            noise_fraction=float(r.uniform(0.0, 0.03)),
-            bias_strength=float(r.uniform(0.0, 0.3)),
+            noise_fraction=float(r.uniform(0.0, 0.03)) if r.random() < 0.8 else 0.0,
+            bias_strength=float(r.uniform(0.0, 0.2)) if r.random() < 0.5 else 0.0,
         )
-        return params, int(r.choice([8, 12]))
+        return params, int(r.choice([8, 10, 12, 16]))
 
-    def _make_entry(self, vol_index: int) -> tuple[int, np.ndarray, Degradation]:
+    def _make_entry(self, vol_index: int) -> tuple[np.ndarray, np.ndarray, Degradation]:
+        """(target, cubic estimate, degradation): the bias field goes on both sides."""
         params, bits = self.random_degradation()
         child = np.random.default_rng(int(self.rng.integers(2**63)))
-        cubic = simulate_cubic(self.volumes[vol_index], params, child, bits)
-        return vol_index, cubic, params
+        hr = self.volumes[vol_index]
+        if params.bias_strength > 0:
+            hr = hr * smooth_bias_field(hr.shape, params.bias_strength, child)
+        cubic = simulate_cubic(hr, dataclasses.replace(params, bias_strength=0.0), child, bits)
+        return hr, cubic, params
+
+    def describe(self) -> dict:
+        """The degradation family, for training provenance and the model card."""
+        return {"factor_range": list(self.factor_range), "profiles": list(PROFILES),
+                "thickness_ratio": [0.8, 1.3], "inplane_sigma_vox": [0, 0.6],
+                "noise_fraction": [0, 0.03], "bias_strength_on_both": [0, 0.2],
+                "bits": [8, 10, 12, 16], "gamma": [-0.4, 0.4], "gain": [0.85, 1.15],
+                "orientation": "planes containing the thick axis, thick axis along rows"}
 
     def refresh(self) -> None:
         """Replace the oldest pool entry with a fresh degradation of a random volume."""
@@ -128,13 +154,13 @@ class PairSampler:
     def _one(self) -> tuple[np.ndarray, np.ndarray]:
         r = self.rng
         c, m = self.crop, self.m
-        vi, cubic, _ = self.pool[int(r.integers(len(self.pool)))]
-        hr = self.volumes[vi]
+        hr, cubic, params = self.pool[int(r.integers(len(self.pool)))]
+        in_plane = [a for a in range(3) if a != params.axis]
         best = None
         for _attempt in range(20):
-            axis = int(r.integers(0, 3))
-            hr_p = np.moveaxis(hr, axis, 0)
-            cu_p = np.moveaxis(cubic, axis, 0)
+            axis = int(r.choice(in_plane))  # a plane that contains the thick axis, as the app
+            hr_p = planar_view(hr, axis, params.axis)
+            cu_p = planar_view(cubic, axis, params.axis)
             n, h, w = hr_p.shape
             s = int(r.integers(0, n))
             y = int(r.integers(0, max(h - c, 0) + 1))
@@ -155,7 +181,8 @@ class PairSampler:
             target = np.pad(target, ((0, ph), (0, pw)))
         cond = np.array(cond, dtype=np.float32)
         target = np.array(target, dtype=np.float32)
-        # Augment: flips (in-plane and of the slice order), intensity scale and gamma.
+        # Augment: flips (in-plane and of the slice order), intensity scale and gamma (which
+        # also remaps contrast between sites and sequences).
         if r.random() < 0.5:
             cond, target = cond[:, ::-1], target[::-1]
         if r.random() < 0.5:
@@ -163,7 +190,7 @@ class PairSampler:
         if r.random() < 0.5:
             cond = cond[::-1]
         if r.random() < 0.5:
-            gamma = float(np.exp(r.uniform(-0.2, 0.2)))
+            gamma = float(np.exp(r.uniform(-0.4, 0.4)))
             cond = np.clip(cond, 0, None) ** gamma
             target = np.clip(target, 0, None) ** gamma
         gain = float(r.uniform(0.85, 1.15))

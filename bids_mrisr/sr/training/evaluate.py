@@ -65,7 +65,8 @@ def evaluate_volume(
     device = params[0].device if params else torch.device("cpu")
     was_training = model.training if isinstance(model, torch.nn.Module) else False
     result = run_loaded(
-        cubic, model, config, SROptions(steps=steps, seed=seed, planes=tuple(planes)),
+        cubic, model, config,
+        SROptions(steps=steps, seed=seed, planes=tuple(planes), thick_axis=axis),
         device=device,
     )
     if was_training:

@@ -95,8 +95,15 @@ def run_steps(
         elapsed = time.perf_counter() - start
         if minutes is not None and elapsed >= minutes * 60 and i > 0:
             break
+        # Under a time cap the schedule follows whichever budget runs out first, so the
+        # learning rate has decayed when the clock stops (a machine slower than the first
+        # steps' timing otherwise stops mid-schedule).
+        sched_total = total or est_total
+        sched_step = i
+        if minutes is not None and i >= warmup:
+            sched_step = max(i, int(sched_total * elapsed / (minutes * 60)))
         for group in opt.param_groups:
-            group["lr"] = lr_at(i, total or est_total, lr, warmup)
+            group["lr"] = lr_at(sched_step, sched_total, lr, warmup)
         loss, stats = step_fn(i)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{label}: non-finite loss at step {i}")
@@ -124,9 +131,11 @@ def run_steps(
 
 def validate(
     model: nn.Module, config: ModelConfig, val_volumes: Sequence[np.ndarray] | None,
-    steps: int, planes: tuple[str, ...] = ("axial",), max_slices: int | None = VAL_SLICES,
+    steps: int, planes: tuple[str, ...] = ("coronal", "sagittal"),
+    max_slices: int | None = VAL_SLICES,
 ) -> dict[str, Any] | None:
-    """Mean held-out metrics over ``val_volumes`` (3x thick axial slices, 1% noise)."""
+    """Mean held-out metrics over ``val_volumes`` (3x thick axial slices, 1% noise), through the
+    planes that contain the thick axis, as the app runs them."""
     if not val_volumes:
         return None
     from bids_mrisr.sr.training.evaluate import evaluate_volume
