@@ -39,7 +39,7 @@ from scipy import ndimage
 from bids_mrisr.demo import thick_slice_affine
 from bids_mrisr.image.resample import resample_to_resolution
 from bids_mrisr.sr.degrade import Degradation, degrade
-from bids_mrisr.sr.training.evaluate import psnr, ssim
+from bids_mrisr.sr.training.evaluate import score_in_head as score
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "ds-real"
@@ -85,17 +85,6 @@ def plain_resample(image: nib.Nifti1Image, resolution: float, order: int) -> np.
                                     output_shape=shape, order=order, mode="nearest")
 
 
-def score(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """PSNR/SSIM in the head mask, on the extent both cover."""
-    shape = tuple(min(a, b) for a, b in zip(estimate.shape, truth.shape, strict=True))
-    est = estimate[: shape[0], : shape[1], : shape[2]]
-    ref = truth[: shape[0], : shape[1], : shape[2]]
-    top = float(np.percentile(ref, 99.9))
-    mask = ref > 0.05 * top
-    mask = ndimage.binary_fill_holes(ndimage.binary_opening(mask, iterations=2))
-    return {"psnr": psnr(est, ref, mask, top), "ssim": ssim(est, ref, mask, top)}
-
-
 def run_app(bids: Path, out: Path, work: Path, label: str, method: str, weights: str | None,
             threads: int) -> tuple[Path, float]:
     """One participant-level run of the installed app; returns its output and wall time."""
@@ -111,7 +100,7 @@ def run_app(bids: Path, out: Path, work: Path, label: str, method: str, weights:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     found = sorted((out / f"sub-{label}" / "anat").glob("*_T1w.nii.gz"))
-    found = [p for p in found if "desc-gates" not in p.name and "desc-std" not in p.name]
+    found = [p for p in found if "_desc-sr_" in p.name]
     if len(found) != 1:
         raise RuntimeError(f"expected one SR output for sub-{label}, found {found}")
     return found[0], seconds

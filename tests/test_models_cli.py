@@ -116,3 +116,22 @@ def test_failure_inside_the_workflow_is_one_line_without_traceback(small_dataset
     assert not list(out.rglob("*_desc-sr_*.nii.gz"))
     logs = list((out / "sub-01" / "log").glob("*/bids_mrisr.log"))
     assert logs and "memory budget" in logs[0].read_text()
+
+
+def test_mean_student_runs_once_in_the_planes_that_contain_the_thick_axis(small_dataset,
+                                                                          tmp_path):
+    import dataclasses
+
+    config = dataclasses.replace(ModelConfig.tiny_student(), prediction_type="mean")
+    sha = random_checkpoint(tmp_path / "mean", config)
+    code, out = _run(small_dataset, tmp_path, "student", tmp_path / "mean")
+    assert code == 0
+    anat = out / "sub-01" / "anat"
+    meta = json.loads((anat / "sub-01_res-1mm_desc-sr_T1w.json").read_text())
+    info = meta["SuperResolution"]
+    assert info["WeightsSHA256"] == sha
+    assert info["Sampler"] == "direct posterior-mean regression"
+    assert info["SamplingSteps"] == 1  # --steps 2 does not apply to a mean regressor
+    assert info["ThickAxis"] == 2  # the phantom is 1 x 1 x 3 mm
+    assert info["Planes"] == ["coronal", "sagittal"]
+    assert info["BiasFieldRestored"] is True

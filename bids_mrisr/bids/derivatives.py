@@ -166,6 +166,8 @@ def write_run_outputs(
             "reoriented to RAS+",
             "N4 bias-field correction (SimpleITK, shrink factor 4)",
             "robust intensity normalisation (0.5/99.5 percentiles), inverted after SR",
+            "the N4 bias field multiplied back in after SR (the output keeps the input's "
+            "intensities; downstream tools run their own bias correction)",
             f"cubic B-spline resampling to {resolution:g} mm",
         ],
     }
@@ -173,8 +175,8 @@ def write_run_outputs(
     sr_path = anat_dir / output_name(stem, resolution, DESC_SR, suffix)
     written.append(_copy_nifti(sr_file, sr_path))
     written.append(write_json(sidecar_path(sr_path), {
-        "Description": f"{suffix} super-resolved with {model} (bias-field corrected, "
-                       "on the input's intensity scale)",
+        "Description": f"{suffix} super-resolved with {model} (the input's intensities: "
+                       "bias field and intensity scale restored)",
         "Sources": sources,
         **common,
     }))

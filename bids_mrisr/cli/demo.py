@@ -42,5 +42,25 @@ def main(argv: list[str]) -> int:
         return code
     code = app_main([*common, "group"])
     if code == ExitCode.OK:
+        _print_scores(bids_dir, output_dir, reference, model)
         print(f"\nDemo finished: outputs in {output_dir}")
     return code
+
+
+def _print_scores(bids_dir: Path, output_dir: Path, reference: Path, model: str) -> None:
+    """PSNR/SSIM of plain cubic and of the app's output against the 1 mm reference."""
+    from bids_mrisr.demo import DEMO_SUBJECT, compare_with_reference
+
+    outputs = [p for p in sorted((output_dir / f"sub-{DEMO_SUBJECT}" / "anat").glob("*.nii.gz"))
+               if "_desc-sr_" in p.name]
+    inputs = sorted((bids_dir / f"sub-{DEMO_SUBJECT}" / "anat").glob("*_T1w.nii.gz"))
+    if len(outputs) != 1 or len(inputs) != 1:
+        LOGGER.warning("cannot compare with the reference: expected one input and one output")
+        return
+    scores = compare_with_reference(outputs[0], inputs[0], reference)
+    print(f"\nAgainst the 1 mm reference ({reference.name}; head mask):")
+    for name, label in (("cubic", "plain cubic resampling"), ("sr", f"bids_mrisr --model {model}")):
+        print(f"  {label:<32} PSNR {scores[name]['psnr']:6.2f} dB   SSIM "
+              f"{scores[name]['ssim']:.4f}")
+    print("  (the MNI152 template is among the training volumes of the shipped student: "
+          "held-out figures are in docs/model-card.md)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -66,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="time cap of the regression recipe; the learning-rate schedule "
                              "then follows whichever of steps and minutes runs out first")
     parser.add_argument("--crop", type=int, default=64, help="training crop side in pixels")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda or cuda:N (regression recipe; bf16 autocast on "
+                             "GPUs; under torchrun each process takes its local GPU)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="DataLoader worker processes that degrade volumes and cut crops "
+                             "beside the training step (0: in the training process)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted regression run from "
+                             "OUT/student/train_state.pt")
     parser.add_argument("--skip-teacher", action="store_true",
                         help="reuse OUT/teacher and only distil the student")
     parser.add_argument("--preset", choices=("default", "tiny"), default="default",
@@ -96,6 +106,8 @@ def prepare_volume(source: Path | nib.Nifti1Image, cache: Path) -> np.ndarray:
     if cached.is_file():
         return np.load(cached)
     cache.parent.mkdir(parents=True, exist_ok=True)
+    # Under torchrun every process prepares the volumes: private intermediates, atomic cache.
+    cache = cache.with_name(f"{cache.name}.rank{os.environ.get('RANK', '0')}")
     if isinstance(source, nib.Nifti1Image):
         path = cache.with_name(cache.name + "_in.nii.gz")
         nib.save(source, str(path))
@@ -107,7 +119,9 @@ def prepare_volume(source: Path | nib.Nifti1Image, cache: Path) -> np.ndarray:
     data = fit_normalisation(data).apply(data)
     resolution = float(min(image.header.get_zooms()[:3]))
     data, _ = resample_to_resolution(data, image.affine, resolution)
-    np.save(cached, data.astype(np.float32))
+    tmp = cache.with_name(cache.name + ".tmp.npy")
+    np.save(tmp, data.astype(np.float32))
+    os.replace(tmp, cached)
     return data
 
 
@@ -145,6 +159,16 @@ def collect_volumes(args: argparse.Namespace, cache: Path,
     return train, train_names, val, val_names
 
 
+def _check_device(name: str) -> None:
+    from bids_mrisr.sr.device import resolve_device
+    from bids_mrisr.sr.engine import SRError
+
+    try:
+        resolve_device(name)
+    except SRError as exc:
+        raise UserError(f"--device: {exc}", ExitCode.USAGE) from exc
+
+
 def _train_regression(args: argparse.Namespace, train: list[np.ndarray], val: list[np.ndarray],
                       provenance: dict, output_dir: Path, tiny: bool, started: float) -> int:
     """The shipped recipe: the student as a direct posterior-mean regressor."""
@@ -163,9 +187,10 @@ def _train_regression(args: argparse.Namespace, train: list[np.ndarray], val: li
         minutes=args.student_minutes,
         batch_size=args.batch_size, seed=args.seed, crop=args.crop,
         progress=progress_callback("student training", "step"), val_volumes=val or None,
-        provenance=provenance)
-    LOGGER.info("student: sha256 %s; done in %.1f min: use --weights %s/student", sha,
-                (time.monotonic() - started) / 60, output_dir)
+        provenance=provenance, device=args.device, workers=args.workers, resume=args.resume)
+    if sha is not None:  # rank 0 (or the only process) wrote the checkpoint
+        LOGGER.info("student: sha256 %s; done in %.1f min: use --weights %s/student", sha,
+                    (time.monotonic() - started) / 60, output_dir)
     return int(ExitCode.OK)
 
 
@@ -186,6 +211,8 @@ def main(argv: list[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.monotonic()
+    if args.recipe == "regression":
+        _check_device(args.device)  # before minutes of preprocessing
     train, train_names, val, val_names = collect_volumes(args, output_dir / "work")
     LOGGER.info("training on %d volume(s): %s; held out: %s", len(train),
                 ", ".join(train_names), ", ".join(val_names) or "none")

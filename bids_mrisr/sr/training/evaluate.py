@@ -38,6 +38,20 @@ def ssim(x: np.ndarray, ref: np.ndarray, mask: np.ndarray, peak: float,
     return float(smap[mask].mean())
 
 
+def score_in_head(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """PSNR/SSIM against ``truth`` in its head mask, on the extent both volumes cover.
+
+    Works in any intensity units (raw scanner values included): the peak is the truth's 99.9th
+    percentile and the mask is the filled region above 5 % of it.
+    """
+    shape = tuple(min(a, b) for a, b in zip(estimate.shape, truth.shape, strict=True))
+    est = np.asarray(estimate[: shape[0], : shape[1], : shape[2]], dtype=np.float32)
+    ref = np.asarray(truth[: shape[0], : shape[1], : shape[2]], dtype=np.float32)
+    top = float(np.percentile(ref, 99.9))
+    mask = ndimage.binary_fill_holes(ndimage.binary_opening(ref > 0.05 * top, iterations=2))
+    return {"psnr": psnr(est, ref, mask, top), "ssim": ssim(est, ref, mask, top)}
+
+
 def simulate_lowres(hr: np.ndarray, factor: float = 3.0, axis: int = 2, seed: int = 0,
                     noise_fraction: float = 0.01) -> np.ndarray:
     """The fixed evaluation degradation, cubic-upsampled back onto the HR grid."""

@@ -75,8 +75,16 @@ def run_steps(
     progress: Progress = None,
     extra_params: Sequence[nn.Parameter] = (),
     label: str = "train",
+    state_file: Path | None = None,
+    save_every: int = 1000,
+    resume: bool = False,
+    is_main: bool = True,
 ) -> tuple[EMA, int, float]:
-    """Optimise ``model`` with ``step_fn(i) -> (loss, stats)``; return (EMA, steps, minutes)."""
+    """Optimise ``model`` with ``step_fn(i) -> (loss, stats)``; return (EMA, steps, minutes).
+
+    With ``state_file``, the model, optimiser, EMA and step count are saved every
+    ``save_every`` steps (by the main process), and ``resume`` continues from that file.
+    """
     if steps is None and minutes is None:
         raise ValueError("give a step budget (steps=) or a time budget (minutes=)")
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
@@ -88,6 +96,10 @@ def run_steps(
     start = time.perf_counter()
     running: dict[str, float] = {}
     i = 0
+    if resume and state_file is not None and Path(state_file).is_file():
+        i, spent = _load_state(Path(state_file), model, opt, ema)
+        start -= spent
+        log.info("%s: resumed from %s at step %d", label, state_file, i)
     model.train()
     while True:
         if total is not None and i >= total:
@@ -123,10 +135,33 @@ def run_steps(
                      minutes, total)
         if progress is not None:
             progress(i, total or est_total)
+        if state_file is not None and is_main and i % save_every == 0:
+            _save_state(Path(state_file), model, opt, ema, i, time.perf_counter() - start)
         if i % LOG_EVERY == 0 or i == total:
             text = " ".join(f"{k}={v:.4g}" for k, v in running.items())
             log.info("%s step %d/%s %s", label, i, total or "?", text)
     return ema, i, (time.perf_counter() - start) / 60.0
+
+
+def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, ema: EMA, step: int,
+                seconds: float) -> None:
+    """Everything needed to continue: written to a temporary file, then renamed (atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "ema": ema.model.state_dict(), "ema_updates": ema.updates, "step": step,
+                "seconds": seconds}, tmp)
+    tmp.replace(path)
+
+
+def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, ema: EMA,
+                ) -> tuple[int, float]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    ema.model.load_state_dict(state["ema"])
+    ema.updates = int(state["ema_updates"])
+    return int(state["step"]), float(state["seconds"])
 
 
 def validate(

@@ -27,6 +27,8 @@ from bids_mrisr.sr.training.loop import EMA_DECAY, run_steps, validate
 
 log = logging.getLogger(__name__)
 
+STATE_FILE = "train_state.pt"
+"""Resumable training state inside the checkpoint directory (removed once the weights exist)."""
 REFRESH_EVERY = 1500
 """Crops drawn between two whole-volume re-degradations (each ~1-3 s on a CPU): at ~0.04 s per
 batch of 16 this keeps refreshing under a fifth of the time, and over an hour's training still
@@ -46,12 +48,36 @@ def predict_mean(model: nn.Module, cond: torch.Tensor) -> torch.Tensor:
 
 def mean_regression_loss(model: nn.Module, cond: torch.Tensor, x0: torch.Tensor,
                          ) -> tuple[torch.Tensor, dict[str, float]]:
-    pred = predict_mean(model, cond)
+    return _loss(predict_mean(model, cond), x0)
+
+
+def _loss(pred: torch.Tensor, x0: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
     loss = F.l1_loss(pred, x0)
     with torch.no_grad():
         mse = float(F.mse_loss(pred, x0))
         base = float((x0**2).mean())  # the error of predicting no residual (= cubic)
     return loss, {"l1": float(loss.detach()), "mse_over_cubic": mse / max(base, 1e-12)}
+
+
+class _Crops(torch.utils.data.IterableDataset):
+    """Endless batches from a :class:`PairSampler`; each DataLoader worker owns its sampler
+    (seeded by worker), so workers degrade volumes in parallel with the training step."""
+
+    def __init__(self, volumes: Sequence[np.ndarray], config: ModelConfig, crop: int, seed: int,
+                 batch_size: int, factor_range: tuple[float, float]) -> None:
+        self.args = (list(volumes), config.context_slices, config.residual_scale)
+        self.crop, self.seed, self.batch_size = crop, seed, batch_size
+        self.factor_range = factor_range
+
+    def sampler(self, worker: int = 0) -> PairSampler:
+        return PairSampler(*self.args, crop=self.crop, seed=self.seed + 7919 * worker,
+                           refresh_every=REFRESH_EVERY, factor_range=self.factor_range)
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        sampler = self.sampler(info.id + 1 if info is not None else 0)
+        while True:
+            yield sampler.sample(self.batch_size)
 
 
 def train_mean_regressor(
@@ -70,44 +96,88 @@ def train_mean_regressor(
     provenance: dict[str, Any] | None = None,
     threads: int | None = None,
     factor_range: tuple[float, float] = (1.5, 5.0),
-) -> str:
-    """Train ``config`` (``prediction_type`` must be ``mean``); save its EMA; return the sha256."""
+    device: str = "cpu",
+    workers: int = 0,
+    resume: bool = False,
+    save_every: int = 1000,
+) -> str | None:
+    """Train ``config`` (``prediction_type`` must be ``mean``); save its EMA; return the sha256.
+
+    ``device``: ``cpu``, ``cuda`` or ``auto`` (bf16 autocast on GPUs). ``workers`` > 0 feeds
+    batches from DataLoader worker processes. Under ``torchrun`` every process trains on its own
+    crops with DDP-averaged gradients and only rank 0 writes (other ranks return None).
+    ``resume`` continues from ``out_dir/train_state.pt`` (written every 1,000 steps).
+    """
+    from bids_mrisr.sr import device as devices
+    from bids_mrisr.sr.training import distributed
+
     if config.prediction_type != "mean":
         raise ValueError("the regression path trains prediction_type='mean' models")
     if threads:
         torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    model = build_model(config)
-    sampler = PairSampler(list(volumes), config.context_slices, config.residual_scale,
-                          crop=crop, seed=seed, refresh_every=REFRESH_EVERY,
-                          factor_range=factor_range)
-    started = time.perf_counter()
+    rank = distributed.from_environment()
+    dev = distributed.training_device(device, rank)
+    out_dir = Path(out_dir)
+    with distributed.process_group(rank, dev):
+        torch.manual_seed(seed)  # the same initial weights on every rank
+        model = build_model(config).to(dev)
+        net: nn.Module = model
+        if rank.world_size > 1:
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        data = _Crops(volumes, config, crop, seed + 104729 * rank.rank, batch_size, factor_range)
+        if workers > 0:
+            loader = iter(torch.utils.data.DataLoader(
+                data, batch_size=None, num_workers=workers, persistent_workers=True,
+                pin_memory=dev.type == "cuda"))
+            describe = data.sampler().describe()
+        else:
+            sampler = data.sampler()
+            loader = (sampler.sample(batch_size) for _ in iter(int, 1))
+            describe = sampler.describe()
+        autocast = devices.autocast(dev)
+        started = time.perf_counter()
 
-    def step_fn(_i: int) -> tuple[torch.Tensor, dict[str, float]]:
-        cond, x0 = sampler.sample(batch_size)
-        return mean_regression_loss(model, cond, x0)
+        def step_fn(_i: int) -> tuple[torch.Tensor, dict[str, float]]:
+            cond, x0 = next(loader)
+            cond = cond.to(dev, non_blocking=True)
+            x0 = x0.to(dev, non_blocking=True)
+            with autocast:
+                pred = predict_mean(net, cond)
+            return _loss(pred.float(), x0)
 
-    ema, done, used = run_steps(model, step_fn, minutes=minutes, steps=steps, lr=lr,
-                                progress=progress, label=f"{config.kind} (mean regression)")
-    metrics = validate(ema.model, config, val_volumes, steps=1)
-    prov = dict(provenance or {})
-    prov.update(
-        trained=True,
-        kind=config.kind,
-        objective=f"posterior-mean regression of the residual ({LOSS})",
-        steps=done,
-        minutes=round(used, 3),
-        wall_minutes=round((time.perf_counter() - started) / 60, 3),
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        crop=crop,
-        ema_decay=EMA_DECAY,
-        sampling_steps=1,
-        degradation=sampler.describe(),
-    )
-    if metrics is not None:
-        prov["metrics"] = metrics
-        log.info("held-out: cubic %.2f dB, model %.2f dB (%+.2f dB)", metrics["psnr_cubic"],
-                 metrics["psnr_model"], metrics["gain_db"])
-    return save_checkpoint(ema.model, Path(out_dir), prov)
+        ema, done, used = run_steps(
+            model, step_fn, minutes=minutes, steps=steps, lr=lr,
+            progress=progress if rank.is_main else None,
+            label=f"{config.kind} (mean regression)", state_file=out_dir / STATE_FILE,
+            resume=resume, is_main=rank.is_main, save_every=save_every)
+        if not rank.is_main:
+            return None
+        ema_model = ema.model.to("cpu")
+        metrics = validate(ema_model, config, val_volumes, steps=1)
+        prov = dict(provenance or {})
+        prov.update(
+            trained=True,
+            kind=config.kind,
+            objective=f"posterior-mean regression of the residual ({LOSS})",
+            steps=done,
+            minutes=round(used, 3),
+            wall_minutes=round((time.perf_counter() - started) / 60, 3),
+            batch_size=batch_size,
+            processes=rank.world_size,
+            device=str(dev),
+            precision=devices.precision_name(dev),
+            lr=lr,
+            seed=seed,
+            crop=crop,
+            ema_decay=EMA_DECAY,
+            sampling_steps=1,
+            degradation=describe,
+        )
+        if metrics is not None:
+            prov["metrics"] = metrics
+            log.info("held-out: cubic %.2f dB, model %.2f dB (%+.2f dB)", metrics["psnr_cubic"],
+                     metrics["psnr_model"], metrics["gain_db"])
+        sha = save_checkpoint(ema_model, out_dir, prov)
+        (out_dir / STATE_FILE).unlink(missing_ok=True)
+        return sha
