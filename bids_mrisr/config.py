@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bids_mrisr.cli.exitcodes import ExitCode, UserError
+from bids_mrisr.errors import ExitCode, UserError
 
 MODELS = ("student", "teacher", "interp")
 PLANES = ("axial", "coronal", "sagittal")

@@ -8,8 +8,8 @@ import logging
 import pytest
 
 from bids_mrisr.bids.layout import discover_runs
-from bids_mrisr.cli.exitcodes import ExitCode, UserError
 from bids_mrisr.cli.parser import read_filter_file
+from bids_mrisr.errors import ExitCode, UserError
 
 
 def test_finds_t1w_and_t2w_with_entities_and_ignores_flair(phantom_dataset, caplog):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from bids_mrisr.cli.exitcodes import ExitCode, UserError
 from bids_mrisr.cli.parser import build_settings
 from bids_mrisr.cli.run import main
+from bids_mrisr.errors import ExitCode, UserError
 
 
 def _settings(bids: Path, tmp_path: Path, *extra: str):

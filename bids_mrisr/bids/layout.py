@@ -14,7 +14,7 @@ from typing import Any
 
 from bids import BIDSLayout
 
-from bids_mrisr.cli.exitcodes import ExitCode, UserError
+from bids_mrisr.errors import ExitCode, UserError
 
 LOGGER = logging.getLogger("bids_mrisr")
 

@@ -6,9 +6,21 @@ import argparse
 import logging
 from pathlib import Path
 
-from bids_mrisr.cli.exitcodes import ExitCode
+from bids_mrisr.errors import ExitCode
 
 LOGGER = logging.getLogger("bids_mrisr")
+
+
+def app_main(argv: list[str]) -> int:
+    """The BIDS-App call, with user errors turned into their exit code (logged by the app)."""
+    from bids_mrisr.cli.bids_app import run_bids_app
+    from bids_mrisr.errors import UserError
+
+    try:
+        return run_bids_app(argv)
+    except UserError as err:
+        LOGGER.error("error: %s", err)
+        return int(err.code)
 
 
 def main(argv: list[str]) -> int:
@@ -24,7 +36,6 @@ def main(argv: list[str]) -> int:
                         help="further options passed to the participant level")
     args = parser.parse_args(argv)
 
-    from bids_mrisr.cli.run import main as app_main
     from bids_mrisr.demo import build_demo_dataset
     from bids_mrisr.sr.weights import default_weights
 

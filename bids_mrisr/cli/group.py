@@ -8,8 +8,8 @@ import json
 import logging
 
 from bids_mrisr.bids.derivatives import DESC_SR
-from bids_mrisr.cli.exitcodes import ExitCode, UserError
 from bids_mrisr.config import Settings
+from bids_mrisr.errors import ExitCode, UserError
 from bids_mrisr.image.io import atomic_write_bytes
 
 LOGGER = logging.getLogger("bids_mrisr")

@@ -21,8 +21,8 @@ from bids_mrisr.bids.derivatives import (
 from bids_mrisr.bids.inputs import input_problem
 from bids_mrisr.bids.layout import AnatRun, check_dataset_description, discover_runs
 from bids_mrisr.bids.validator import ValidatorUnavailableError, validation_errors
-from bids_mrisr.cli.exitcodes import ExitCode, UserError
 from bids_mrisr.config import Settings
+from bids_mrisr.errors import ExitCode, UserError
 from bids_mrisr.image.io import atomic_write_bytes
 
 LOGGER = logging.getLogger("bids_mrisr")

@@ -9,18 +9,10 @@ from __future__ import annotations
 import logging
 import sys
 
-from bids_mrisr.cli.exitcodes import UserError
+from bids_mrisr.cli.bids_app import run_bids_app, setup_logging
+from bids_mrisr.errors import UserError
 
 LOGGER = logging.getLogger("bids_mrisr")
-
-
-def setup_logging(verbose: int = 0) -> None:
-    level = logging.DEBUG if verbose >= 2 else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s [bids_mrisr] %(message)s", "%H:%M:%S"))
-    LOGGER.handlers[:] = [handler]
-    LOGGER.setLevel(level)
-    LOGGER.propagate = False
 
 
 def _dispatch_subcommand(argv: list[str]) -> int | None:
@@ -45,17 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         code = _dispatch_subcommand(argv)
         if code is not None:
             return code
-        from bids_mrisr.cli.parser import build_settings
-
-        settings = build_settings(argv)
-        setup_logging(settings.verbose)
-        if settings.analysis_level == "group":
-            from bids_mrisr.cli.group import run_group
-
-            return int(run_group(settings))
-        from bids_mrisr.cli.participant import run_participant
-
-        return int(run_participant(settings, command_line=["bids_mrisr", *argv]))
+        return run_bids_app(argv)
     except UserError as err:
         LOGGER.error("error: %s", err)
         return int(err.code)

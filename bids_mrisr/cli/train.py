@@ -20,8 +20,8 @@ import nibabel as nib
 import numpy as np
 
 from bids_mrisr.bids.layout import discover_runs
-from bids_mrisr.cli.exitcodes import ExitCode, UserError
 from bids_mrisr.cli.parser import expand_labels, is_within
+from bids_mrisr.errors import ExitCode, UserError
 from bids_mrisr.image.n4 import n4_correct
 from bids_mrisr.image.normalize import fit_normalisation
 from bids_mrisr.image.reorient import reorient_to_ras

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from bids_mrisr.sr.engine import SRError
 from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.networks.factory import build_model
+from bids_mrisr.sr.options import SRError
 
 FORMAT = "bids_mrisr-checkpoint"
 FORMAT_VERSION = 1

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-from bids_mrisr.sr.engine import SRError
+from bids_mrisr.sr.options import SRError
 
 
 def resolve_device(name: str) -> torch.device:

@@ -25,9 +25,9 @@ import torch
 
 from bids_mrisr.sr import device as devices
 from bids_mrisr.sr import slicing
-from bids_mrisr.sr.diffusion.sampler import ddim_sample, randn
-from bids_mrisr.sr.engine import SRError, SROptions, SRResult
+from bids_mrisr.sr.diffusion.sampler import CLIP_RESIDUAL, ddim_sample, randn
 from bids_mrisr.sr.networks.config import MEAN_TIMESTEP
+from bids_mrisr.sr.options import SRError, SROptions, SRResult
 
 DEFAULT_STEPS = {"teacher": 20, "student": 2}
 EXTRA_DRAW_ETA = 1.0
@@ -36,12 +36,6 @@ sampler (DDPM-like noise at every step), so their mean and spread describe one d
 DEFAULT_CPU_BUDGET_GB = 2.0
 """Activation budget used to pick a batch size on the CPU when no --mem limit is given."""
 MIN_TILE = 32
-CLIP_RESIDUAL = 1.0
-"""Each DDIM step clips the predicted clean residual to +-1 intensity unit (times
-residual_scale): on a ~[0, 1] image no real correction is larger, and clipping keeps few-step or
-stochastic sampling from running away (as improved-diffusion's clip_denoised)."""
-
-
 TILE_OVERLAP = 16
 """Width of the blended strip between neighbouring tile cores."""
 MIN_HALO = 16

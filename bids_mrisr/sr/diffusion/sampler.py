@@ -20,6 +20,11 @@ from bids_mrisr.sr.diffusion.schedule import (
 )
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+CLIP_RESIDUAL = 1.0
+"""Each DDIM step clips the predicted clean residual to +-1 intensity unit (times
+residual_scale): on a ~[0, 1] image no real correction is larger, and clipping keeps few-step or
+stochastic sampling from running away (as improved-diffusion's clip_denoised)."""
+
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
@@ -142,4 +147,5 @@ def ddim_sample(
     return x
 
 
-__all__ = ["ddim_sample", "ddim_sigma", "ddim_step", "randn", "respaced_timesteps"]
+__all__ = ["CLIP_RESIDUAL", "ddim_sample", "ddim_sigma", "ddim_step", "randn",
+           "respaced_timesteps"]

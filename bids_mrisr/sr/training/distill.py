@@ -28,9 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bids_mrisr.sr.checkpoint import load_checkpoint, save_checkpoint
-from bids_mrisr.sr.diffusion.sampler import ddim_step, respaced_timesteps
+from bids_mrisr.sr.diffusion.sampler import CLIP_RESIDUAL, ddim_step, respaced_timesteps
 from bids_mrisr.sr.diffusion.schedule import NoiseSchedule, q_sample
-from bids_mrisr.sr.inference import CLIP_RESIDUAL
 from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.networks.factory import build_model
 from bids_mrisr.sr.training.data import PairSampler

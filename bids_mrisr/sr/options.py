@@ -1,0 +1,56 @@
+"""What the SR engine takes and gives: options, result, the user-facing error, the methods.
+
+Kept apart from the engine so that the checkpoint loader, the device helpers and the inference
+code can share them without importing each other (no import cycles inside ``sr/``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METHODS = ("student", "teacher", "interp")
+
+
+class SRError(RuntimeError):
+    """A super-resolution failure with a message meant for the user (no traceback)."""
+
+
+@dataclass
+class SRResult:
+    """What one super-resolution call produces, all on the target grid."""
+
+    image: np.ndarray
+    """Super-resolved volume, float32, same shape as the input."""
+    gates: np.ndarray | None = None
+    """Per-expert gating maps, float32, shape (K, *image.shape), summing to 1 over K (teacher)."""
+    expert_names: list[str] = field(default_factory=list)
+    uncertainty: np.ndarray | None = None
+    """Voxel-wise standard deviation over stochastic draws (only when num_samples > 1)."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """Provenance for the sidecar: model name, weights sha256, steps, seed, device, ..."""
+
+
+@dataclass(frozen=True)
+class SROptions:
+    """Run-time knobs of the inference engine, passed down from the command line."""
+
+    method: str = "student"
+    weights: Path | None = None
+    device: str = "auto"
+    seed: int = 0
+    steps: int | None = None
+    num_samples: int = 1
+    eta: float = 0.0
+    planes: tuple[str, ...] = ("axial", "coronal", "sagittal")
+    batch_size: int | None = None
+    max_memory_gb: float | None = None
+    threads: int | None = None
+    gate_skip_threshold: float = 1e-3
+    thick_axis: int | None = None
+    """Axis of the target grid along which the input was acquired with thick slices (from the
+    header, see :func:`bids_mrisr.sr.geometry.thick_axis`); None for isotropic inputs. Networks
+    then run only in the planes that contain it, with it along the slice rows, as trained."""
