@@ -68,6 +68,12 @@ class Settings:
             return self.omp_nthreads
         return max(1, self.resolved_nprocs() // max(1, parallel_jobs))
 
+    def memory_per_job(self, parallel_jobs: int = 1) -> float | None:
+        """The --mem budget shared among the jobs that run side by side, like the cores."""
+        if self.mem_gb is None:
+            return None
+        return self.mem_gb / max(1, parallel_jobs)
+
 
 # Keys accepted in a TOML config file: the long option names, with - or _.
 _TOML_KEYS = {f.name for f in dataclasses.fields(Settings)} - {

@@ -29,3 +29,22 @@ def test_full_graph_has_one_branch_per_run(phantom_dataset, tmp_path):
     assert len(superres) == len(writers) == len(runs) == 4
     assert all(node.inputs.method == "interp" for node in superres)
     assert all(node.overwrite for node in writers)
+
+
+def test_parallel_jobs_share_memory_and_threads_and_sr_gets_the_geometry(phantom_dataset,
+                                                                         tmp_path):
+    settings = build_settings([str(phantom_dataset), str(tmp_path / "out"), "participant",
+                               "-w", str(tmp_path / "work"), "--model", "interp",
+                               "--nprocs", "2", "--mem", "8G"])
+    runs = discover_runs(phantom_dataset)
+    workflow = init_bids_mrisr_wf(runs, settings, parallel_jobs=2)
+    graph = workflow._create_flat_graph()
+    superres = [n for n in graph.nodes if n.name == "superres"]
+    for node in superres:
+        assert node.inputs.max_memory_gb == 4.0  # half of --mem each: two jobs side by side
+        assert node.mem_gb == 4.0  # and that is what MultiProc is told
+        assert node.inputs.num_threads == 1
+        assert node.inputs.thick_axis == 2  # the phantoms are 1 x 1 x 3 mm
+    fields = {dst for _, b, data in graph.edges(data=True) if b.name == "superres"
+              for _, dst in data["connect"]}
+    assert "bias_file" in fields  # the N4 field goes back into the output

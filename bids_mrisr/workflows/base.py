@@ -24,7 +24,8 @@ from bids_mrisr.workflows.superres import SRParameters, init_superres_wf
 
 
 def sr_parameters(settings: Settings, weights: Path | None, weights_sha256: str | None,
-                  omp_nthreads: int) -> SRParameters:
+                  omp_nthreads: int, parallel_jobs: int = 1) -> SRParameters:
+    """The SR node's settings; threads and the memory budget are this job's share."""
     return SRParameters(
         method=settings.model,
         weights=str(weights) if weights else None,
@@ -34,7 +35,7 @@ def sr_parameters(settings: Settings, weights: Path | None, weights_sha256: str 
         steps=settings.steps,
         num_samples=settings.num_samples,
         planes=settings.planes,
-        mem_gb=settings.mem_gb,
+        mem_gb=settings.memory_per_job(parallel_jobs),
         omp_nthreads=omp_nthreads,
     )
 
@@ -95,7 +96,7 @@ def init_bids_mrisr_wf(runs: list[AnatRun], settings: Settings,
     workflow = pe.Workflow(name="bids_mrisr_wf")
     workflow.base_dir = str(settings.work_dir)
     params = sr_parameters(settings, weights, weights_sha256,
-                           settings.resolved_omp_nthreads(parallel_jobs))
+                           settings.resolved_omp_nthreads(parallel_jobs), parallel_jobs)
     by_subject: dict[str, list[AnatRun]] = defaultdict(list)
     for run in runs:
         by_subject[run.subject].append(run)

@@ -9,6 +9,10 @@ from nipype.pipeline import engine as pe
 
 from bids_mrisr.interfaces.superres import SuperResolve
 
+DEFAULT_DECLARED_GB = 3.0
+"""Memory declared for an SR node without --mem: the engine's 2 GB CPU activation budget
+(sr.inference.DEFAULT_CPU_BUDGET_GB) plus about 1 GB of full-size volumes."""
+
 
 @dataclass(frozen=True)
 class SRParameters:
@@ -57,8 +61,10 @@ def init_superres_wf(params: SRParameters, description: str = "super-resolution"
         node.inputs.steps = params.steps
     if params.mem_gb:
         node.inputs.max_memory_gb = params.mem_gb
+    # Declare to MultiProc what the node may use: its share of --mem (it tiles to fit), or the
+    # engine's default CPU working budget plus the volumes when no --mem is given.
     superres = pe.Node(node, name="superres", n_procs=params.omp_nthreads,
-                       mem_gb=min(params.mem_gb or 4.0, 4.0))
+                       mem_gb=params.mem_gb if params.mem_gb else DEFAULT_DECLARED_GB)
     workflow.connect([
         (inputnode, superres, [("in_file", "in_file"), ("params_file", "params_file"),
                                ("bias_file", "bias_file")]),
