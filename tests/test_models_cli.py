@@ -132,6 +132,6 @@ def test_mean_student_runs_once_in_the_planes_that_contain_the_thick_axis(small_
     assert info["WeightsSHA256"] == sha
     assert info["Sampler"] == "direct posterior-mean regression"
     assert info["SamplingSteps"] == 1  # --steps 2 does not apply to a mean regressor
-    assert info["ThickAxis"] == 2  # the phantom is 1 x 1 x 3 mm
+    assert info["RestoredAxes"] == [2]  # the phantom is 1 x 1 x 3 mm
     assert info["Planes"] == ["coronal", "sagittal"]
     assert info["BiasFieldRestored"] is True

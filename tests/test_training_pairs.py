@@ -14,7 +14,7 @@ from bids_mrisr.image.normalize import fit_normalisation, normalise_file
 from bids_mrisr.image.reorient import ras_zooms, reorient_to_ras
 from bids_mrisr.image.resample import resample_file
 from bids_mrisr.sr.degrade import Degradation, degrade
-from bids_mrisr.sr.geometry import thick_axis
+from bids_mrisr.sr.geometry import blurred_axes
 from bids_mrisr.sr.training.data import simulate_cubic
 from tests.conftest import phantom_volume
 
@@ -29,7 +29,7 @@ def test_app_preprocessing_gives_the_training_samplers_cubic(tmp_path: Path, axi
     image = nib.Nifti1Image(low * 1000, thick_slice_affine(np.eye(4), axis, factor))
     raw = tmp_path / "lowres.nii.gz"
     nib.save(image, str(raw))
-    assert thick_axis(ras_zooms(nib.load(str(raw)))) == axis
+    assert blurred_axes(ras_zooms(nib.load(str(raw))), 1.0) == (axis,)
 
     # The app's preprocessing chain, function by function (the nipype nodes wrap these).
     ras = reorient_to_ras(raw, tmp_path / "ras.nii")

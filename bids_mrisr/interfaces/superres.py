@@ -84,7 +84,8 @@ class _SuperResolveInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="normalised volume on the target grid")
     params_file = File(exists=True, mandatory=True, desc="normalisation parameters (JSON)")
     bias_file = File(exists=True, desc="N4 bias field on the reoriented input grid")
-    thick_axis = traits.Int(desc="target-grid axis acquired with thick slices (unset: isotropic)")
+    blurred_axes = traits.List(traits.Int, desc="target-grid axes the input sampled coarsely, "
+                               "coarsest first (unset: unknown, all planes in one pass)")
     method = traits.Enum("student", "teacher", "interp", usedefault=True)
     weights = traits.Str(desc="checkpoint directory")
     weights_sha256 = traits.Str(desc="hash of the weights, so new weights invalidate the cache")
@@ -121,7 +122,7 @@ class SuperResolve(SimpleInterface):
             planes=tuple(inputs.planes),
             max_memory_gb=inputs.max_memory_gb if isdefined(inputs.max_memory_gb) else None,
             threads=inputs.num_threads,
-            thick_axis=inputs.thick_axis if isdefined(inputs.thick_axis) else None,
+            blurred_axes=tuple(inputs.blurred_axes) if isdefined(inputs.blurred_axes) else None,
         )
         bias = Path(inputs.bias_file) if isdefined(inputs.bias_file) else None
         outputs = super_resolve_file(Path(inputs.in_file), Path(inputs.params_file), options,

@@ -128,9 +128,10 @@ def _provenance_steps(prov: dict[str, Any]) -> int | None:
     return None
 
 
-def _seed_for(seed: int, plane: str, index: int, sample: int) -> int:
-    """Independent, order-free stream for one (plane, slice, sample)."""
-    ss = np.random.SeedSequence([seed & 0xFFFFFFFF, slicing.PLANE_IDS[plane], index, sample])
+def _seed_for(seed: int, plane: str, index: int, sample: int, pass_index: int = 0) -> int:
+    """Independent, order-free stream for one (pass, plane, slice, sample)."""
+    key = [seed & 0xFFFFFFFF, slicing.PLANE_IDS[plane], index, sample]
+    ss = np.random.SeedSequence(key + ([pass_index] if pass_index else []))
     return int(ss.generate_state(1, dtype=np.uint64)[0] & 0x7FFFFFFFFFFFFFFF)
 
 
@@ -222,14 +223,25 @@ def run_loaded(
     bad = [p for p in planes if p not in slicing.PLANE_AXES]
     if not planes or bad or len(set(planes)) != len(planes):
         raise SRError(f"planes must be distinct names among {sorted(slicing.PLANE_AXES)}")
-    thick = options.thick_axis
-    if thick is not None and thick not in (0, 1, 2):
-        raise SRError(f"thick_axis must be 0, 1, 2 or None, got {thick}")
-    planes = slicing.planes_for_geometry(planes, thick)
+    blurred = options.blurred_axes
+    if blurred is not None and (any(a not in (0, 1, 2) for a in blurred)
+                                or len(set(blurred)) != len(blurred)):
+        raise SRError(f"blurred_axes must be distinct axes among 0, 1, 2, got {blurred}")
     if options.num_samples < 1:
         raise SRError("num_samples must be >= 1")
     if options.eta < 0:
         raise SRError("eta must be >= 0")
+    if blurred is not None and not blurred:  # already at the target resolution
+        if progress is not None:
+            progress(1, 1)
+        return SRResult(image=volume.copy(), info={
+            "Model": config.kind, "ModelName": model_name, "WeightsSHA256": sha256,
+            "Restored": "nothing: the input is already sampled at the target resolution",
+            "RestoredAxes": []})
+    # One pass per blurred axis (coarsest first), each in the planes that contain that axis with
+    # it along the slice rows, as the networks are trained; None: one pass, all planes as given.
+    passes: list[int | None] = [None] if blurred is None else list(blurred)
+    pass_planes = [slicing.planes_for_geometry(planes, thick) for thick in passes]
     device = device or devices.resolve_device(options.device)
     direct = getattr(config, "prediction_type", "v") == "mean"
     steps = 1 if direct else options.steps or default_steps or DEFAULT_STEPS.get(config.kind, 20)
@@ -248,25 +260,21 @@ def run_loaded(
     # for the student and ~1.2x for the teacher on 2 CPU cores (narrow layers, 256^2 slices).
     model = model.to(memory_format=torch.channels_last)
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    out = np.zeros_like(volume)
-    unc = np.zeros_like(volume) if n > 1 else None
+    unc_sq = np.zeros_like(volume) if n > 1 else None
     gates_acc = np.zeros((k, *volume.shape), np.float32) if teacher else None
-    vol_t = torch.from_numpy(volume)
 
-    plans = {}
-    for p in planes:
-        planar_shape = tuple(slicing.planar_view(volume, slicing.PLANE_AXES[p], thick).shape)
-        plans[p] = plan_memory(config, planar_shape, volume.shape, options, device, param_bytes)
-        if tile is not None:
-            _with_tiles(plans[p], config, tile)
-    total = (
-        sum(
-            len(slicing.batches(volume.shape[slicing.PLANE_AXES[p]], plans[p].batch_size))
-            for p in planes
-        )
-        * n
-        * steps
-    )
+    plans: dict[tuple[int, str], _Plan] = {}
+    for i, thick in enumerate(passes):
+        for p in pass_planes[i]:
+            planar_shape = tuple(slicing.planar_view(volume, slicing.PLANE_AXES[p], thick).shape)
+            plan = plan_memory(config, planar_shape, volume.shape, options, device, param_bytes)
+            if tile is not None:
+                _with_tiles(plan, config, tile)
+            plans[(i, p)] = plan
+    total = sum(
+        len(slicing.batches(volume.shape[slicing.PLANE_AXES[p]], plan.batch_size))
+        for (_, p), plan in plans.items()
+    ) * n * steps
     done = 0
     stats = {"skipped": 0, "evaluated": 0}
 
@@ -276,70 +284,69 @@ def run_loaded(
         if progress is not None:
             progress(done, total)
 
+    current = volume
     with devices.cpu_threads(options.threads if device.type == "cpu" else None) as nthreads:
         with torch.inference_mode():
-            for p in planes:
-                axis = slicing.PLANE_AXES[p]
-                planar = slicing.planar_view(vol_t, axis, thick)
-                plan = plans[p]
-                for sl in slicing.batches(planar.shape[0], plan.batch_size):
-                    cond = slicing.condition_stack(planar, sl, m).to(device).contiguous(
-                        memory_format=torch.channels_last)
-                    res, std, gates = _sample_batch(
-                        model,
-                        cond,
-                        sl,
-                        p,
-                        plan,
-                        scale,
-                        options,
-                        steps,
-                        eta,
-                        n,
-                        k,
-                        device,
-                        stats,
-                        tick,
-                        direct,
-                    )
-                    centre = planar[sl.start : sl.stop].numpy()
-                    slicing.planar_view(out, axis, thick)[sl.start : sl.stop] += (
-                        centre + res / scale)
-                    if unc is not None and std is not None:
-                        slicing.planar_view(unc, axis, thick)[sl.start : sl.stop] += std / scale
-                    if gates_acc is not None and gates is not None:
-                        for e in range(k):
-                            g_view = slicing.planar_view(gates_acc[e], axis, thick)
-                            g_view[sl.start : sl.stop] += gates[:, e]
-    inv = np.float32(1.0 / len(planes))
-    out *= inv
-    if unc is not None:
-        unc *= inv
+            for i, thick in enumerate(passes):
+                out = np.zeros_like(volume)
+                unc = np.zeros_like(volume) if n > 1 else None
+                vol_t = torch.from_numpy(current)
+                for p in pass_planes[i]:
+                    axis = slicing.PLANE_AXES[p]
+                    planar = slicing.planar_view(vol_t, axis, thick)
+                    plan = plans[(i, p)]
+                    for sl in slicing.batches(planar.shape[0], plan.batch_size):
+                        cond = slicing.condition_stack(planar, sl, m).to(device).contiguous(
+                            memory_format=torch.channels_last)
+                        res, std, gates = _sample_batch(
+                            model, cond, sl, p, plan, scale, options, steps, eta, n, k, device,
+                            stats, tick, direct, pass_index=i)
+                        centre = planar[sl.start : sl.stop].numpy()
+                        slicing.planar_view(out, axis, thick)[sl.start : sl.stop] += (
+                            centre + res / scale)
+                        if unc is not None and std is not None:
+                            slicing.planar_view(unc, axis, thick)[sl.start : sl.stop] += (
+                                std / scale)
+                        if gates_acc is not None and gates is not None:
+                            for e in range(k):
+                                g_view = slicing.planar_view(gates_acc[e], axis, thick)
+                                g_view[sl.start : sl.stop] += gates[:, e]
+                inv = np.float32(1.0 / len(pass_planes[i]))
+                out *= inv
+                if unc is not None and unc_sq is not None:
+                    unc *= inv
+                    unc_sq += unc * unc  # passes add independent variances
+                del vol_t
+                current = out
+    unc_out = np.sqrt(unc_sq, out=unc_sq) if unc_sq is not None else None
     if gates_acc is not None:
         gsum = gates_acc.sum(axis=0)
         np.maximum(gsum, np.float32(1e-12), out=gsum)
         gates_acc /= gsum[None]
         del gsum
+    used = [p for p in slicing.PLANE_AXES if any(p in pp for pp in pass_planes)]
     info: dict[str, Any] = {
         "Model": config.kind,
         "ModelName": model_name,
         "WeightsSHA256": sha256,
         "SamplingSteps": steps,
         "Sampler": "direct posterior-mean regression" if direct else "DDIM",
-        "ThickAxis": thick,
+        "RestoredAxes": None if blurred is None else list(blurred),
+        "Passes": [{"Axis": thick, "Planes": list(pp)} for thick, pp in
+                   zip(passes, pass_planes, strict=True)],
         "Eta": eta,
         "NumSamples": n,
         "Seed": options.seed,
         "Device": str(device),
         "Precision": devices.precision_name(device),
-        "Planes": list(planes),
-        "PlaneFusion": "mean" if len(planes) > 1 else "none",
+        "Planes": sorted(used, key=planes.index) if all(p in planes for p in used) else used,
+        "PlaneFusion": "mean" if any(len(pp) > 1 for pp in pass_planes) else "none",
         "ContextSlices": m,
         "ResidualScale": scale,
         "ClipResidual": CLIP_RESIDUAL,
-        "BatchSize": {p: plans[p].batch_size for p in planes},
-        "TileSize": {p: plans[p].tile for p in planes},
-        "TileHalo": {p: plans[p].halo if plans[p].tile else None for p in planes},
+        "BatchSize": {p: plan.batch_size for (_, p), plan in plans.items()},
+        "TileSize": {p: plan.tile for (_, p), plan in plans.items()},
+        "TileHalo": {p: plan.halo if plan.tile else None for (_, p), plan in plans.items()},
         "ExpertEvaluations": stats["evaluated"],
         "SkippedExpertEvaluations": stats["skipped"],
         "GateSkipThreshold": options.gate_skip_threshold,
@@ -348,10 +355,10 @@ def run_loaded(
     if n > 1:
         info["UncertaintyMeasure"] = "voxel-wise standard deviation over draws (ddof=1)"
     return SRResult(
-        image=out,
+        image=current,
         gates=gates_acc,
         expert_names=list(getattr(config, "expert_names", ())) if teacher else [],
-        uncertainty=unc,
+        uncertainty=unc_out,
         info=info,
     )
 
@@ -391,6 +398,7 @@ def _sample_batch(
     stats: dict[str, int],
     tick: Callable[..., None],
     direct: bool = False,
+    pass_index: int = 0,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Residual mean (and std over draws) plus fused gates for one batch of slices."""
     b, _, h, w = cond.shape
@@ -450,7 +458,8 @@ def _sample_batch(
         return x0[:, 0].float().cpu().numpy(), None, gates
     draws = []
     for s in range(n):
-        gens = [torch.Generator().manual_seed(_seed_for(options.seed, plane, i, s)) for i in sl]
+        gens = [torch.Generator().manual_seed(_seed_for(options.seed, plane, i, s, pass_index))
+                for i in sl]
         x_T = randn((b, 1, h, w), gens, device)
         x0 = ddim_sample(
             model_fn,

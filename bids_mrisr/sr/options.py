@@ -50,7 +50,9 @@ class SROptions:
     max_memory_gb: float | None = None
     threads: int | None = None
     gate_skip_threshold: float = 1e-3
-    thick_axis: int | None = None
-    """Axis of the target grid along which the input was acquired with thick slices (from the
-    header, see :func:`bids_mrisr.sr.geometry.thick_axis`); None for isotropic inputs. Networks
-    then run only in the planes that contain it, with it along the slice rows, as trained."""
+    blurred_axes: tuple[int, ...] | None = None
+    """Target-grid axes the input sampled more coarsely than the grid, coarsest first (from the
+    header, see :func:`bids_mrisr.sr.geometry.blurred_axes`). The engine restores them one pass
+    each, in the planes that contain the axis with it along the slice rows, as the networks are
+    trained. ``()``: the input is already at the target resolution (returned unchanged).
+    ``None``: unknown; one pass over ``planes`` as given."""

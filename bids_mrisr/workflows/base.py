@@ -17,7 +17,8 @@ from bids_mrisr.bids.inputs import looks_skull_stripped
 from bids_mrisr.bids.layout import AnatRun
 from bids_mrisr.config import Settings
 from bids_mrisr.image.reorient import ras_zooms
-from bids_mrisr.sr.geometry import thick_axis
+from bids_mrisr.image.resample import default_resolution
+from bids_mrisr.sr.geometry import blurred_axes
 from bids_mrisr.workflows.outputs import init_outputs_wf
 from bids_mrisr.workflows.preproc import init_preproc_wf
 from bids_mrisr.workflows.superres import SRParameters, init_superres_wf
@@ -61,11 +62,13 @@ def init_single_run_wf(run: AnatRun, settings: Settings, params: SRParameters,
     inputnode.inputs.in_file = str(run.path)
     image = nib.load(str(run.path))
     zooms = [float(z) for z in image.header.get_zooms()[:3]]
-    thick = thick_axis(ras_zooms(image))
+    grid_zooms = ras_zooms(image)
+    resolution = settings.output_resolution or default_resolution(grid_zooms)
+    restore = blurred_axes(grid_zooms, resolution)
     preproc = init_preproc_wf(output_resolution=settings.output_resolution,
                               omp_nthreads=params.omp_nthreads)
     superres = init_superres_wf(params, description=f"{run.relpath} ({params.method})",
-                                thick_axis=thick)
+                                blurred_axes=restore)
     outputs = init_outputs_wf(
         run,
         settings.output_dir,

@@ -31,10 +31,12 @@ class SRParameters:
 
 
 def init_superres_wf(params: SRParameters, description: str = "super-resolution",
-                     thick_axis: int | None = None, name: str = "superres_wf") -> pe.Workflow:
+                     blurred_axes: tuple[int, ...] | None = None, name: str = "superres_wf",
+                     ) -> pe.Workflow:
     """Inputs: ``in_file``, ``params_file``, ``bias_file`` (the N4 field, put back after SR).
     Outputs: ``out_file``, ``gates_file``, ``std_file``, ``info_file`` (see
-    :class:`SuperResolve`). ``thick_axis``: the target-grid axis acquired with thick slices."""
+    :class:`SuperResolve`). ``blurred_axes``: the target-grid axes the input sampled coarsely
+    (from the header, coarsest first)."""
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", "params_file", "bias_file"]),
                         name="inputnode")
@@ -51,8 +53,8 @@ def init_superres_wf(params: SRParameters, description: str = "super-resolution"
         num_threads=params.omp_nthreads,
         description=description,
     )
-    if thick_axis is not None:
-        node.inputs.thick_axis = thick_axis
+    if blurred_axes is not None:
+        node.inputs.blurred_axes = list(blurred_axes)
     if params.weights:
         node.inputs.weights = params.weights
     if params.weights_sha256:

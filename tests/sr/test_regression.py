@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from bids_mrisr.sr.engine import SROptions
-from bids_mrisr.sr.geometry import anisotropy, thick_axis
+from bids_mrisr.sr.geometry import anisotropy, blurred_axes
 from bids_mrisr.sr.inference import run_loaded
 from bids_mrisr.sr.networks import ModelConfig, build_model
 from bids_mrisr.sr.training.evaluate import evaluate_volume
@@ -91,7 +91,7 @@ def test_engine_runs_a_mean_model_once_with_the_thick_axis_along_rows() -> None:
         vol = np.broadcast_to(coord.reshape(shape), (20, 20, 20)).copy()
         model = _RowDiff()
         res = run_loaded(vol, model, _config(),
-                         SROptions(steps=8, num_samples=3, thick_axis=thick))
+                         SROptions(steps=8, num_samples=3, blurred_axes=(thick,)))
         assert res.info["Sampler"] == "direct posterior-mean regression"
         assert res.info["SamplingSteps"] == 1 and res.info["NumSamples"] == 1
         assert res.uncertainty is None
@@ -105,15 +105,37 @@ def test_engine_runs_a_mean_model_once_with_the_thick_axis_along_rows() -> None:
 
 def test_isotropic_input_uses_every_plane() -> None:
     vol = np.random.default_rng(0).random((12, 12, 12)).astype(np.float32)
-    res = run_loaded(vol, _RowDiff(), _config(), SROptions(thick_axis=None))
-    assert len(res.info["Planes"]) == 3 and res.info["ThickAxis"] is None
+    res = run_loaded(vol, _RowDiff(), _config(), SROptions(blurred_axes=None))
+    assert len(res.info["Planes"]) == 3 and res.info["RestoredAxes"] is None
 
 
-def test_thick_axis_from_voxel_sizes() -> None:
-    assert thick_axis((1.0, 1.0, 3.0)) == 2
-    assert thick_axis((4.0, 0.9, 0.9)) == 0
-    assert thick_axis((1.0, 1.0, 1.2)) is None  # mildly anisotropic: treated as isotropic
-    assert thick_axis((2.0, 2.0, 2.0)) is None
+def test_input_at_the_target_resolution_is_returned_unchanged() -> None:
+    vol = np.random.default_rng(0).random((12, 12, 12)).astype(np.float32)
+    model = _RowDiff()
+    res = run_loaded(vol, model, _config(), SROptions(blurred_axes=()))
+    np.testing.assert_array_equal(res.image, vol)
+    assert model.seen == [] and res.info["RestoredAxes"] == []
+    assert "already" in res.info["Restored"]
+
+
+def test_isotropic_low_resolution_input_restores_each_axis_in_turn() -> None:
+    """2 mm isotropic -> 1 mm: one pass per axis, each with that axis along the rows."""
+    vol = (0.05 * np.random.default_rng(0).random((12, 12, 12))).astype(np.float32)
+    res = run_loaded(vol, _RowDiff(), _config(), SROptions(blurred_axes=(0, 1, 2)))
+    assert [p["Axis"] for p in res.info["Passes"]] == [0, 1, 2]
+    assert all(len(p["Planes"]) == 2 for p in res.info["Passes"])
+    expected = vol
+    for axis in (0, 1, 2):  # the stand-in adds the difference along each axis in turn
+        expected = expected + (expected - np.roll(expected, 1, axis=axis))
+    np.testing.assert_allclose(res.image, expected, atol=1e-4)
+
+
+def test_axes_to_restore_from_voxel_sizes() -> None:
+    assert blurred_axes((1.0, 1.0, 3.0), 1.0) == (2,)
+    assert blurred_axes((4.0, 0.9, 0.9), 0.9) == (0,)
+    assert blurred_axes((1.0, 1.0, 1.2), 1.0) == ()  # mildly anisotropic: nothing to restore
+    assert blurred_axes((2.0, 2.0, 2.0), 1.0) == (0, 1, 2)
+    assert blurred_axes((2.0, 3.0, 1.0), 1.0) == (1, 0)  # coarsest first
     assert anisotropy((1.0, 1.0, 3.0)) == 3.0
 
 

@@ -80,7 +80,7 @@ def evaluate_volume(
     was_training = model.training if isinstance(model, torch.nn.Module) else False
     result = run_loaded(
         cubic, model, config,
-        SROptions(steps=steps, seed=seed, planes=tuple(planes), thick_axis=axis),
+        SROptions(steps=steps, seed=seed, planes=tuple(planes), blurred_axes=(axis,)),
         device=device,
     )
     if was_training:
