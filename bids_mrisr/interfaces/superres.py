@@ -50,8 +50,9 @@ def super_resolve_file(
     volume = np.asanyarray(image.dataobj).astype(np.float32)
     params = Normalisation.from_json(params_file)
     result = super_resolve(volume, options, progress=progress_callback(description))
-    # Cubic and SR overshoot at edges; never go below the darkest input intensity.
-    floor = params.invert(volume.min(keepdims=True))
+    # Cubic and SR overshoot at edges: never go below the input's range. The normalisation's
+    # offset is the input's 0.5th percentile, so magnitude images (>= 0) are clipped at 0.
+    floor = np.float32(min(params.offset, 0.0))
     del volume  # each full-size array is released as soon as it is written (--mem)
     restored = params.invert(result.image)
     result.image = None  # type: ignore[assignment]  # the engine's copy is no longer needed

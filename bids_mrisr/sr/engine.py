@@ -12,6 +12,7 @@ plain arguments.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -44,4 +45,7 @@ def super_resolve(
         )
     from bids_mrisr.sr.inference import run_model  # torch is imported only when needed
 
-    return run_model(volume, options, progress=progress)
+    start = time.perf_counter()
+    result = run_model(volume, options, progress=progress)
+    result.info["Seconds"] = round(time.perf_counter() - start, 2)  # for reports and the summary
+    return result
