@@ -244,11 +244,23 @@ def run_loaded(
     pass_planes = [slicing.planes_for_geometry(planes, thick) for thick in passes]
     device = device or devices.resolve_device(options.device)
     direct = getattr(config, "prediction_type", "v") == "mean"
-    steps = 1 if direct else options.steps or default_steps or DEFAULT_STEPS.get(config.kind, 20)
+    # PSNR rewards the posterior mean; one diffusion draw has about twice its squared error.
+    # So the default output is a mean estimate: a mean regressor's one pass, or for a diffusion
+    # model its one-step prediction from t = T-1 (its estimate of the mean). Draws run when asked
+    # for (--steps for a single draw, --num-samples N for the mean of N and an uncertainty map).
+    n = 1 if direct else options.num_samples
+    if direct or (options.steps is None and n == 1):
+        steps = 1
+    else:
+        steps = options.steps or default_steps or DEFAULT_STEPS.get(config.kind, 20)
     if steps < 1:
         raise SRError(f"steps must be >= 1, got {steps}")
-    # A mean regressor is deterministic: one pass, no draws (hence no uncertainty map).
-    n = 1 if direct else options.num_samples
+    if direct:
+        estimate = "posterior mean (direct regression)"
+    elif steps == 1 and n == 1:
+        estimate = "posterior mean (one v-prediction step from t = T-1)"
+    else:
+        estimate = f"mean of {n} draws" if n > 1 else "single draw"
     eta = options.eta if (n == 1 or options.eta > 0) else EXTRA_DRAW_ETA
     teacher = config.kind == "teacher"
     k = config.num_experts if teacher else 0
@@ -331,6 +343,7 @@ def run_loaded(
         "WeightsSHA256": sha256,
         "SamplingSteps": steps,
         "Sampler": "direct posterior-mean regression" if direct else "DDIM",
+        "Estimate": estimate,
         "RestoredAxes": None if blurred is None else list(blurred),
         "Passes": [{"Axis": thick, "Planes": list(pp)} for thick, pp in
                    zip(passes, pass_planes, strict=True)],

@@ -305,3 +305,20 @@ def test_run_model_with_checkpoints(tmp_path) -> None:
             run_model(vol, SROptions(method=other, weights=d, steps=2))
     with pytest.raises(SRError):
         run_model(vol, SROptions(method="student", weights=tmp_path / "missing"))
+
+
+def test_default_output_is_the_mean_estimate_and_draws_are_reported_apart() -> None:
+    """No --steps, one sample: one v-prediction step from t = T-1 (a trained model's estimate of
+    the posterior mean). Draws only when asked for, labelled as such."""
+    vol = _phantom()
+    model = LocalStandIn(_cfg("student"))
+    mean = run_loaded(vol, model, _cfg("student"), SROptions(seed=1), default_steps=3)
+    again = run_loaded(vol, model, _cfg("student"), SROptions(seed=1), default_steps=3)
+    assert mean.info["SamplingSteps"] == 1 and mean.info["Estimate"].startswith("posterior mean")
+    np.testing.assert_array_equal(mean.image, again.image)
+    draw = run_loaded(vol, model, _cfg("student"), SROptions(steps=4))
+    assert draw.info["Estimate"] == "single draw" and draw.info["SamplingSteps"] == 4
+    several = run_loaded(vol, model, _cfg("student"), SROptions(num_samples=2),
+                         default_steps=3)
+    assert several.info["Estimate"] == "mean of 2 draws" and several.info["SamplingSteps"] == 3
+    assert several.uncertainty is not None
