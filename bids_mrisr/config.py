@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from bids_mrisr.errors import ExitCode, UserError
+from bids_mrisr.sr.options import METHODS, PLANES
 
-MODELS = ("student", "teacher", "interp")
-PLANES = ("axial", "coronal", "sagittal")
+MODELS = METHODS  # the CLI's --model names are the engine's methods
 
 
 @dataclass(frozen=True)

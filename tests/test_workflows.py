@@ -43,7 +43,7 @@ def test_parallel_jobs_share_memory_and_threads_and_sr_gets_the_geometry(phantom
     for node in superres:
         assert node.inputs.max_memory_gb == 4.0  # half of --mem each: two jobs side by side
         assert node.mem_gb == 4.0  # and that is what MultiProc is told
-        assert node.inputs.num_threads == 1
+        assert node.inputs.threads == 1
         assert node.inputs.blurred_axes == [2]  # the phantoms are 1 x 1 x 3 mm
     fields = {dst for _, b, data in graph.edges(data=True) if b.name == "superres"
               for _, dst in data["connect"]}

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from bids_mrisr.errors import ExitCode
+from bids_mrisr.sr.options import METHODS
 
 LOGGER = logging.getLogger("bids_mrisr")
 
@@ -30,7 +31,7 @@ def main(argv: list[str]) -> int:
                     "3 mm slices) under OUT/bids, then run the participant and group levels "
                     "into OUT/derivatives.")
     parser.add_argument("out", type=Path, help="folder for the demo dataset and its outputs")
-    parser.add_argument("--model", choices=("student", "teacher", "interp"), default=None,
+    parser.add_argument("--model", choices=METHODS, default=None,
                         help="default: student if weights are available, else interp")
     parser.add_argument("extra", nargs=argparse.REMAINDER,
                         help="further options passed to the participant level")

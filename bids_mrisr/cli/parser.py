@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from bids_mrisr import __version__
-from bids_mrisr.config import MODELS, PLANES, Settings, merge, read_toml
+from bids_mrisr.config import MODELS, Settings, merge, read_toml
 from bids_mrisr.errors import ExitCode, UserError
+from bids_mrisr.sr.options import PLANES
 
 ANALYSIS_LEVELS = ("participant", "group")
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")

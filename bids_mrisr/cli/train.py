@@ -25,7 +25,7 @@ from bids_mrisr.errors import ExitCode, UserError
 from bids_mrisr.image.n4 import n4_correct
 from bids_mrisr.image.normalize import fit_normalisation
 from bids_mrisr.image.reorient import reorient_to_ras
-from bids_mrisr.image.resample import resample_to_resolution
+from bids_mrisr.image.resample import default_resolution, resample_to_resolution
 from bids_mrisr.progress import progress_callback
 
 LOGGER = logging.getLogger("bids_mrisr")
@@ -117,7 +117,7 @@ def prepare_volume(source: Path | nib.Nifti1Image, cache: Path) -> np.ndarray:
     image = nib.load(str(corrected))
     data = np.asanyarray(image.dataobj).astype(np.float32)
     data = fit_normalisation(data).apply(data)
-    resolution = float(min(image.header.get_zooms()[:3]))
+    resolution = default_resolution(tuple(float(z) for z in image.header.get_zooms()[:3]))
     data, _ = resample_to_resolution(data, image.affine, resolution)
     tmp = cache.with_name(cache.name + ".tmp.npy")
     np.save(tmp, data.astype(np.float32))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -21,7 +22,8 @@ from bids_mrisr.image.io import float_image, save_nifti
 from bids_mrisr.image.normalize import Normalisation
 from bids_mrisr.image.resample import resample_to_resolution
 from bids_mrisr.progress import progress_callback
-from bids_mrisr.sr.engine import SROptions, super_resolve
+from bids_mrisr.sr.engine import super_resolve
+from bids_mrisr.sr.options import METHODS, PLANES, SROptions
 
 
 def bias_on_grid(bias_file: Path, image: nib.Nifti1Image) -> np.ndarray:
@@ -87,16 +89,23 @@ class _SuperResolveInputSpec(BaseInterfaceInputSpec):
     bias_file = File(exists=True, desc="N4 bias field on the reoriented input grid")
     blurred_axes = traits.List(traits.Int, desc="target-grid axes the input sampled coarsely, "
                                "coarsest first (unset: unknown, all planes in one pass)")
-    method = traits.Enum("student", "teacher", "interp", usedefault=True)
+    # One input per field of SROptions, under the same name (see workflows/superres.py); unset
+    # inputs take SROptions' defaults. Fields that cannot change the result are not hashed.
+    method = traits.Enum(*METHODS, desc="super-resolution method")
     weights = traits.Str(desc="checkpoint directory")
-    weights_sha256 = traits.Str(desc="hash of the weights, so new weights invalidate the cache")
-    device = traits.Str("auto", usedefault=True, nohash=True)
-    seed = traits.Int(0, usedefault=True)
-    steps = traits.Int(desc="DDIM steps (default: the checkpoint's)")
-    num_samples = traits.Int(1, usedefault=True)
-    planes = traits.List(traits.Str, value=["axial", "coronal", "sagittal"], usedefault=True)
+    device = traits.Str(nohash=True, desc="auto, cpu, cuda or cuda:N")
+    seed = traits.Int(desc="seed of the sampler's noise")
+    steps = traits.Int(desc="DDIM steps of a diffusion model (default: its mean estimate)")
+    num_samples = traits.Int(desc="stochastic draws (> 1: mean and uncertainty)")
+    eta = traits.Float(desc="DDIM eta")
+    planes = traits.List(traits.Enum(*PLANES), desc="slicing planes to fuse")
+    batch_size = traits.Int(nohash=True, desc="slices per network call")
     max_memory_gb = traits.Float(nohash=True, desc="memory budget for tiling")
-    num_threads = traits.Int(1, usedefault=True, nohash=True)
+    threads = traits.Int(nohash=True, desc="CPU threads")
+    gate_skip_threshold = traits.Float(desc="experts below this gate over a tile are skipped")
+    blurred_axes = traits.List(traits.Int, desc="target-grid axes the input sampled coarsely, "
+                               "coarsest first (unset: unknown, all planes in one pass)")
+    weights_sha256 = traits.Str(desc="hash of the weights, so new weights invalidate the cache")
     description = traits.Str("super-resolution", usedefault=True, nohash=True)
 
 
@@ -113,18 +122,13 @@ class SuperResolve(SimpleInterface):
 
     def _run_interface(self, runtime):
         inputs = self.inputs
-        options = SROptions(
-            method=inputs.method,
-            weights=Path(inputs.weights) if isdefined(inputs.weights) and inputs.weights else None,
-            device=inputs.device,
-            seed=inputs.seed,
-            steps=inputs.steps if isdefined(inputs.steps) else None,
-            num_samples=inputs.num_samples,
-            planes=tuple(inputs.planes),
-            max_memory_gb=inputs.max_memory_gb if isdefined(inputs.max_memory_gb) else None,
-            threads=inputs.num_threads,
-            blurred_axes=tuple(inputs.blurred_axes) if isdefined(inputs.blurred_axes) else None,
-        )
+        values = {}
+        for field in dataclasses.fields(SROptions):
+            value = getattr(inputs, field.name)
+            if isdefined(value):
+                values[field.name] = (Path(value) if field.name == "weights" else
+                                      tuple(value) if isinstance(value, list) else value)
+        options = SROptions(**values)
         bias = Path(inputs.bias_file) if isdefined(inputs.bias_file) else None
         outputs = super_resolve_file(Path(inputs.in_file), Path(inputs.params_file), options,
                                      Path(os.getcwd()), inputs.description, bias_file=bias)

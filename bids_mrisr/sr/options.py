@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 
 METHODS = ("student", "teacher", "interp")
+"""The super-resolution methods (``--model``), defined once for the whole package."""
+PLANES = ("axial", "coronal", "sagittal")
+"""The slicing planes (``--planes``) of an RAS+ volume, defined once for the whole package."""
 
 
 class SRError(RuntimeError):
@@ -45,7 +48,7 @@ class SROptions:
     steps: int | None = None
     num_samples: int = 1
     eta: float = 0.0
-    planes: tuple[str, ...] = ("axial", "coronal", "sagittal")
+    planes: tuple[str, ...] = PLANES
     batch_size: int | None = None
     max_memory_gb: float | None = None
     threads: int | None = None

@@ -5,6 +5,7 @@ Settings are read here, once, and handed to the builders below as plain argument
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -19,25 +20,27 @@ from bids_mrisr.config import Settings
 from bids_mrisr.image.reorient import ras_zooms
 from bids_mrisr.image.resample import default_resolution
 from bids_mrisr.sr.geometry import blurred_axes
+from bids_mrisr.sr.options import SROptions
 from bids_mrisr.workflows.outputs import init_outputs_wf
 from bids_mrisr.workflows.preproc import init_preproc_wf
-from bids_mrisr.workflows.superres import SRParameters, init_superres_wf
+from bids_mrisr.workflows.superres import init_superres_wf
 
 
-def sr_parameters(settings: Settings, weights: Path | None, weights_sha256: str | None,
-                  omp_nthreads: int, parallel_jobs: int = 1) -> SRParameters:
-    """The SR node's settings; threads and the memory budget are this job's share."""
-    return SRParameters(
+def sr_options(settings: Settings, weights: Path | None, threads: int,
+               parallel_jobs: int = 1) -> SROptions:
+    """The engine's settings, built once from the command line's: the only place where CLI
+    names (``--model``, ``--mem``, ``--omp-nthreads``) become engine names. Threads and the
+    memory budget are this job's share of the machine."""
+    return SROptions(
         method=settings.model,
-        weights=str(weights) if weights else None,
-        weights_sha256=weights_sha256,
+        weights=weights,
         device=settings.device,
         seed=settings.seed,
         steps=settings.steps,
         num_samples=settings.num_samples,
-        planes=settings.planes,
-        mem_gb=settings.memory_per_job(parallel_jobs),
-        omp_nthreads=omp_nthreads,
+        planes=tuple(settings.planes),
+        max_memory_gb=settings.memory_per_job(parallel_jobs),
+        threads=threads,
     )
 
 
@@ -54,8 +57,8 @@ def _sidecar(path: Path) -> dict:
     return {}
 
 
-def init_single_run_wf(run: AnatRun, settings: Settings, params: SRParameters,
-                       ) -> pe.Workflow:
+def init_single_run_wf(run: AnatRun, settings: Settings, options: SROptions,
+                       weights_sha256: str | None = None) -> pe.Workflow:
     """preproc -> superres -> outputs for one run."""
     workflow = pe.Workflow(name=f"{run.label}_wf")
     inputnode = pe.Node(niu.IdentityInterface(fields=["in_file"]), name="inputnode")
@@ -66,9 +69,9 @@ def init_single_run_wf(run: AnatRun, settings: Settings, params: SRParameters,
     resolution = settings.output_resolution or default_resolution(grid_zooms)
     restore = blurred_axes(grid_zooms, resolution)
     preproc = init_preproc_wf(output_resolution=settings.output_resolution,
-                              omp_nthreads=params.omp_nthreads)
-    superres = init_superres_wf(params, description=f"{run.relpath} ({params.method})",
-                                blurred_axes=restore)
+                              omp_nthreads=options.threads or 1)
+    superres = init_superres_wf(dataclasses.replace(options, blurred_axes=restore),
+                                weights_sha256, description=f"{run.relpath} ({options.method})")
     outputs = init_outputs_wf(
         run,
         settings.output_dir,
@@ -98,13 +101,14 @@ def init_bids_mrisr_wf(runs: list[AnatRun], settings: Settings,
     """
     workflow = pe.Workflow(name="bids_mrisr_wf")
     workflow.base_dir = str(settings.work_dir)
-    params = sr_parameters(settings, weights, weights_sha256,
-                           settings.resolved_omp_nthreads(parallel_jobs), parallel_jobs)
+    options = sr_options(settings, weights, settings.resolved_omp_nthreads(parallel_jobs),
+                         parallel_jobs)
     by_subject: dict[str, list[AnatRun]] = defaultdict(list)
     for run in runs:
         by_subject[run.subject].append(run)
     for subject, subject_runs in sorted(by_subject.items()):
         subject_wf = pe.Workflow(name=f"sub_{subject}_wf")
-        subject_wf.add_nodes([init_single_run_wf(run, settings, params) for run in subject_runs])
+        subject_wf.add_nodes([init_single_run_wf(run, settings, options, weights_sha256)
+                              for run in subject_runs])
         workflow.add_nodes([subject_wf])
     return workflow

@@ -2,41 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from bids_mrisr.interfaces.superres import SuperResolve
+from bids_mrisr.sr.options import SROptions
 
 DEFAULT_DECLARED_GB = 3.0
 """Memory declared for an SR node without --mem: the engine's 2 GB CPU activation budget
 (sr.inference.DEFAULT_CPU_BUDGET_GB) plus about 1 GB of full-size volumes."""
 
 
-@dataclass(frozen=True)
-class SRParameters:
-    """What the SR node needs, taken from the settings once in workflows/base.py."""
-
-    method: str = "student"
-    weights: str | None = None
-    weights_sha256: str | None = None
-    device: str = "auto"
-    seed: int = 0
-    steps: int | None = None
-    num_samples: int = 1
-    planes: tuple[str, ...] = ("axial", "coronal", "sagittal")
-    mem_gb: float | None = None
-    omp_nthreads: int = 1
-
-
-def init_superres_wf(params: SRParameters, description: str = "super-resolution",
-                     blurred_axes: tuple[int, ...] | None = None, name: str = "superres_wf",
+def init_superres_wf(options: SROptions, weights_sha256: str | None = None,
+                     description: str = "super-resolution", name: str = "superres_wf",
                      ) -> pe.Workflow:
     """Inputs: ``in_file``, ``params_file``, ``bias_file`` (the N4 field, put back after SR).
     Outputs: ``out_file``, ``gates_file``, ``std_file``, ``info_file`` (see
-    :class:`SuperResolve`). ``blurred_axes``: the target-grid axes the input sampled coarsely
-    (from the header, coarsest first)."""
+    :class:`SuperResolve`).
+
+    ``options`` is the engine's own settings object, built once in ``workflows/base.py``; the
+    node's inputs carry its fields under the same names (nipype needs traits to hash them).
+    """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", "params_file", "bias_file"]),
                         name="inputnode")
@@ -44,29 +32,20 @@ def init_superres_wf(params: SRParameters, description: str = "super-resolution"
         niu.IdentityInterface(fields=["out_file", "gates_file", "std_file", "info_file"]),
         name="outputnode",
     )
-    node = SuperResolve(
-        method=params.method,
-        device=params.device,
-        seed=params.seed,
-        num_samples=params.num_samples,
-        planes=list(params.planes),
-        num_threads=params.omp_nthreads,
-        description=description,
-    )
-    if blurred_axes is not None:
-        node.inputs.blurred_axes = list(blurred_axes)
-    if params.weights:
-        node.inputs.weights = params.weights
-    if params.weights_sha256:
-        node.inputs.weights_sha256 = params.weights_sha256
-    if params.steps:
-        node.inputs.steps = params.steps
-    if params.mem_gb:
-        node.inputs.max_memory_gb = params.mem_gb
+    node = SuperResolve(description=description)
+    for field in dataclasses.fields(SROptions):
+        value = getattr(options, field.name)
+        if value is not None:
+            setattr(node.inputs, field.name,
+                    str(value) if field.name == "weights" else
+                    list(value) if isinstance(value, tuple) else value)
+    if weights_sha256:
+        node.inputs.weights_sha256 = weights_sha256
+    threads = options.threads or 1
     # Declare to MultiProc what the node may use: its share of --mem (it tiles to fit), or the
     # engine's default CPU working budget plus the volumes when no --mem is given.
-    superres = pe.Node(node, name="superres", n_procs=params.omp_nthreads,
-                       mem_gb=params.mem_gb if params.mem_gb else DEFAULT_DECLARED_GB)
+    superres = pe.Node(node, name="superres", n_procs=threads,
+                       mem_gb=options.max_memory_gb or DEFAULT_DECLARED_GB)
     workflow.connect([
         (inputnode, superres, [("in_file", "in_file"), ("params_file", "params_file"),
                                ("bias_file", "bias_file")]),
