@@ -18,6 +18,7 @@ from bids_mrisr.errors import ExitCode, UserError
 from bids_mrisr.sr.options import METHODS, PLANES
 
 MODELS = METHODS  # the CLI's --model names are the engine's methods
+ADAPT_MODES = ("off", "auto")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class Settings:
     output_resolution: float | None = None
     seed: int = 0
     planes: tuple[str, ...] = PLANES
+    adapt: str = "off"
+    adapt_steps: int = 300
     verbose: int = 0
 
     def __post_init__(self) -> None:
@@ -52,6 +55,12 @@ class Settings:
             problems.append(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if not set(self.planes) <= set(PLANES) or not self.planes:
             problems.append(f"planes must be among {', '.join(PLANES)}, got {self.planes!r}")
+        if self.adapt not in ADAPT_MODES:
+            problems.append(f"adapt must be one of {', '.join(ADAPT_MODES)}, got {self.adapt!r}")
+        if self.adapt_steps < 1:
+            problems.append(f"adapt_steps must be >= 1, got {self.adapt_steps}")
+        if self.adapt == "auto" and self.model != "student":
+            problems.append("--adapt auto needs --model student (the posterior-mean regressor)")
         if self.num_samples < 1:
             problems.append(f"num_samples must be >= 1, got {self.num_samples}")
         if self.output_resolution is not None and self.output_resolution <= 0:

@@ -135,3 +135,28 @@ def test_mean_student_runs_once_in_the_planes_that_contain_the_thick_axis(small_
     assert info["RestoredAxes"] == [2]  # the phantom is 1 x 1 x 3 mm
     assert info["Planes"] == ["coronal", "sagittal"]
     assert info["BiasFieldRestored"] is True
+
+
+def test_adapt_auto_fine_tunes_anisotropic_runs_and_skips_isotropic_ones(tmp_path, capsys):
+    import dataclasses
+
+    from tests.conftest import phantom_volume, write_volume
+
+    config = dataclasses.replace(ModelConfig.tiny_student(), prediction_type="mean")
+    sha = random_checkpoint(tmp_path / "mean", config)
+    bids = make_dataset(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": None})
+    write_volume(bids / "sub-02/anat/sub-02_T1w.nii.gz", phantom_volume((24, 24, 24)),
+                 zooms=(1.0, 1.0, 1.0))
+    (bids / "participants.tsv").write_text("participant_id\nsub-01\nsub-02\n")
+    code, out = _run(bids, tmp_path, "student", tmp_path / "mean", "--adapt", "auto",
+                     "--adapt-steps", "5")
+    assert code == 0
+    meta = json.loads((out / "sub-01/anat/sub-01_res-1mm_desc-sr_T1w.json").read_text())
+    adaptation = meta["SuperResolution"]["Adaptation"]
+    assert adaptation["Status"] == "adapted" and adaptation["Steps"] == 5
+    assert adaptation["StartWeightsSHA256"] == sha and adaptation["Seconds"] > 0
+    assert "sub-02_T1w.nii.gz: voxels 1x1x1 mm are not anisotropic enough" in (
+        capsys.readouterr().err)
+    iso = json.loads((out / "sub-02/anat/sub-02_res-1mm_desc-sr_T1w.json").read_text())
+    assert "Adaptation" not in iso["SuperResolution"]
+    assert "already" in iso["SuperResolution"]["Restored"]  # 1 mm in, 1 mm out

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bids_mrisr import __version__
-from bids_mrisr.config import MODELS, Settings, merge, read_toml
+from bids_mrisr.config import ADAPT_MODES, MODELS, Settings, merge, read_toml
 from bids_mrisr.errors import ExitCode, UserError
 from bids_mrisr.sr.options import PLANES
 
@@ -133,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--planes", nargs="+", choices=PLANES,
                     help="slicing planes fused into the result; fewer is faster (default: all "
                          "three)")
+    sr.add_argument("--adapt", choices=ADAPT_MODES,
+                    help="auto: fine-tune a copy of the student on the scan's own sharp "
+                         "in-plane detail before SR, for inputs whose coarsest spacing is >= "
+                         "1.5x their finest (isotropic inputs are skipped with a log line); "
+                         "off: never (default: off)")
+    sr.add_argument("--adapt-steps", dest="adapt_steps", type=_positive_int,
+                    help="optimisation steps of --adapt auto (default: 300)")
     sr.add_argument("--device", type=_device, help="auto, cpu, cuda or cuda:N (default: auto)")
     sr.add_argument("--seed", type=int,
                     help="random seed; a fixed seed gives identical output (default: 0)")
@@ -200,7 +207,7 @@ def build_settings(argv: list[str]) -> Settings:
         key: getattr(args, key)
         for key in ("nprocs", "omp_nthreads", "mem_gb", "device", "skip_bids_validation",
                     "model", "weights", "steps", "num_samples", "output_resolution", "seed",
-                    "verbose", "work_dir")
+                    "verbose", "work_dir", "adapt", "adapt_steps")
     }
     cli_values["planes"] = tuple(args.planes) if args.planes else None
     values = merge(cli_values, toml_values)

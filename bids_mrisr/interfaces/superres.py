@@ -105,6 +105,8 @@ class _SuperResolveInputSpec(BaseInterfaceInputSpec):
     gate_skip_threshold = traits.Float(desc="experts below this gate over a tile are skipped")
     blurred_axes = traits.List(traits.Int, desc="target-grid axes the input sampled coarsely, "
                                "coarsest first (unset: unknown, all planes in one pass)")
+    axis_factors = traits.List(traits.Float, desc="input over target spacing, per axis")
+    adapt_steps = traits.Int(desc="per-scan adaptation steps (0: off)")
     weights_sha256 = traits.Str(desc="hash of the weights, so new weights invalidate the cache")
     description = traits.Str("super-resolution", usedefault=True, nohash=True)
 

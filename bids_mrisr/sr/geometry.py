@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+MIN_ANISOTROPY = 1.5
+"""``--adapt auto`` adapts only when the coarsest spacing is at least this many times the
+finest: an isotropic scan has no sharp in-plane axis to learn from."""
 ANISOTROPY_THRESHOLD = 1.3
 """An axis needs restoring when its input spacing is at least this many times the target's."""
 

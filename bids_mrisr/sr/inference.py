@@ -14,6 +14,7 @@ sample), so batching and tiling do not change which noise a slice sees.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from bids_mrisr.sr import slicing
 from bids_mrisr.sr.diffusion.sampler import CLIP_RESIDUAL, ddim_sample, randn
 from bids_mrisr.sr.networks.config import MEAN_TIMESTEP
 from bids_mrisr.sr.options import SRError, SROptions, SRResult
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STEPS = {"teacher": 20, "student": 2}
 EXTRA_DRAW_ETA = 1.0
@@ -104,9 +107,10 @@ def run_model(
         )
     prov = dict(ckpt.provenance or {})
     name = prov.get("name") or prov.get("model_name") or Path(ckpt.path).name or ckpt.config.kind
+    model, adaptation = _maybe_adapt(ckpt.model, volume, options, ckpt.sha256, progress)
     result = run_loaded(
         volume,
-        ckpt.model,
+        model,
         ckpt.config,
         options,
         device=device,
@@ -117,7 +121,36 @@ def run_model(
     )
     if "trained" in prov:
         result.info["WeightsTrained"] = bool(prov["trained"])
+    if adaptation is not None:
+        result.info["Adaptation"] = adaptation
     return result
+
+
+def _maybe_adapt(model: torch.nn.Module, volume: np.ndarray, options: SROptions, sha256: str,
+                 progress: Callable[[int, int], None] | None,
+                 ) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+    """Fine-tune a copy on the scan's own in-plane detail when asked (``adapt_steps`` > 0) and
+    the scan has exactly one thick axis; say why not otherwise."""
+    if options.adapt_steps <= 0:
+        return model, None
+    axes = options.blurred_axes or ()
+    if len(axes) != 1 or options.axis_factors is None:
+        reason = "skipped: the input has no single thick axis (isotropic or unknown geometry)"
+        log.info("adaptation %s", reason)
+        return model, {"Status": reason}
+    if getattr(model.config, "prediction_type", None) != "mean":
+        raise SRError("--adapt needs a posterior-mean regressor checkpoint (the shipped "
+                      f"student); this {model.config.kind} checkpoint is a diffusion model")
+    from bids_mrisr.sr.adapt import AdaptOptions, adapt_model
+
+    threads = options.threads if next(model.parameters()).device.type == "cpu" else None
+    with devices.cpu_threads(threads):
+        adapted, info = adapt_model(
+            model, volume, axes[0], options.axis_factors[axes[0]],
+            AdaptOptions(steps=options.adapt_steps, seed=options.seed), progress=progress)
+    log.info("adapted to this scan in %.1f s (%d steps; loss on its own pairs %.4f -> %.4f)",
+             info["Seconds"], info["Steps"], info["LossBefore"], info["LossAfter"])
+    return adapted, {"Status": "adapted", "StartWeightsSHA256": sha256, **info}
 
 
 def _provenance_steps(prov: dict[str, Any]) -> int | None:

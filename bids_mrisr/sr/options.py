@@ -59,3 +59,7 @@ class SROptions:
     each, in the planes that contain the axis with it along the slice rows, as the networks are
     trained. ``()``: the input is already at the target resolution (returned unchanged).
     ``None``: unknown; one pass over ``planes`` as given."""
+    axis_factors: tuple[float, float, float] | None = None
+    """Input spacing over target spacing per axis (from the header): the thick-slice factor."""
+    adapt_steps: int = 0
+    """Per-scan self-supervised adaptation steps before SR (0: off; see sr/adapt.py)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections import defaultdict
 from pathlib import Path
 
@@ -19,11 +20,13 @@ from bids_mrisr.bids.layout import AnatRun
 from bids_mrisr.config import Settings
 from bids_mrisr.image.reorient import ras_zooms
 from bids_mrisr.image.resample import default_resolution
-from bids_mrisr.sr.geometry import blurred_axes
+from bids_mrisr.sr.geometry import MIN_ANISOTROPY, anisotropy, blurred_axes
 from bids_mrisr.sr.options import SROptions
 from bids_mrisr.workflows.outputs import init_outputs_wf
 from bids_mrisr.workflows.preproc import init_preproc_wf
 from bids_mrisr.workflows.superres import init_superres_wf
+
+LOGGER = logging.getLogger("bids_mrisr")
 
 
 def sr_options(settings: Settings, weights: Path | None, threads: int,
@@ -68,9 +71,20 @@ def init_single_run_wf(run: AnatRun, settings: Settings, options: SROptions,
     grid_zooms = ras_zooms(image)
     resolution = settings.output_resolution or default_resolution(grid_zooms)
     restore = blurred_axes(grid_zooms, resolution)
+    factors = tuple(float(z) / resolution for z in grid_zooms)
+    adapt_steps = 0
+    if settings.adapt == "auto":
+        if anisotropy(grid_zooms) >= MIN_ANISOTROPY and len(restore) == 1:
+            adapt_steps = settings.adapt_steps
+        else:
+            LOGGER.info("%s: voxels %s mm are not anisotropic enough to learn from their "
+                        "in-plane detail: --adapt skipped", run.relpath,
+                        "x".join(f"{z:g}" for z in zooms))
     preproc = init_preproc_wf(output_resolution=settings.output_resolution,
                               omp_nthreads=options.threads or 1)
-    superres = init_superres_wf(dataclasses.replace(options, blurred_axes=restore),
+    run_options = dataclasses.replace(options, blurred_axes=restore, axis_factors=factors,
+                                      adapt_steps=adapt_steps)
+    superres = init_superres_wf(run_options,
                                 weights_sha256, description=f"{run.relpath} ({options.method})")
     outputs = init_outputs_wf(
         run,

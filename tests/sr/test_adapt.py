@@ -1,0 +1,81 @@
+"""Per-scan self-supervised adaptation (--adapt): pairs, loss, regulariser, skip, determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import torch
+
+from bids_mrisr.sr.adapt import AdaptOptions, adapt_model, adaptation_sampler
+from bids_mrisr.sr.inference import _maybe_adapt, run_loaded
+from bids_mrisr.sr.networks import ModelConfig, build_model
+from bids_mrisr.sr.options import SROptions
+from tests.sr.test_regression import _sharp_phantom
+
+
+def _student():
+    torch.manual_seed(0)
+    config = dataclasses.replace(ModelConfig.tiny_student(), prediction_type="mean")
+    return build_model(config).eval()
+
+
+def _anisotropic_scan(factor: int = 3, axis: int = 2) -> np.ndarray:
+    """A sharp phantom seen through thick slices along ``axis`` (cubic back onto the grid)."""
+    from bids_mrisr.sr.degrade import Degradation
+    from bids_mrisr.sr.training.data import simulate_cubic
+
+    return simulate_cubic(_sharp_phantom((40, 40, 40)), Degradation(axis=axis, factor=factor),
+                          np.random.default_rng(0))
+
+
+def test_pairs_degrade_the_in_plane_axes_with_the_scans_factor() -> None:
+    scan = _anisotropic_scan()
+    sampler = adaptation_sampler(scan, thick_axis=2, factor=3.0, context_slices=1,
+                                 residual_scale=1.0, crop=32, seed=0)
+    axes = sorted(params.axis for _, _, params in sampler.pool)
+    assert axes == [0, 1]  # both in-plane axes, never the thick one
+    for hr, cubic, params in sampler.pool:
+        assert params.factor == 3.0 and params.profile == "gaussian"
+        assert hr is scan  # the target is the scan itself
+        # The degraded axis lost high-frequency energy, the other in-plane axis did not.
+        def energy(v, a):
+            return float((np.diff(v, axis=a) ** 2).mean())
+
+        other = 1 - params.axis
+        lost = energy(cubic, params.axis) / energy(scan, params.axis)
+        kept = energy(cubic, other) / energy(scan, other)
+        assert lost < 0.5 and kept > lost + 0.15, (lost, kept)
+
+
+def test_adaptation_lowers_the_loss_and_full_regulariser_keeps_the_weights() -> None:
+    scan = _anisotropic_scan()
+    model = _student()
+    adapted, info = adapt_model(model, scan, 2, 3.0, AdaptOptions(steps=60, crop=32, lr=3e-3,
+                                                                  keep_pretrained=0.0))
+    assert info["LossAfter"] < info["LossBefore"]
+    frozen, info = adapt_model(model, scan, 2, 3.0, AdaptOptions(steps=10, crop=32,
+                                                                 keep_pretrained=1.0))
+    for p, q in zip(model.parameters(), frozen.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    assert info["LossAfter"] == info["LossBefore"]
+
+
+def test_isotropic_input_skips_adaptation_with_a_log_line(caplog) -> None:
+    model = _student()
+    options = SROptions(adapt_steps=50, blurred_axes=(0, 1, 2), axis_factors=(2.0, 2.0, 2.0))
+    with caplog.at_level(logging.INFO, logger="bids_mrisr"):
+        same, info = _maybe_adapt(model, np.zeros((8, 8, 8), np.float32), options, "abc", None)
+    assert same is model and info["Status"].startswith("skipped")
+    assert "adaptation skipped" in caplog.text
+
+
+def test_same_seed_same_adapted_output() -> None:
+    scan = _anisotropic_scan()
+    outs = []
+    for _ in range(2):
+        adapted, _ = adapt_model(_student(), scan, 2, 3.0, AdaptOptions(steps=15, crop=32))
+        res = run_loaded(scan, adapted, adapted.config, SROptions(blurred_axes=(2,)))
+        outs.append(res.image)
+    np.testing.assert_array_equal(outs[0], outs[1])
