@@ -13,8 +13,9 @@ profile, noise) this script:
    truth's 99.9th percentile in the mask), beside plain cubic and linear resampling of the raw
    low-resolution file onto the same grid (no N4, no normalisation).
 
-Results go to a JSON file (every case, every method, seconds per app call) and a table is
-printed. Run ``python benchmarks/quality.py --help`` for the options; the defaults are the full
+Results go to a JSON file (every case, every method, seconds per app call, the engine's own
+seconds and the adaptation's from the sidecar) and a table is printed. Run
+``python benchmarks/quality.py --help`` for the options; the defaults are the full
 matrix of issue 4 (about 108 cases; use ``--factors 3 --axes 2`` for a quick look).
 """
 
@@ -86,7 +87,7 @@ def plain_resample(image: nib.Nifti1Image, resolution: float, order: int) -> np.
 
 
 def run_app(bids: Path, out: Path, work: Path, label: str, method: str, weights: str | None,
-            threads: int) -> tuple[Path, float]:
+            threads: int, extra: tuple[str, ...] = ()) -> tuple[Path, float]:
     """One participant-level run of the installed app; returns its output and wall time."""
     cmd = [sys.executable, "-c", "import sys; from bids_mrisr.cli.run import main; "
            "sys.exit(main())", str(bids), str(out), "participant",
@@ -94,6 +95,7 @@ def run_app(bids: Path, out: Path, work: Path, label: str, method: str, weights:
            "--skip-bids-validation", "--omp-nthreads", str(threads), "--nprocs", "1"]
     if weights:
         cmd += ["--weights", weights]
+    cmd += list(extra)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -133,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights for an app method (default: the shipped ones)")
     p.add_argument("--extra", action="append", default=[], metavar="LABEL=METHOD:DIR",
                    help="another checkpoint to score through the app, e.g. a baseline U-Net")
+    p.add_argument("--adapt-steps", type=int, default=0,
+                   help="also score 'student+adapt': the student with --adapt auto and this "
+                        "many steps (0: not scored)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, default=HERE / "results" / "quality.json")
@@ -143,18 +148,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     weights = dict(w.split("=", 1) for w in args.weights)
-    runs: list[tuple[str, str, str | None]] = [(m, m, weights.get(m)) for m in args.methods]
+    runs: list[tuple[str, str, str | None, tuple[str, ...]]] = [
+        (m, m, weights.get(m), ()) for m in args.methods]
+    if args.adapt_steps > 0:
+        runs.append(("student+adapt", "student", weights.get("student"),
+                     ("--adapt", "auto", "--adapt-steps", str(args.adapt_steps))))
     for item in args.extra:
         label, spec = item.split("=", 1)
         method, directory = spec.split(":", 1)
-        runs.append((label, method, directory))
+        runs.append((label, method, directory, ()))
     scratch = args.keep or Path(tempfile.mkdtemp(prefix="mrisr-quality-"))
     bids, work = scratch / "bids", scratch / "work"
     bids.mkdir(parents=True, exist_ok=True)
     (bids / "dataset_description.json").write_text(json.dumps(
         {"Name": "bids_mrisr quality benchmark", "BIDSVersion": "1.10.0"}))
     results = []
-    header = f"{'volume':<10} {'case':<14} {'method':<12} {'PSNR':>7} {'gain':>7} {'SSIM':>7} " \
+    header = f"{'volume':<10} {'case':<14} {'method':<14} {'PSNR':>7} {'gain':>7} {'SSIM':>7} " \
              f"{'s':>6}"
     print(header)
     try:
@@ -176,16 +185,22 @@ def main(argv: list[str] | None = None) -> int:
                     est = plain_resample(image, resolution, order)
                     row["methods"][name] = {**score(est, truth),
                                             "seconds": time.perf_counter() - start}
-                for label_m, method, directory in runs:
+                for label_m, method, directory, extra in runs:
                     out = scratch / f"out-{label_m}"
                     path, seconds = run_app(bids, out, work, label, method, directory,
-                                            args.threads)
+                                            args.threads, extra)
                     est = np.asanyarray(nib.load(str(path)).dataobj).astype(np.float32)
-                    row["methods"][label_m] = {**score(est, truth), "seconds": seconds}
+                    sidecar = json.loads(path.with_name(
+                        path.name.replace(".nii.gz", ".json")).read_text())
+                    info = sidecar.get("SuperResolution", {})
+                    row["methods"][label_m] = {
+                        **score(est, truth), "seconds": seconds,
+                        "sr_seconds": info.get("Seconds"),
+                        "adapt_seconds": info.get("Adaptation", {}).get("Seconds")}
                 base = row["methods"]["cubic"]["psnr"]
                 for name, m in row["methods"].items():
                     m["gain_db"] = m["psnr"] - base
-                    print(f"{subject:<10} {tag:<14} {name:<12} {m['psnr']:7.2f} "
+                    print(f"{subject:<10} {tag:<14} {name:<14} {m['psnr']:7.2f} "
                           f"{m['gain_db']:+7.2f} {m['ssim']:7.4f} {m['seconds']:6.1f}",
                           flush=True)
                 results.append(row)
@@ -212,7 +227,7 @@ def _summary(results: list[dict]) -> None:
         gains = [r["methods"][name]["gain_db"] for r in results]
         dssim = [r["methods"][name]["ssim"] - r["methods"]["cubic"]["ssim"] for r in results]
         secs = [r["methods"][name]["seconds"] for r in results]
-        print(f"{name:<12} {np.median(gains):+11.2f} {min(gains):+12.2f} "
+        print(f"{name:<14} {np.median(gains):+9.2f} {min(gains):+12.2f} "
               f"{np.median(dssim):+22.4f} {np.median(secs):10.1f}")
 
 
