@@ -107,3 +107,16 @@ def test_teacher_without_weights_is_clear_error(tmp_path, capsys):
     assert code == 64
     err = capsys.readouterr().err
     assert "no trained weights" in err and "--weights" in err
+
+
+def test_cuda_without_a_gpu_is_refused_before_any_work(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    root = make_dataset(tmp_path / "bids", {GOOD: None})
+    code = main([str(root), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w"),
+                 "--device", "cuda", "--skip-bids-validation"])
+    assert code == 64
+    assert "no CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").rglob("n4.nii"))

@@ -62,3 +62,13 @@ def test_train_writes_teacher_and_distilled_student(tmp_path):
 def test_train_output_inside_bids_dir_is_refused(tmp_path):
     root = make_dataset(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": None})
     assert main(["train", str(root), str(root / "derivatives" / "train"), "--no-bundled"]) == 64
+
+
+def test_train_unknown_validation_label_and_bad_option_are_usage_errors(tmp_path, capsys):
+    root = _dataset(tmp_path)
+    out = tmp_path / "train"
+    assert main(["train", str(root), str(out), "--no-bundled", "--validation-label",
+                 "nobody"]) == 64
+    assert "--validation-label nobody: no such subject" in capsys.readouterr().err
+    assert main(["train", str(root), str(out), "--student-steps", "many"]) == 64
+    assert not (out / "student").exists()

@@ -21,7 +21,7 @@ ANALYSIS_LEVELS = ("participant", "group")
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 
-class _Parser(argparse.ArgumentParser):
+class UsageParser(argparse.ArgumentParser):
     """argparse that exits with 64 (usage) instead of 2, as the BIDS Apps spec expects."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -59,7 +59,7 @@ def _mem_gb(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = UsageParser(
         prog="bids_mrisr",
         description=(
             "Super-resolve the T1w and T2w runs of a BIDS dataset (MoEDiff-SR teacher or its "

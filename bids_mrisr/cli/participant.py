@@ -60,8 +60,14 @@ def resolve_weights(settings: Settings) -> tuple[Path | None, str | None]:
     """Check the checkpoint up front, so a bad --weights fails before any work starts."""
     if settings.model == "interp":
         return None, None
+    from bids_mrisr.sr.device import resolve_device
     from bids_mrisr.sr.engine import SRError
     from bids_mrisr.sr.weights import default_weights
+
+    try:  # before any preprocessing: a missing GPU is a usage error, not a per-run failure
+        resolve_device(settings.device)
+    except SRError as err:
+        raise UserError(f"--device: {err}", ExitCode.USAGE) from None
 
     weights = settings.weights or default_weights(settings.model)
     if weights is None:

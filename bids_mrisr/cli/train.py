@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from bids_mrisr.bids.layout import discover_runs
-from bids_mrisr.cli.parser import expand_labels, is_within
+from bids_mrisr.cli.parser import UsageParser, expand_labels, is_within
 from bids_mrisr.errors import ExitCode, UserError
 from bids_mrisr.image.n4 import n4_correct
 from bids_mrisr.image.normalize import fit_normalisation
@@ -31,12 +31,22 @@ from bids_mrisr.progress import progress_callback
 LOGGER = logging.getLogger("bids_mrisr")
 
 
+class _RealDefaults(argparse.HelpFormatter):
+    """Show a default only where there is one (argparse's own formatter prints 'None')."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = UsageParser(
+        formatter_class=_RealDefaults,
         prog="bids_mrisr train",
         description="Train the MoEDiff-SR teacher on local high-resolution data and distil the "
                     "student. Writes OUT/teacher and OUT/student checkpoints for --weights.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("bids_dir", type=Path, nargs="?",
                         help="BIDS dataset with high-resolution T1w/T2w runs (optional with "
@@ -136,6 +146,10 @@ def collect_volumes(args: argparse.Namespace, cache: Path,
         labels = expand_labels(args.participant_labels, "sub-")
         runs = discover_runs(args.bids_dir.absolute(), tuple(sorted(set(labels) | validation))
                              if labels else ())
+        missing = sorted(validation - {run.subject for run in runs})
+        if missing:  # before minutes of preprocessing, not silently training on everything
+            raise UserError(f"--validation-label {' '.join(missing)}: no such subject with "
+                            f"T1w/T2w runs in {args.bids_dir}", ExitCode.USAGE)
         for run in runs:
             zooms = nib.load(str(run.path)).header.get_zooms()[:3]
             if min(zooms) > args.max_spacing:
