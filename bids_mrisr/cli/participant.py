@@ -76,17 +76,20 @@ def resolve_weights(settings: Settings) -> tuple[Path | None, str | None]:
             "--weights DIR pointing at a bids_mrisr checkpoint, or use --model interp",
             ExitCode.USAGE,
         )
-    from bids_mrisr.sr.checkpoint import load_checkpoint
+    from bids_mrisr.sr.checkpoint import verify_checkpoint
 
     try:
-        loaded = load_checkpoint(weights, device="cpu")
+        _, config, sha256 = verify_checkpoint(weights)
     except SRError as err:
         raise UserError(str(err), ExitCode.USAGE) from None
-    if loaded.config.kind != settings.model:
+    if config.kind != settings.model:
         raise UserError(
-            f"{weights}: is a {loaded.config.kind} checkpoint but --model {settings.model} "
+            f"{weights}: is a {config.kind} checkpoint but --model {settings.model} "
             "was requested", ExitCode.USAGE)
-    return weights, loaded.sha256
+    if settings.adapt == "auto" and config.prediction_type != "mean":
+        raise UserError(f"{weights}: --adapt auto needs a posterior-mean regressor checkpoint "
+                        "(the shipped student); this one is a diffusion model", ExitCode.USAGE)
+    return weights, sha256
 
 
 def _configure_nipype(settings: Settings) -> None:

@@ -120,11 +120,12 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
-    """Verify and load a checkpoint; the model comes back in eval mode on ``device``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def verify_checkpoint(directory: Path) -> tuple[dict[str, Any], ModelConfig, str]:
+    """Manifest, config and sha256 of a checkpoint whose weights match their recorded hash.
 
+    Cheap (no network is built): the app calls it up front so that bad ``--weights`` fail
+    before any preprocessing.
+    """
     directory = Path(directory)
     manifest = read_manifest(directory)
     weights = directory / manifest["weights_file"]
@@ -140,6 +141,17 @@ def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> Load
         config = ModelConfig.from_dict(manifest["config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {directory}: invalid config ({exc})") from None
+    return manifest, config, digest
+
+
+def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Verify and load a checkpoint; the model comes back in eval mode on ``device``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    manifest, config, digest = verify_checkpoint(directory)
+    weights = directory / manifest["weights_file"]
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
