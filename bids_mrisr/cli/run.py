@@ -44,3 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         LOGGER.error("interrupted; rerun with the same --work-dir to resume")
         return 130
+
+
+if __name__ == "__main__":  # python -m bids_mrisr.cli.run (torchrun uses this form)
+    sys.exit(main())
