@@ -19,6 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from bids_mrisr.atomic import atomic_write
 from bids_mrisr.bids.layout import discover_runs
 from bids_mrisr.cli.parser import UsageParser, expand_labels, is_within
 from bids_mrisr.errors import ExitCode, UserError
@@ -129,9 +130,7 @@ def prepare_volume(source: Path | nib.Nifti1Image, cache: Path) -> np.ndarray:
     data = fit_normalisation(data).apply(data)
     resolution = default_resolution(tuple(float(z) for z in image.header.get_zooms()[:3]))
     data, _ = resample_to_resolution(data, image.affine, resolution)
-    tmp = cache.with_name(cache.name + ".tmp.npy")
-    np.save(tmp, data.astype(np.float32))
-    os.replace(tmp, cached)
+    atomic_write(cached, lambda tmp: np.save(tmp, data.astype(np.float32)), suffix=".npy")
     return data
 
 

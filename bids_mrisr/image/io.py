@@ -2,41 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from bids_mrisr.atomic import atomic_write
+
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    """Write ``payload`` atomically (see :mod:`bids_mrisr.atomic`)."""
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(payload))
 
 
 def save_nifti(image: nib.Nifti1Image, path: Path) -> Path:
-    """Save atomically (temp file + rename), keeping the .nii/.nii.gz extension meaningful."""
+    """Save atomically, keeping the .nii/.nii.gz extension meaningful to nibabel."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(handle)
-    try:
-        nib.save(image, tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: nib.save(image, str(tmp)), suffix=suffix)
 
 
 def float_image(data: np.ndarray, like: nib.Nifti1Image, affine: np.ndarray | None = None,

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bids_mrisr.atomic import atomic_write
 from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.networks.factory import build_model
 from bids_mrisr.sr.options import SRError
@@ -51,18 +50,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temp file in the same directory + os.replace: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(model: nn.Module, directory: Path, provenance: dict | None = None) -> str:
     """Write ``model`` (which must carry ``.config``) to ``directory``; return the weights sha256.
 
@@ -77,7 +64,7 @@ def save_checkpoint(model: nn.Module, directory: Path, provenance: dict | None =
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p)))
+    atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p)))
     digest = sha256_file(directory / WEIGHTS)
     manifest = {
         "format": FORMAT,
@@ -88,7 +75,7 @@ def save_checkpoint(model: nn.Module, directory: Path, provenance: dict | None =
         "sha256": digest,
     }
     text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
-    _atomic_write(directory / MANIFEST, lambda p: p.write_text(text, encoding="utf-8"))
+    atomic_write(directory / MANIFEST, lambda p: p.write_text(text, encoding="utf-8"))
     return digest
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bids_mrisr.atomic import atomic_write
 from bids_mrisr.sr.checkpoint import save_checkpoint
 from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.networks.factory import build_model
@@ -146,12 +147,10 @@ def run_steps(
 def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, ema: EMA, step: int,
                 seconds: float) -> None:
     """Everything needed to continue: written to a temporary file, then renamed (atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                "ema": ema.model.state_dict(), "ema_updates": ema.updates, "step": step,
-                "seconds": seconds}, tmp)
-    tmp.replace(path)
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+             "ema": ema.model.state_dict(), "ema_updates": ema.updates, "step": step,
+             "seconds": seconds}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, ema: EMA,
