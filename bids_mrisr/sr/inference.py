@@ -329,6 +329,8 @@ def run_loaded(
         if progress is not None:
             progress(done, total)
 
+    # The schedule the network was trained with (saved in model.json; stand-ins: the default).
+    schedule = config.noise_schedule() if hasattr(config, "noise_schedule") else None
     current = volume
     with devices.cpu_threads(options.threads if device.type == "cpu" else None) as nthreads:
         with torch.inference_mode():
@@ -345,7 +347,7 @@ def run_loaded(
                             memory_format=torch.channels_last)
                         res, std, gates = _sample_batch(
                             model, cond, sl, p, plan, scale, options, steps, eta, n, k, device,
-                            stats, tick, direct, pass_index=i)
+                            stats, tick, direct, pass_index=i, schedule=schedule)
                         centre = planar[sl.start : sl.stop].numpy()
                         slicing.planar_view(out, axis, thick)[sl.start : sl.stop] += (
                             centre + res / scale)
@@ -445,6 +447,7 @@ def _sample_batch(
     tick: Callable[..., None],
     direct: bool = False,
     pass_index: int = 0,
+    schedule: Any = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Residual mean (and std over draws) plus fused gates for one batch of slices."""
     b, _, h, w = cond.shape
@@ -516,6 +519,7 @@ def _sample_batch(
             device=device,
             clip_x0=CLIP_RESIDUAL * scale,
             callback=tick,
+            schedule=schedule,
         )
         draws.append(x0[:, 0].float().cpu())
     stack = torch.stack(draws)

@@ -106,3 +106,18 @@ def test_config_mismatched_with_weights(tmp_path: Path) -> None:
     manifest.write_text(json.dumps(d))
     with pytest.raises(CheckpointError, match="mismatched checkpoint"):
         load_checkpoint(tmp_path)
+
+
+def test_noise_schedule_is_saved_and_rebuilt_from_the_manifest(tmp_path) -> None:
+    import dataclasses
+    import json
+
+    from bids_mrisr.sr.checkpoint import load_checkpoint, random_checkpoint
+    from bids_mrisr.sr.networks.config import ModelConfig
+
+    config = dataclasses.replace(ModelConfig.tiny_student(), schedule_steps=500, schedule_s=0.01)
+    random_checkpoint(tmp_path / "ck", config)
+    saved = json.loads((tmp_path / "ck" / "model.json").read_text())["config"]
+    assert saved["schedule_steps"] == 500 and saved["schedule_s"] == 0.01
+    schedule = load_checkpoint(tmp_path / "ck").config.noise_schedule()
+    assert (schedule.num_train_steps, schedule.s) == (500, 0.01)

@@ -57,6 +57,11 @@ class ModelConfig:
     gate_temperature: float = 0.2
     # --- diffusion parametrisation ------------------------------------------------------------
     prediction_type: str = "v"
+    schedule_steps: int = 1000
+    """Noise schedule (cosine, Nichol & Dhariwal 2021), saved with the checkpoint so that the
+    sampler and distillation rebuild exactly the schedule the network was trained on."""
+    schedule_s: float = 0.008
+    schedule_max_beta: float = 0.999
     residual_scale: float = 10.0
     """The model works on (HR - cubic) * residual_scale, so the diffusion target has ~unit
     variance."""
@@ -99,6 +104,12 @@ class ModelConfig:
                 problems.append("gate_temperature must be > 0")
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
+
+    def noise_schedule(self) -> Any:
+        """The :class:`~bids_mrisr.sr.diffusion.schedule.NoiseSchedule` of this network."""
+        from bids_mrisr.sr.diffusion.schedule import NoiseSchedule
+
+        return NoiseSchedule(self.schedule_steps, self.schedule_s, self.schedule_max_beta)
 
     @property
     def in_condition_channels(self) -> int:

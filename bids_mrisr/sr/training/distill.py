@@ -192,7 +192,7 @@ def distill_student(
     if t_cfg.context_slices != student_config.context_slices or \
             t_cfg.residual_scale != student_config.residual_scale:
         raise ValueError("teacher and student must share context_slices and residual_scale")
-    sched = NoiseSchedule()
+    sched = t_cfg.noise_schedule()  # the teacher's own, from its model.json
     clip = CLIP_RESIDUAL * student_config.residual_scale
     sampler = PairSampler(list(volumes), student_config.context_slices,
                           student_config.residual_scale, crop=crop, seed=seed)

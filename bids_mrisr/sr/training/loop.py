@@ -216,10 +216,11 @@ def _train_direct(
     sampler = PairSampler(list(volumes), config.context_slices, config.residual_scale,
                           crop=crop, seed=seed)
     gen = torch.Generator().manual_seed(seed)
+    schedule = config.noise_schedule()
 
     def step_fn(_i: int) -> tuple[torch.Tensor, dict[str, float]]:
         cond, x0 = sampler.sample(batch_size)
-        x_t, t, v = diffusion_batch(x0, generator=gen)
+        x_t, t, v = diffusion_batch(x0, generator=gen, schedule=schedule)
         if kind == "teacher":
             return teacher_loss(model, x_t, cond, t, v)
         return student_loss(model, x_t, cond, t, v)
