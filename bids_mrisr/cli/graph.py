@@ -1,0 +1,114 @@
+"""Running the nipype graph and reading its outcome: one status per run, crashes in one line.
+
+Kept out of ``cli/participant.py`` (as fMRIPrep's ``cli/workflow.py``): the participant level
+decides what to run and reports it; this module runs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bids_mrisr.bids.derivatives import DESC_SR, output_name, subject_anat_dir
+from bids_mrisr.bids.layout import AnatRun
+from bids_mrisr.config import Settings
+
+LOGGER = logging.getLogger("bids_mrisr")
+
+
+@dataclass
+class RunStatus:
+    run: AnatRun
+    status: str  # "ok", "bad data", "failed"
+    detail: str = ""
+    crash_file: Path | None = None
+
+
+def _configure_nipype(settings: Settings) -> None:
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
+
+    crash_dir = settings.work_dir / "crash"
+    crash_dir.mkdir(parents=True, exist_ok=True)
+    # Node failures reach the user through the summary (one line each, with the crash file);
+    # nipype's own tracebacks are shown only with -v.
+    level = "INFO" if settings.verbose else "CRITICAL"
+    nipype_config.update_config({
+        "execution": {
+            "crashdump_dir": str(crash_dir),
+            "crashfile_format": "txt",
+            "stop_on_first_crash": False,
+            "remove_unnecessary_outputs": False,
+            "create_report": False,
+            "check_version": False,
+        },
+        "logging": {"workflow_level": level, "interface_level": level, "utils_level": level,
+                    "log_to_file": False},
+        "monitoring": {"enabled": False},
+    })
+    nipype_logging.update_logging(nipype_config)
+
+
+def _crash_messages(crash_dir: Path, since: float) -> dict[str, tuple[str, Path]]:
+    """Map node full names to the last line of their traceback and the crash file."""
+    messages: dict[str, tuple[str, Path]] = {}
+    for crash in sorted(crash_dir.glob("crash-*.txt")):
+        if crash.stat().st_mtime < since:
+            continue
+        text = crash.read_text(errors="replace")
+        node = re.search(r"^Node: (\S+)", text, re.MULTILINE)
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line)]
+        last = errors[-1] if errors else (lines[-1] if lines else "unknown error")
+        last = re.sub(r"^[\w.]*\.(\w+(Error|Exception))", r"\1", last)
+        if node:
+            messages[node.group(1)] = (last, crash)
+    return messages
+
+
+def _expected_output(run: AnatRun, settings: Settings, resolution: float | None) -> Path | None:
+    anat = subject_anat_dir(settings.output_dir, run.entities)
+    if resolution:
+        return anat / output_name(run.stem, resolution, DESC_SR, run.suffix)
+    matches = sorted(anat.glob(f"{run.stem}_res-*_desc-{DESC_SR}_{run.suffix}.nii.gz"))
+    return matches[-1] if matches else None
+
+
+def run_graph(runs: list[AnatRun], settings: Settings, weights: Path | None,
+              sha256: str | None) -> list[RunStatus]:
+    from bids_mrisr.workflows.base import init_bids_mrisr_wf
+
+    _configure_nipype(settings)
+    nprocs = settings.resolved_nprocs()
+    parallel_jobs = min(nprocs, len(runs))
+    workflow = init_bids_mrisr_wf(runs, settings, weights, sha256, parallel_jobs)
+    started = time.time()
+    plugin, plugin_args = "Linear", {}
+    if parallel_jobs > 1:
+        plugin = "MultiProc"
+        plugin_args = {"n_procs": nprocs, "raise_insufficient": False}
+        if settings.mem_gb:
+            plugin_args["memory_gb"] = settings.mem_gb
+    LOGGER.info("processing %d run(s) with nipype %s (work dir %s)", len(runs), plugin,
+                settings.work_dir)
+    try:
+        workflow.run(plugin=plugin, plugin_args=plugin_args)
+    except RuntimeError as err:  # nipype: "Workflow did not execute cleanly"
+        LOGGER.debug("nipype: %s", err)
+    crashes = _crash_messages(settings.work_dir / "crash", started - 1)
+    statuses = []
+    for run in runs:
+        expected = _expected_output(run, settings, settings.output_resolution)
+        run_crashes = [crash for node, crash in crashes.items() if f".{run.label}_wf." in node]
+        if run_crashes:
+            message, crash_file = run_crashes[0]
+            statuses.append(RunStatus(run, "failed", message, crash_file))
+        elif expected is not None and expected.exists() and expected.stat().st_mtime >= started - 1:
+            statuses.append(RunStatus(run, "ok", expected.relative_to(settings.output_dir)
+                                      .as_posix()))
+        else:
+            statuses.append(RunStatus(run, "failed", "no output was written (see the work dir)"))
+    return statuses
