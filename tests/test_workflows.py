@@ -48,3 +48,20 @@ def test_parallel_jobs_share_memory_and_threads_and_sr_gets_the_geometry(phantom
     fields = {dst for _, b, data in graph.edges(data=True) if b.name == "superres"
               for _, dst in data["connect"]}
     assert "bias_file" in fields  # the N4 field goes back into the output
+
+
+def test_sidecar_metadata_is_inherited_through_pybids_and_reaches_the_sr_node(tmp_path):
+    import json
+
+    from tests.conftest import make_dataset
+
+    bids = make_dataset(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": None})
+    (bids / "T1w.json").write_text(json.dumps({"SliceThickness": 3.6, "SkullStripped": True}))
+    runs = discover_runs(bids)
+    assert runs[0].metadata["SliceThickness"] == 3.6  # top-level sidecar, inherited
+    settings = build_settings([str(bids), str(tmp_path / "out"), "participant",
+                               "-w", str(tmp_path / "work"), "--model", "interp"])
+    graph = init_bids_mrisr_wf(runs, settings)._create_flat_graph()
+    (node,) = [n for n in graph.nodes if n.name == "superres"]
+    assert abs(node.inputs.slice_thickness_ratio - 1.2) < 1e-6  # 3.6 mm over 3 mm spacing
+    assert node.inputs.axis_factors == [1.0, 1.0, 3.0]

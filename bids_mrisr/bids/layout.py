@@ -41,6 +41,8 @@ class AnatRun:
     suffix: str
     entities: dict[str, str] = field(hash=False)
     relpath: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    """The run's sidecar metadata as pybids resolves it (inheritance principle applied)."""
 
     @property
     def subject(self) -> str:
@@ -119,6 +121,7 @@ def discover_runs(
                 suffix=suffix,
                 entities=entities,
                 relpath=Path(bids_file.path).relative_to(bids_dir).as_posix(),
+                metadata=dict(bids_file.get_metadata()),
             ))
     if not runs:
         selection = []

@@ -107,6 +107,7 @@ class _SuperResolveInputSpec(BaseInterfaceInputSpec):
                                "coarsest first (unset: unknown, all planes in one pass)")
     axis_factors = traits.List(traits.Float, desc="input over target spacing, per axis")
     adapt_steps = traits.Int(desc="per-scan adaptation steps (0: off)")
+    slice_thickness_ratio = traits.Float(desc="slice thickness / spacing on the thick axis")
     weights_sha256 = traits.Str(desc="hash of the weights, so new weights invalidate the cache")
     description = traits.Str("super-resolution", usedefault=True, nohash=True)
 

@@ -40,10 +40,13 @@ class AdaptOptions:
     keep_pretrained: float = 0.5
     """Final weights = keep * pretrained + (1 - keep) * adapted; 1 leaves the model as it was."""
     seed: int = 0
+    thickness_ratio: float | None = None
+    """Slice thickness / spacing from the header (None: 1, a Gaussian of FWHM = spacing)."""
 
 
 def adaptation_sampler(volume: np.ndarray, thick_axis: int, factor: float, context_slices: int,
-                       residual_scale: float, crop: int, seed: int) -> PairSampler:
+                       residual_scale: float, crop: int, seed: int,
+                       thickness_ratio: float = 1.0) -> PairSampler:
     """Pairs from the scan's sharp in-plane axes, degraded with its own factor and profile.
 
     ``volume`` is the normalised scan on the target grid (sharp in-plane, blurred along
@@ -57,7 +60,7 @@ def adaptation_sampler(volume: np.ndarray, thick_axis: int, factor: float, conte
     rng = np.random.default_rng(seed)
     pool = []
     for axis in (a for a in range(3) if a != thick_axis):
-        params = Degradation(axis=axis, factor=float(factor))
+        params = Degradation(axis=axis, factor=float(factor), thickness_ratio=thickness_ratio)
         cubic = simulate_cubic(volume, params, rng)
         pool.append((volume, cubic, params))
     sampler.pool = pool
@@ -79,8 +82,9 @@ def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: f
         raise ValueError("adaptation needs a posterior-mean regressor (the shipped student)")
     start = time.perf_counter()
     torch.manual_seed(options.seed)
+    ratio = options.thickness_ratio or 1.0
     sampler = adaptation_sampler(volume, thick_axis, factor, config.context_slices,
-                                 config.residual_scale, options.crop, options.seed)
+                                 config.residual_scale, options.crop, options.seed, ratio)
     device = next(model.parameters()).device
     adapted = copy.deepcopy(model).to(device).train()
     anchor = [p.detach().clone() for p in model.parameters()]
@@ -118,7 +122,9 @@ def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: f
         "LossAfter": round(after, 5),
         "ThickAxis": thick_axis,
         "Factor": round(float(factor), 4),
-        "SliceProfile": "gaussian, FWHM = slice spacing (documented default)",
+        "SliceProfile": (f"gaussian, FWHM = {ratio:g} x slice spacing (from SliceThickness)"
+                         if options.thickness_ratio else
+                         "gaussian, FWHM = slice spacing (default: no SliceThickness)"),
         "L2SP": options.l2sp,
         "KeepPretrained": options.keep_pretrained,
         "Seed": options.seed,

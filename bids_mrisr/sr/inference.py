@@ -147,7 +147,8 @@ def _maybe_adapt(model: torch.nn.Module, volume: np.ndarray, options: SROptions,
     with devices.cpu_threads(threads):
         adapted, info = adapt_model(
             model, volume, axes[0], options.axis_factors[axes[0]],
-            AdaptOptions(steps=options.adapt_steps, seed=options.seed), progress=progress)
+            AdaptOptions(steps=options.adapt_steps, seed=options.seed,
+                         thickness_ratio=options.slice_thickness_ratio), progress=progress)
     log.info("adapted to this scan in %.1f s (%d steps; loss on its own pairs %.4f -> %.4f)",
              info["Seconds"], info["Steps"], info["LossBefore"], info["LossAfter"])
     return adapted, {"Status": "adapted", "StartWeightsSHA256": sha256, **info}

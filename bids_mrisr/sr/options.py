@@ -63,3 +63,6 @@ class SROptions:
     """Input spacing over target spacing per axis (from the header): the thick-slice factor."""
     adapt_steps: int = 0
     """Per-scan self-supervised adaptation steps before SR (0: off; see sr/adapt.py)."""
+    slice_thickness_ratio: float | None = None
+    """Slice thickness over slice spacing along the thick axis (from the sidecar's
+    ``SliceThickness``); adaptation then simulates that profile (default: 1, contiguous)."""

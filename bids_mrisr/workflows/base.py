@@ -6,7 +6,6 @@ Settings are read here, once, and handed to the builders below as plain argument
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -47,19 +46,6 @@ def sr_options(settings: Settings, weights: Path | None, threads: int,
     )
 
 
-def _sidecar(path: Path) -> dict:
-    name = path.name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            candidate = path.with_name(name[: -len(ext)] + ".json")
-            if candidate.is_file():
-                try:
-                    return json.loads(candidate.read_text())
-                except json.JSONDecodeError:
-                    return {}
-    return {}
-
-
 def init_single_run_wf(run: AnatRun, settings: Settings, options: SROptions,
                        weights_sha256: str | None = None) -> pe.Workflow:
     """preproc -> superres -> outputs for one run."""
@@ -82,14 +68,18 @@ def init_single_run_wf(run: AnatRun, settings: Settings, options: SROptions,
                         "x".join(f"{z:g}" for z in zooms))
     preproc = init_preproc_wf(output_resolution=settings.output_resolution,
                               omp_nthreads=options.threads or 1)
+    thickness = run.metadata.get("SliceThickness")
+    ratio = None
+    if restore and isinstance(thickness, int | float) and thickness > 0:
+        ratio = float(thickness) / grid_zooms[restore[0]]
     run_options = dataclasses.replace(options, blurred_axes=restore, axis_factors=factors,
-                                      adapt_steps=adapt_steps)
+                                      adapt_steps=adapt_steps, slice_thickness_ratio=ratio)
     superres = init_superres_wf(run_options,
                                 weights_sha256, description=f"{run.relpath} ({options.method})")
     outputs = init_outputs_wf(
         run,
         settings.output_dir,
-        skull_stripped=looks_skull_stripped(run.path, _sidecar(run.path)),
+        skull_stripped=looks_skull_stripped(run.path, run.metadata),
         input_voxel_size=zooms,
     )
     workflow.connect([
