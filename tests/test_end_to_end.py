@@ -86,7 +86,7 @@ def test_group_level_after_participant(phantom_dataset, tmp_path):
     code, out = _run(phantom_dataset, tmp_path, "--participant-label", "01")
     assert code == 0
     assert main([str(phantom_dataset), str(out), "group"]) == 0
-    table = (out / "logs" / "group_sr.tsv").read_text().splitlines()
+    table = (out / "group_summary.tsv").read_text().splitlines()
     assert table[0].startswith("output\tsources\tmodel")
     assert len(table) == 2 and "interp" in table[1]
     assert _errors(out) == []

@@ -110,6 +110,30 @@ def write_subject_logs(statuses: list[RunStatus], settings: Settings,
         atomic_write_bytes(log_file, ("\n".join(lines) + "\n").encode())
 
 
+def write_reports(statuses: list[RunStatus], settings: Settings,
+                  command_line: list[str]) -> None:
+    """``OUT/sub-<label>.html`` per subject; a figure that fails costs a warning, not the run."""
+    from bids_mrisr.reports.html import RunReport, build_run_figures, write_subject_report
+
+    for subject in sorted({s.run.subject for s in statuses}):
+        entries = []
+        for status in (s for s in statuses if s.run.subject == subject):
+            if status.status != "ok":
+                entries.append(RunReport(status.run.relpath, status.status, status.detail))
+                continue
+            sr_file = settings.output_dir / status.detail
+            stem = f"{status.run.stem}_{status.run.suffix}"
+            try:
+                entries.append(build_run_figures(settings.output_dir, status.run.path, sr_file,
+                                                 stem))
+            except (OSError, ValueError, KeyError) as err:
+                LOGGER.warning("%s: report figures failed (%s)", status.run.relpath, err)
+                entries.append(RunReport(status.run.relpath, "ok", "figures failed"))
+        path = write_subject_report(settings.output_dir, subject, entries, settings.model,
+                                    " ".join(command_line))
+        LOGGER.info("report: %s", path)
+
+
 def run_participant(settings: Settings, command_line: list[str]) -> ExitCode:
     validate_input_dataset(settings)
     runs = discover_runs(settings.bids_dir, settings.participant_labels, settings.session_labels,
@@ -145,6 +169,7 @@ def run_participant(settings: Settings, command_line: list[str]) -> ExitCode:
     statuses += run_graph(good, settings, weights, sha256)
     statuses.sort(key=lambda status: status.run.relpath)
     write_subject_logs(statuses, settings, command_line)
+    write_reports(statuses, settings, command_line)
     print_summary(statuses)
     failed = [s for s in statuses if s.status != "ok"]
     for status in failed:

@@ -1,0 +1,86 @@
+"""Report figures: mosaics of the input and the SR in three planes, the difference, detail crops.
+
+Pure numpy in, PNG files out (matplotlib's Agg backend, no display needed). Volumes are RAS+
+arrays on the SR target grid, so the three planes are axis 2 (axial), 1 (coronal), 0 (sagittal).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+PLANE_AXES = (("axial", 2), ("coronal", 1), ("sagittal", 0))
+SLICE_FRACTIONS = (0.35, 0.5, 0.65)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def display_window(volume: np.ndarray) -> tuple[float, float]:
+    """Robust grey-level window shared by the images that are compared."""
+    values = volume[volume > np.percentile(volume, 50)]
+    top = float(np.percentile(values, 99.5)) if values.size else float(volume.max())
+    return 0.0, max(top, 1e-6)
+
+
+def _slices(volume: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    out = []
+    for name, axis in PLANE_AXES:
+        for frac in SLICE_FRACTIONS:
+            index = int(round(frac * (volume.shape[axis] - 1)))
+            out.append((name, np.take(volume, index, axis=axis).T[::-1]))  # RAS -> radiological
+    return out
+
+
+def mosaic(volume: np.ndarray, path: Path, window: tuple[float, float], cmap: str = "gray",
+           title: str = "") -> Path:
+    """3 planes x 3 positions, one shared window; returns ``path``."""
+    plt = _plt()
+    fig, axes = plt.subplots(3, 3, figsize=(9, 9), facecolor="black")
+    for ax, (name, image) in zip(axes.ravel(), _slices(volume), strict=True):
+        ax.imshow(image, cmap=cmap, vmin=window[0], vmax=window[1], interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(name, color="white", fontsize=8)
+    if title:
+        fig.suptitle(title, color="white")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80, facecolor="black")
+    plt.close(fig)
+    return path
+
+
+def detail_crops(before: np.ndarray, after: np.ndarray, axis: int | None, path: Path,
+                 window: tuple[float, float]) -> Path:
+    """The same 64 px region of both volumes, in a plane that contains the restored axis."""
+    plt = _plt()
+    slice_axis = 1 if axis in (None, 0, 2) else 0  # a plane that contains ``axis``
+    index = before.shape[slice_axis] // 2
+    crops = []
+    for vol in (before, after):
+        image = np.take(vol, index, axis=slice_axis).T[::-1]
+        cy, cx = image.shape[0] // 2, image.shape[1] // 2
+        crops.append(image[max(cy - 32, 0): cy + 32, max(cx - 32, 0): cx + 32])
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4), facecolor="black")
+    for ax, crop, label in zip(axes, crops, ("input (cubic)", "super-resolved"), strict=True):
+        ax.imshow(crop, cmap="gray", vmin=window[0], vmax=window[1], interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(label, color="white", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80, facecolor="black")
+    plt.close(fig)
+    return path
+
+
+def difference_mosaic(before: np.ndarray, after: np.ndarray, path: Path) -> Path:
+    """SR - cubic, symmetric diverging colours (red: SR brighter)."""
+    diff = after - before
+    limit = float(np.percentile(np.abs(diff), 99.5)) or 1.0
+    return mosaic(diff, path, (-limit, limit), cmap="RdBu_r", title="SR - cubic")

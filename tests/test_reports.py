@@ -1,0 +1,41 @@
+"""QC reports: every section present, every figure reference resolves, nothing from the web."""
+
+from __future__ import annotations
+
+import csv
+import re
+
+from bids_mrisr.cli.run import main
+from bids_mrisr.reports.html import robust_outliers
+from tests.conftest import make_dataset
+
+
+def test_subject_and_group_reports(tmp_path):
+    bids = make_dataset(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": None,
+                                            "sub-01/anat/sub-01_T2w.nii.gz": None})
+    out = tmp_path / "out"
+    common = [str(bids), str(out)]
+    assert main([*common, "participant", "-w", str(tmp_path / "w"), "--model", "interp",
+                 "--skip-bids-validation"]) == 0
+    page = (out / "sub-01.html").read_text()
+    for section in ('id="run-0"', 'id="run-1"', "Input and super-resolved",
+                    "Difference (SR - cubic)", "Detail", "No-reference quality", "Provenance",
+                    'id="methods"', "N4ITK", "Nipype", "PyBIDS"):
+        assert section in page, section
+    refs = re.findall(r'(?:src|href)="([^"#]+)"', page)
+    assert len(refs) >= 8
+    for ref in refs:
+        assert not ref.startswith(("http:", "https:", "//")), ref  # offline
+        assert (out / ref).is_file(), ref
+    assert "<script" not in page  # readable without JavaScript (the toggle is CSS)
+
+    assert main([*common, "group"]) == 0
+    rows = list(csv.DictReader((out / "group_summary.tsv").open(), delimiter="\t"))
+    assert len(rows) == 2 and all(float(r["sharpness_gain"]) > 0 for r in rows)
+    group = (out / "group.html").read_text()
+    assert 'href="sub-01.html"' in group and group.count("<tr>") == 3
+
+
+def test_robust_outliers_flag_only_the_odd_one():
+    assert robust_outliers([1.0, 1.1, 0.9, 1.05, 5.0]) == [False] * 4 + [True]
+    assert robust_outliers([1.0, 2.0]) == [False, False]  # too few runs to judge
