@@ -37,6 +37,7 @@ class Settings:
     mem_gb: float | None = None
     device: str = "auto"
     skip_bids_validation: bool = False
+    reports_only: bool = False
     model: str = "student"
     weights: Path | None = None
     steps: int | None = None

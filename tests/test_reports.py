@@ -39,3 +39,34 @@ def test_subject_and_group_reports(tmp_path):
 def test_robust_outliers_flag_only_the_odd_one():
     assert robust_outliers([1.0, 1.1, 0.9, 1.05, 5.0]) == [False] * 4 + [True]
     assert robust_outliers([1.0, 2.0]) == [False, False]  # too few runs to judge
+
+
+def test_reports_only_rebuilds_from_existing_outputs(tmp_path):
+    import shutil
+
+    bids = make_dataset(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": None})
+    out = tmp_path / "out"
+    args = [str(bids), str(out), "participant", "-w", str(tmp_path / "w"), "--model", "interp",
+            "--skip-bids-validation"]
+    assert main(args) == 0
+    (out / "sub-01.html").unlink()
+    shutil.rmtree(out / "sub-01" / "figures")
+    shutil.rmtree(tmp_path / "w")
+    assert main([*args, "--reports-only"]) == 0
+    assert (out / "sub-01.html").is_file() and any((out / "sub-01" / "figures").glob("*.png"))
+    assert not (tmp_path / "w").exists()  # nothing was recomputed
+
+
+def test_teacher_report_shows_gating_maps(tmp_path):
+    from bids_mrisr.sr.checkpoint import random_checkpoint
+    from bids_mrisr.sr.networks.config import ModelConfig
+
+    random_checkpoint(tmp_path / "teacher", ModelConfig.tiny_teacher())
+    bids = make_dataset(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": None})
+    out = tmp_path / "out"
+    assert main([str(bids), str(out), "participant", "-w", str(tmp_path / "w"), "--model",
+                 "teacher", "--weights", str(tmp_path / "teacher"),
+                 "--skip-bids-validation"]) == 0
+    page = (out / "sub-01.html").read_text()
+    assert "Gating maps" in page and page.count('alt="gate ') == 3
+    assert "mean gate in head" in page

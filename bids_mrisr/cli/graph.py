@@ -69,7 +69,7 @@ def _crash_messages(crash_dir: Path, since: float) -> dict[str, tuple[str, Path]
     return messages
 
 
-def _expected_output(run: AnatRun, settings: Settings, resolution: float | None) -> Path | None:
+def expected_output(run: AnatRun, settings: Settings, resolution: float | None) -> Path | None:
     anat = subject_anat_dir(settings.output_dir, run.entities)
     if resolution:
         return anat / output_name(run.stem, resolution, DESC_SR, run.suffix)
@@ -101,7 +101,7 @@ def run_graph(runs: list[AnatRun], settings: Settings, weights: Path | None,
     crashes = _crash_messages(settings.work_dir / "crash", started - 1)
     statuses = []
     for run in runs:
-        expected = _expected_output(run, settings, settings.output_resolution)
+        expected = expected_output(run, settings, settings.output_resolution)
         run_crashes = [crash for node, crash in crashes.items() if f".{run.label}_wf." in node]
         if run_crashes:
             message, crash_file = run_crashes[0]

@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     execution.add_argument("--skip-bids-validation", "--skip_bids_validation",
                            dest="skip_bids_validation", action="store_true", default=None,
                            help="do not run the BIDS validator on the input")
+    execution.add_argument("--reports-only", dest="reports_only", action="store_true",
+                           default=None,
+                           help="only rebuild the QC reports from existing outputs")
     execution.add_argument("-v", "--verbose", dest="verbose", action="count",
                            help="more log output (repeat for debug)")
 
@@ -206,6 +209,7 @@ def build_settings(argv: list[str]) -> Settings:
     cli_values: dict[str, Any] = {
         key: getattr(args, key)
         for key in ("nprocs", "omp_nthreads", "mem_gb", "device", "skip_bids_validation",
+                    "reports_only",
                     "model", "weights", "steps", "num_samples", "output_resolution", "seed",
                     "verbose", "work_dir", "adapt", "adapt_steps")
     }

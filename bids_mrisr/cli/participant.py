@@ -134,12 +134,34 @@ def write_reports(statuses: list[RunStatus], settings: Settings,
         LOGGER.info("report: %s", path)
 
 
+def rebuild_reports(runs: list[AnatRun], settings: Settings,
+                    command_line: list[str]) -> ExitCode:
+    """``--reports-only``: the reports of the runs that already have outputs, nothing else."""
+    from bids_mrisr.cli.graph import expected_output
+
+    statuses = []
+    for run in runs:
+        found = expected_output(run, settings, settings.output_resolution)
+        if found is not None and found.is_file():
+            detail = found.relative_to(settings.output_dir).as_posix()
+            statuses.append(RunStatus(run, "ok", detail))
+        else:
+            statuses.append(RunStatus(run, "missing", "no output yet: run the participant level"))
+    if not any(s.status == "ok" for s in statuses):
+        raise UserError(f"{settings.output_dir}: no outputs to report on; run the participant "
+                        "level first", ExitCode.NO_INPUT)
+    write_reports(statuses, settings, command_line)
+    return ExitCode.OK
+
+
 def run_participant(settings: Settings, command_line: list[str]) -> ExitCode:
     validate_input_dataset(settings)
     runs = discover_runs(settings.bids_dir, settings.participant_labels, settings.session_labels,
                          settings.bids_filters)
     LOGGER.info("found %d T1w/T2w run(s) in %d subject(s)", len(runs),
                 len({run.subject for run in runs}))
+    if settings.reports_only:
+        return rebuild_reports(runs, settings, command_line)
     weights, sha256 = resolve_weights(settings)
 
     statuses: list[RunStatus] = []

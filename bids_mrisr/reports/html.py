@@ -130,7 +130,22 @@ def build_run_figures(output_dir: Path, input_file: Path, sr_file: Path, stem: s
         figures.mosaic(std, path, (0.0, float(np.percentile(std, 99.5)) or 1.0), cmap="magma",
                        title="uncertainty (SD over draws)")
         rel["uncertainty"] = path.relative_to(output_dir).as_posix()
+    suffix = sr_file.name.replace(".nii.gz", "").rsplit("_", 1)[-1]
+    gates_file = sr_file.with_name(sr_file.name.replace(f"_desc-sr_{suffix}",
+                                                        f"_desc-{suffix}gates_probseg"))
+    gate_means: dict[str, float] = {}
+    if gates_file.is_file():
+        gates = np.asanyarray(nib.load(str(gates_file)).dataobj).astype(np.float32)
+        head = before > 0.1 * (float(np.percentile(before, 99.5)) or 1.0)
+        names = info.get("ExpertNames") or [f"expert{k}" for k in range(gates.shape[-1])]
+        for k, name in enumerate(names[: gates.shape[-1]]):
+            path = fig_dir / f"{stem}_gate-{k}.png"
+            figures.mosaic(gates[..., k], path, (0.0, 1.0), cmap="viridis",
+                           title=f"gate: {name}")
+            rel[f"gate-{name}"] = path.relative_to(output_dir).as_posix()
+            gate_means[name] = float(gates[..., k][head].mean()) if head.any() else 0.0
     metrics = no_reference_metrics(before, after, axes[0])
+    metrics.update({f"mean gate in head: {k}": v for k, v in gate_means.items()})
     qc = {**metrics, "seconds": info.get("Seconds"), "model": info.get("Model")}
     qc_file = qc_path(output_dir, sr_file)
     atomic_write(qc_file, lambda tmp: tmp.write_text(json.dumps(qc, indent=2)))
@@ -170,13 +185,20 @@ def _run_section(index: int, run: RunReport) -> str:
     ]
     if "uncertainty" in f:
         parts.append(f'<h3>Uncertainty</h3><img src="{f["uncertainty"]}" alt="uncertainty">')
+    gates = [(k[len("gate-"):], v) for k, v in f.items() if k.startswith("gate-")]
+    if gates:
+        parts.append("<h3>Gating maps</h3>")
+        parts += [f'<img src="{v}" alt="gate {html.escape(k)}">' for k, v in gates]
     m = run.metrics
     parts += [
         "<h3>No-reference quality</h3><table>",
         f"<tr><th>edge sharpness gain along the restored axis</th>"
         f"<td>{m.get('sharpness_gain', float('nan')):.3f}x</td></tr>",
         f"<tr><th>relative noise (MAD of 2nd difference)</th>"
-        f"<td>{m.get('relative_noise', float('nan')):.4f}</td></tr></table>",
+        f"<td>{m.get('relative_noise', float('nan')):.4f}</td></tr>",
+        *[f"<tr><th>{html.escape(k)}</th><td>{v:.3f}</td></tr>" for k, v in m.items()
+          if k.startswith("mean gate")],
+        "</table>",
         f"<h3>Provenance</h3><table>{_provenance_rows(run.provenance)}</table></section>",
     ]
     return "\n".join(parts)
