@@ -70,3 +70,18 @@ def test_teacher_report_shows_gating_maps(tmp_path):
     page = (out / "sub-01.html").read_text()
     assert "Gating maps" in page and page.count('alt="gate ') == 3
     assert "mean gate in head" in page
+
+
+def test_a_failing_figure_costs_a_warning_not_the_run(tmp_path, monkeypatch, capsys):
+    import bids_mrisr.reports.html as report_html
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(report_html, "build_run_figures", broken)
+    bids = make_dataset(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": None})
+    out = tmp_path / "out"
+    assert main([str(bids), str(out), "participant", "-w", str(tmp_path / "w"), "--model",
+                 "interp", "--skip-bids-validation"]) == 0
+    assert "report figures failed (RuntimeError: no display)" in capsys.readouterr().err
+    assert "figures failed" in (out / "sub-01.html").read_text()

@@ -126,8 +126,9 @@ def write_reports(statuses: list[RunStatus], settings: Settings,
             try:
                 entries.append(build_run_figures(settings.output_dir, status.run.path, sr_file,
                                                  stem))
-            except (OSError, ValueError, KeyError) as err:
-                LOGGER.warning("%s: report figures failed (%s)", status.run.relpath, err)
+            except Exception as err:  # noqa: BLE001  a figure must never cost the run
+                LOGGER.warning("%s: report figures failed (%s: %s)", status.run.relpath,
+                               type(err).__name__, err)
                 entries.append(RunReport(status.run.relpath, "ok", "figures failed"))
         path = write_subject_report(settings.output_dir, subject, entries, settings.model,
                                     " ".join(command_line))
