@@ -35,7 +35,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
 from bids_mrisr.demo import thick_slice_affine
 from bids_mrisr.image.resample import resample_to_resolution
@@ -76,14 +75,7 @@ def plain_resample(image: nib.Nifti1Image, resolution: float, order: int) -> np.
     """Resampling of the raw low-resolution file onto the app's grid (what a user would do
     without bids_mrisr), with the app's grid definition."""
     data = np.asanyarray(image.dataobj).astype(np.float32)
-    if order == 3:
-        return resample_to_resolution(data, image.affine, resolution)[0]
-    zooms = np.sqrt((image.affine[:3, :3] ** 2).sum(axis=0))
-    step = resolution / zooms
-    shape = tuple(int(max(1, round(n * z / resolution))) for n, z in zip(data.shape, zooms,
-                                                                          strict=True))
-    return ndimage.affine_transform(data, matrix=step, offset=0.5 * step - 0.5,
-                                    output_shape=shape, order=order, mode="nearest")
+    return resample_to_resolution(data, image.affine, resolution, order=order)[0]
 
 
 def run_app(bids: Path, out: Path, work: Path, label: str, method: str, weights: str | None,

@@ -78,6 +78,15 @@ def simulate_cubic(hr: np.ndarray, params: Degradation, rng: np.random.Generator
     return cubic_upsample_axis(low, params.axis, params.factor, hr.shape[params.axis])
 
 
+def degradation_family(factor_range: tuple[float, float]) -> dict:
+    """The ranges :meth:`PairSampler.random_degradation` draws from (training provenance)."""
+    return {"factor_range": list(factor_range), "profiles": list(PROFILES),
+            "thickness_ratio": [0.8, 1.3], "inplane_sigma_vox": [0, 0.6],
+            "noise_fraction": [0, 0.03], "bias_strength_on_both": [0, 0.2],
+            "bits": [8, 10, 12, 16], "gamma": [-0.4, 0.4], "gain": [0.85, 1.15],
+            "orientation": "planes containing the thick axis, thick axis along rows"}
+
+
 class PairSampler:
     """Random (condition stack, scaled residual) crops from a refreshed pool of degradations."""
 
@@ -138,11 +147,7 @@ class PairSampler:
 
     def describe(self) -> dict:
         """The degradation family, for training provenance and the model card."""
-        return {"factor_range": list(self.factor_range), "profiles": list(PROFILES),
-                "thickness_ratio": [0.8, 1.3], "inplane_sigma_vox": [0, 0.6],
-                "noise_fraction": [0, 0.03], "bias_strength_on_both": [0, 0.2],
-                "bits": [8, 10, 12, 16], "gamma": [-0.4, 0.4], "gain": [0.85, 1.15],
-                "orientation": "planes containing the thick axis, thick axis along rows"}
+        return degradation_family(self.factor_range)
 
     def refresh(self) -> None:
         """Replace the oldest pool entry with a fresh degradation of a random volume."""

@@ -21,7 +21,7 @@ from torch import nn
 from bids_mrisr.sr.checkpoint import save_checkpoint
 from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.networks.factory import build_model
-from bids_mrisr.sr.training.data import PairSampler
+from bids_mrisr.sr.training.data import PairSampler, degradation_family
 from bids_mrisr.sr.training.loop import EMA_DECAY, run_steps, validate
 from bids_mrisr.sr.training.losses import (  # noqa: F401 (mean_regression_loss re-exported)
     MEAN_LOSS,
@@ -122,11 +122,9 @@ def train_mean_regressor(
             loader = iter(torch.utils.data.DataLoader(
                 data, batch_size=None, num_workers=workers, persistent_workers=True,
                 pin_memory=dev.type == "cuda"))
-            describe = data.sampler().describe()
         else:
             sampler = data.sampler()
             loader = (sampler.sample(batch_size) for _ in iter(int, 1))
-            describe = sampler.describe()
         autocast = devices.autocast(dev)
         started = time.perf_counter()
 
@@ -164,7 +162,7 @@ def train_mean_regressor(
             crop=crop,
             ema_decay=EMA_DECAY,
             sampling_steps=1,
-            degradation=describe,
+            degradation=degradation_family(factor_range),
         )
         if metrics is not None:
             prov["metrics"] = metrics
