@@ -39,6 +39,40 @@ def test_train_regression_recipe_writes_a_mean_student(tmp_path):
     assert not (out / "teacher").exists()
 
 
+def test_train_init_weights_fine_tunes_a_checkpoint(tmp_path, capsys):
+    root = _dataset(tmp_path)
+    common = ["--no-bundled", "--preset", "tiny", "--batch-size", "2", "--crop", "32"]
+    assert main(["train", str(root), str(tmp_path / "a"), *common, "--student-steps", "20"]) == 0
+    first = load_checkpoint(tmp_path / "a" / "student")
+    code = main(["train", str(root), str(tmp_path / "b"), *common, "--student-steps", "0",
+                 "--init-weights", str(tmp_path / "a" / "student"), "--lr", "1e-4"])
+    assert code == 0
+    second = load_checkpoint(tmp_path / "b" / "student")
+    assert second.provenance["init_weights"]["sha256"] == first.sha256
+    assert second.provenance["init_weights"]["steps"] == 20
+    assert second.provenance["lr"] == 1e-4
+    # zero further steps: the fine-tuned copy is the starting checkpoint, weight for weight
+    for name, tensor in first.model.state_dict().items():
+        assert np.array_equal(tensor.numpy(), second.model.state_dict()[name].numpy()), name
+
+
+def test_train_init_weights_refuses_what_it_cannot_fine_tune(tmp_path, capsys):
+    from bids_mrisr.sr.checkpoint import random_checkpoint
+    from bids_mrisr.sr.networks.config import ModelConfig
+
+    root = _dataset(tmp_path)
+    random_checkpoint(tmp_path / "teacher", ModelConfig.tiny_teacher())
+    code = main(["train", str(root), str(tmp_path / "out"), "--no-bundled",
+                 "--init-weights", str(tmp_path / "teacher")])
+    assert code == 64
+    assert "regression recipe fine-tunes posterior-mean networks" in capsys.readouterr().err
+    code = main(["train", str(root), str(tmp_path / "out"), "--no-bundled",
+                 "--init-weights", str(tmp_path / "nothing")])
+    assert code == 64
+    assert "--init-weights" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "student").exists()
+
+
 def test_train_writes_teacher_and_distilled_student(tmp_path):
     root = _dataset(tmp_path)
     out = tmp_path / "train"

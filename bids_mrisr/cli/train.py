@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -28,6 +29,9 @@ from bids_mrisr.image.normalize import fit_normalisation
 from bids_mrisr.image.reorient import reorient_to_ras
 from bids_mrisr.image.resample import default_resolution, resample_to_resolution
 from bids_mrisr.progress import progress_callback
+
+if TYPE_CHECKING:
+    from bids_mrisr.sr.networks.config import ModelConfig
 
 LOGGER = logging.getLogger("bids_mrisr")
 
@@ -87,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted regression run from "
                              "OUT/student/train_state.pt")
+    parser.add_argument("--init-weights", type=Path, default=None,
+                        help="regression recipe: fine-tune this checkpoint (e.g. the shipped "
+                             "student) instead of starting from random weights; its "
+                             "architecture is kept")
+    parser.add_argument("--lr", type=float, default=2e-3,
+                        help="peak learning rate (after warm-up; cosine decay follows)")
     parser.add_argument("--skip-teacher", action="store_true",
                         help="reuse OUT/teacher and only distil the student")
     parser.add_argument("--preset", choices=("default", "tiny"), default="default",
@@ -182,6 +192,22 @@ def _check_device(name: str) -> None:
         raise UserError(f"--device: {exc}", ExitCode.USAGE) from exc
 
 
+def _fine_tune_config(directory: Path) -> ModelConfig:
+    """The architecture of the checkpoint that ``--init-weights`` names (verified, sha256)."""
+    from bids_mrisr.sr.checkpoint import verify_checkpoint
+    from bids_mrisr.sr.engine import SRError
+
+    try:
+        _, config, _ = verify_checkpoint(directory)
+    except SRError as exc:
+        raise UserError(f"--init-weights: {exc}", ExitCode.USAGE) from exc
+    if config.prediction_type != "mean":
+        raise UserError(f"--init-weights {directory}: a {config.prediction_type}-prediction "
+                        "network; the regression recipe fine-tunes posterior-mean networks",
+                        ExitCode.USAGE)
+    return config
+
+
 def _train_regression(args: argparse.Namespace, train: list[np.ndarray], val: list[np.ndarray],
                       provenance: dict, output_dir: Path, tiny: bool, started: float) -> int:
     """The shipped recipe: the student as a direct posterior-mean regressor."""
@@ -190,8 +216,11 @@ def _train_regression(args: argparse.Namespace, train: list[np.ndarray], val: li
     from bids_mrisr.sr.networks.config import ModelConfig
     from bids_mrisr.sr.training.regression import train_mean_regressor
 
-    base = ModelConfig.tiny_student() if tiny else ModelConfig.student_default()
-    config = dataclasses.replace(base, prediction_type="mean")
+    if args.init_weights is not None:
+        config = _fine_tune_config(args.init_weights)
+    else:
+        base = ModelConfig.tiny_student() if tiny else ModelConfig.student_default()
+        config = dataclasses.replace(base, prediction_type="mean")
     provenance["recipe"] = "regression"
     provenance["command"] = "bids_mrisr train " + " ".join(args.argv)
     sha = train_mean_regressor(
@@ -200,7 +229,8 @@ def _train_regression(args: argparse.Namespace, train: list[np.ndarray], val: li
         minutes=args.student_minutes,
         batch_size=args.batch_size, seed=args.seed, crop=args.crop,
         progress=progress_callback("student training", "step"), val_volumes=val or None,
-        provenance=provenance, device=args.device, workers=args.workers, resume=args.resume)
+        provenance=provenance, device=args.device, workers=args.workers, resume=args.resume,
+        lr=args.lr, init_from=args.init_weights)
     if sha is not None:  # rank 0 (or the only process) wrote the checkpoint
         LOGGER.info("student: sha256 %s; done in %.1f min: use --weights %s/student", sha,
                     (time.monotonic() - started) / 60, output_dir)
@@ -226,6 +256,11 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     if args.recipe == "regression":
         _check_device(args.device)  # before minutes of preprocessing
+        if args.init_weights is not None:
+            _fine_tune_config(args.init_weights)
+    elif args.init_weights is not None:
+        raise UserError("--init-weights: only the regression recipe fine-tunes a checkpoint",
+                        ExitCode.USAGE)
     train, train_names, val, val_names = collect_volumes(args, output_dir / "work")
     LOGGER.info("training on %d volume(s): %s; held out: %s", len(train),
                 ", ".join(train_names), ", ".join(val_names) or "none")

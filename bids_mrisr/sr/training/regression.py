@@ -39,13 +39,6 @@ REFRESH_EVERY = 1500
 batch of 16 this keeps refreshing under a fifth of the time, and over an hour's training still
 renews the pool hundreds of times."""
 
-STATE_FILE = "train_state.pt"
-"""Resumable training state inside the checkpoint directory (removed once the weights exist)."""
-REFRESH_EVERY = 1500
-"""Crops drawn between two whole-volume re-degradations (each ~1-3 s on a CPU): at ~0.04 s per
-batch of 16 this keeps refreshing under a fifth of the time, and over an hour's training still
-renews the pool hundreds of times."""
-
 LOSS = "L1"
 """L1 on the scaled residual: converges to higher PSNR than L2 for SR networks (EDSR's finding,
 and ours: it does not chase the rare large errors at the skull and background edges)."""
@@ -92,6 +85,7 @@ def train_mean_regressor(
     workers: int = 0,
     resume: bool = False,
     save_every: int = 1000,
+    init_from: str | Path | None = None,
 ) -> str | None:
     """Train ``config`` (``prediction_type`` must be ``mean``); save its EMA; return the sha256.
 
@@ -99,6 +93,8 @@ def train_mean_regressor(
     batches from DataLoader worker processes. Under ``torchrun`` every process trains on its own
     crops with DDP-averaged gradients and only rank 0 writes (other ranks return None).
     ``resume`` continues from ``out_dir/train_state.pt`` (written every 1,000 steps).
+    ``init_from``: a checkpoint of the same config to fine-tune (its sha256 and steps go into
+    the provenance), e.g. the shipped student on a site's own scans.
     """
     from bids_mrisr.sr import device as devices
     from bids_mrisr.sr.training import distributed
@@ -112,7 +108,9 @@ def train_mean_regressor(
     out_dir = Path(out_dir)
     with distributed.process_group(rank, dev):
         torch.manual_seed(seed)  # the same initial weights on every rank
-        model = build_model(config).to(dev)
+        model = build_model(config)
+        start = _warm_start(model, config, init_from) if init_from is not None else None
+        model = model.to(dev)
         net: nn.Module = model
         if rank.world_size > 1:
             net = nn.parallel.DistributedDataParallel(
@@ -164,6 +162,8 @@ def train_mean_regressor(
             sampling_steps=1,
             degradation=degradation_family(factor_range),
         )
+        if start is not None:
+            prov["init_weights"] = start
         if metrics is not None:
             prov["metrics"] = metrics
             log.info("held-out: cubic %.2f dB, model %.2f dB (%+.2f dB)", metrics["psnr_cubic"],
@@ -171,3 +171,17 @@ def train_mean_regressor(
         sha = save_checkpoint(ema_model, out_dir, prov)
         (out_dir / STATE_FILE).unlink(missing_ok=True)
         return sha
+
+
+def _warm_start(model: nn.Module, config: ModelConfig, directory: str | Path) -> dict[str, Any]:
+    """Copy a verified checkpoint's weights into ``model``; refuse another architecture."""
+    from bids_mrisr.sr.checkpoint import CheckpointError, load_checkpoint
+
+    loaded = load_checkpoint(Path(directory))
+    if loaded.config != config:
+        raise CheckpointError(f"checkpoint {directory}: its network config differs from the "
+                              "one being trained; fine-tuning needs the same architecture")
+    model.load_state_dict(loaded.model.state_dict())
+    log.info("fine-tuning from %s (sha256 %s)", directory, loaded.sha256[:12])
+    return {"sha256": loaded.sha256, "steps": loaded.provenance.get("steps"),
+            "minutes": loaded.provenance.get("minutes")}
