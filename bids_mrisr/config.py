@@ -48,6 +48,10 @@ class Settings:
     adapt: str = "off"
     adapt_steps: int = 300
     verbose: int = 0
+    nipype_plugin: str | None = None
+    """From ``--use-plugin``: a nipype execution plugin (e.g. SLURMGraph) instead of the
+    default (Linear for one run, MultiProc for several)."""
+    nipype_plugin_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Values from a TOML file bypass argparse's checks, so check them here."""
@@ -90,7 +94,44 @@ _TOML_KEYS = {f.name for f in dataclasses.fields(Settings)} - {
     "bids_dir",
     "output_dir",
     "analysis_level",
-}
+    "nipype_plugin",
+    "nipype_plugin_args",
+} | {"use_plugin"}
+
+
+NIPYPE_PLUGINS = ("Linear", "MultiProc", "LegacyMultiProc", "SLURM", "SLURMGraph", "SGE",
+                  "SGEGraph", "PBS", "PBSGraph", "LSF", "Condor", "CondorDAGMan", "OAR",
+                  "IPython")
+"""nipype's execution plugins (``nipype.pipeline.plugins``), checked before any work starts."""
+
+
+def read_plugin_file(path: Path) -> tuple[str, dict[str, Any]]:
+    """A ``--use-plugin`` YAML file (fMRIPrep's format): ``plugin:`` and ``plugin_args:``."""
+    import yaml
+
+    try:
+        content = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise UserError(f"--use-plugin {path}: cannot read it ({exc.strerror})",
+                        ExitCode.NO_INPUT) from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise UserError(f"--use-plugin {path}: not valid YAML{line}", ExitCode.USAGE) from None
+    if not isinstance(content, dict) or not isinstance(content.get("plugin"), str):
+        raise UserError(f"--use-plugin {path}: expected a 'plugin:' name and optional "
+                        "'plugin_args:' mapping", ExitCode.USAGE)
+    unknown = sorted(set(content) - {"plugin", "plugin_args"})
+    if unknown:
+        raise UserError(f"--use-plugin {path}: unknown key(s) {', '.join(unknown)}",
+                        ExitCode.USAGE)
+    plugin, args = content["plugin"], content.get("plugin_args") or {}
+    if plugin not in NIPYPE_PLUGINS:
+        raise UserError(f"--use-plugin {path}: unknown nipype plugin {plugin!r}; one of "
+                        f"{', '.join(NIPYPE_PLUGINS)}", ExitCode.USAGE)
+    if not isinstance(args, dict):
+        raise UserError(f"--use-plugin {path}: plugin_args must be a mapping", ExitCode.USAGE)
+    return plugin, args
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -113,3 +113,46 @@ def test_work_dir_inside_bids_dir_exits_64(phantom_dataset, tmp_path):
 
 def test_missing_bids_dir_exits_66(tmp_path):
     assert main([str(tmp_path / "nope"), str(tmp_path / "out"), "participant"]) == 66
+
+
+def test_use_plugin_file_selects_a_nipype_plugin(phantom_dataset, tmp_path):
+    from bids_mrisr.cli.graph import execution_plugin
+
+    plugin = tmp_path / "plugin.yml"
+    plugin.write_text("plugin: SLURMGraph\nplugin_args:\n  dont_resubmit_completed_jobs: true\n"
+                      "  sbatch_args: --time=1:00:00 --mem=8G\n")
+    settings = _settings(phantom_dataset, tmp_path, "--use-plugin", str(plugin))
+    assert execution_plugin(settings, 2) == (
+        "SLURMGraph", {"dont_resubmit_completed_jobs": True,
+                       "sbatch_args": "--time=1:00:00 --mem=8G"})
+    # MultiProc from a file keeps --nprocs/--mem unless the file sets them
+    plugin.write_text("plugin: MultiProc\nplugin_args: {n_procs: 3}\n")
+    settings = _settings(phantom_dataset, tmp_path, "--use-plugin", str(plugin), "--mem", "6G")
+    assert execution_plugin(settings, 1) == (
+        "MultiProc", {"n_procs": 3, "raise_insufficient": False, "memory_gb": 6.0})
+    # without a file: Linear for one run, MultiProc for several
+    settings = _settings(phantom_dataset, tmp_path, "--nprocs", "2")
+    assert execution_plugin(settings, 1) == ("Linear", {})
+    assert execution_plugin(settings, 2)[0] == "MultiProc"
+    # the TOML config file takes the same option
+    config = tmp_path / "config.toml"
+    config.write_text(f'use-plugin = "{plugin}"\n')
+    settings = _settings(phantom_dataset, tmp_path, "--config-file", str(config))
+    assert settings.nipype_plugin == "MultiProc"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("plugin: Slurm\n", "unknown nipype plugin 'Slurm'"),
+    ("plugin_args: {}\n", "expected a 'plugin:' name"),
+    ("plugin: MultiProc\nplugin_arg: {}\n", "unknown key(s) plugin_arg"),
+    ("plugin: MultiProc\nplugin_args: [1, 2]\n", "plugin_args must be a mapping"),
+    ("plugin: [\n", "not valid YAML at line"),
+])
+def test_bad_plugin_file_is_a_usage_error(phantom_dataset, tmp_path, content, message):
+    plugin = tmp_path / "plugin.yml"
+    plugin.write_text(content)
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[")) as err:
+        _settings(phantom_dataset, tmp_path, "--use-plugin", str(plugin))
+    assert err.value.code == ExitCode.USAGE
+    assert str(plugin) in str(err.value)

@@ -77,6 +77,21 @@ def expected_output(run: AnatRun, settings: Settings, resolution: float | None) 
     return matches[-1] if matches else None
 
 
+def execution_plugin(settings: Settings, parallel_jobs: int) -> tuple[str, dict]:
+    """nipype plugin and its arguments: ``--use-plugin``'s, else Linear or MultiProc here."""
+    local = {"n_procs": settings.resolved_nprocs(), "raise_insufficient": False}
+    if settings.mem_gb:
+        local["memory_gb"] = settings.mem_gb
+    if settings.nipype_plugin is not None:
+        args = dict(settings.nipype_plugin_args)
+        if settings.nipype_plugin in ("MultiProc", "LegacyMultiProc"):
+            args = {**local, **args}  # the file's values win over --nprocs/--mem
+        return settings.nipype_plugin, args
+    if parallel_jobs > 1:
+        return "MultiProc", local
+    return "Linear", {}
+
+
 def run_graph(runs: list[AnatRun], settings: Settings, weights: Path | None,
               sha256: str | None) -> list[RunStatus]:
     from bids_mrisr.workflows.base import init_bids_mrisr_wf
@@ -86,12 +101,7 @@ def run_graph(runs: list[AnatRun], settings: Settings, weights: Path | None,
     parallel_jobs = min(nprocs, len(runs))
     workflow = init_bids_mrisr_wf(runs, settings, weights, sha256, parallel_jobs)
     started = time.time()
-    plugin, plugin_args = "Linear", {}
-    if parallel_jobs > 1:
-        plugin = "MultiProc"
-        plugin_args = {"n_procs": nprocs, "raise_insufficient": False}
-        if settings.mem_gb:
-            plugin_args["memory_gb"] = settings.mem_gb
+    plugin, plugin_args = execution_plugin(settings, parallel_jobs)
     LOGGER.info("processing %d run(s) with nipype %s (work dir %s)", len(runs), plugin,
                 settings.work_dir)
     try:

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from bids_mrisr import __version__
-from bids_mrisr.config import ADAPT_MODES, MODELS, Settings, merge, read_toml
+from bids_mrisr.config import (
+    ADAPT_MODES,
+    MODELS,
+    Settings,
+    merge,
+    read_plugin_file,
+    read_toml,
+)
 from bids_mrisr.errors import ExitCode, UserError
 from bids_mrisr.sr.options import PLANES
 
@@ -107,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="threads per job for N4 and torch")
     execution.add_argument("--mem", "--mem-gb", dest="mem_gb", type=_mem_gb,
                            help="memory budget, e.g. 8G; the SR engine tiles to respect it")
+    execution.add_argument("--use-plugin", dest="use_plugin", type=Path, metavar="FILE",
+                           help="nipype plugin YAML ('plugin: SLURMGraph' and 'plugin_args:'), "
+                                "as fMRIPrep's; default: MultiProc on this machine "
+                                "(docs/hpc.md)")
     execution.add_argument("--config-file", dest="config_file", type=Path,
                            help="TOML file with any of the long options (flags win)")
     execution.add_argument("--skip-bids-validation", "--skip_bids_validation",
@@ -242,6 +253,11 @@ def build_settings(argv: list[str]) -> Settings:
         filters = read_filter_file(filter_file)
     if values.get("weights") is not None:
         values["weights"] = Path(values["weights"]).expanduser().absolute()
+    plugin_file = args.use_plugin or values.pop("use_plugin", None)
+    values.pop("use_plugin", None)
+    if plugin_file is not None:
+        values["nipype_plugin"], values["nipype_plugin_args"] = read_plugin_file(
+            Path(plugin_file).expanduser())
     if "planes" in values and values["planes"] is not None:
         values["planes"] = tuple(values["planes"])
     values = {key: value for key, value in values.items() if value is not None}

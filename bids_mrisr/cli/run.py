@@ -16,7 +16,7 @@ LOGGER = logging.getLogger("bids_mrisr")
 
 
 def _dispatch_subcommand(argv: list[str]) -> int | None:
-    """``bids_mrisr demo ...`` and ``bids_mrisr train ...`` live beside the BIDS-App call."""
+    """``bids_mrisr demo|train|slurm ...`` live beside the BIDS-App call."""
     if not argv or (len(argv) >= 3 and argv[2] in ("participant", "group")):
         return None  # a BIDS-App call, even if the dataset folder is called "demo"
     if argv[0] == "demo":
@@ -27,6 +27,10 @@ def _dispatch_subcommand(argv: list[str]) -> int | None:
         from bids_mrisr.cli.train import main as train_main
 
         return train_main(argv[1:])
+    if argv[0] == "slurm":
+        from bids_mrisr.cli.slurm import main as slurm_main
+
+        return slurm_main(argv[1:])
     return None
 
 
