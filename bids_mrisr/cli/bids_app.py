@@ -23,10 +23,12 @@ def setup_logging(verbose: int = 0) -> None:
 
 def run_bids_app(argv: list[str]) -> int:
     """Parse a BIDS-App command line and run its analysis level; raises ``UserError``."""
+    from bids_mrisr.cli.cachedirs import ensure_writable_caches
     from bids_mrisr.cli.parser import build_settings
 
     settings = build_settings(argv)
     setup_logging(settings.verbose)
+    ensure_writable_caches()  # before matplotlib (reports) and Deno (validator) start
     if settings.analysis_level == "group":
         from bids_mrisr.cli.group import run_group
 
