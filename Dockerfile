@@ -59,6 +59,7 @@ RUN mkdir -p "$TEMPLATEFLOW_HOME"; \
 # ---------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS runtime
 
+ARG BASE_IMAGE
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
