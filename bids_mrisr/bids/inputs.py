@@ -6,29 +6,54 @@ the other runs are still processed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.affines import obliquity
+
+from bids_mrisr.image.resample import default_resolution, target_grid
+from bids_mrisr.memory import estimated_peak_gb, physical_memory_gb
 
 MIN_SLICES = 4
+MAX_CONDITION = 1e6
+"""A voxel-to-world matrix this ill-conditioned maps the volume onto (nearly) a plane."""
+OBLIQUE_DEGREES = 1.0
 
 
-def input_problem(path: Path) -> str | None:
-    """Return a one-line description of what is wrong with ``path``, or None if it is usable."""
+def _reason(err: BaseException) -> str:
+    text = str(err).splitlines()[0] if str(err) else ""
+    return text or type(err).__name__
+
+
+def _file_problem(path: Path) -> str | None:
+    if path.is_symlink() and not path.exists():
+        return f"is a broken symbolic link (to {os.readlink(path)})"
     try:
         size = path.stat().st_size
     except OSError as err:
         return f"cannot be read ({err.strerror})"
     if size == 0:
         return "is empty (0 bytes)"
-    try:
-        image = nib.load(str(path))
-        shape = image.shape
-        data = np.asanyarray(image.dataobj)
-    except Exception as err:  # nibabel raises many types for corrupt files
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        return f"is not a readable NIfTI file ({reason})"
+    if not os.access(path, os.R_OK):
+        return "cannot be read (permission denied)"
+    return None
+
+
+def _stored_voxel_sizes(image: nib.spatialimages.SpatialImage) -> tuple[float, ...]:
+    """pixdim as stored: nibabel silently turns a 0 into 1 mm on load, which would hide a
+    header that does not know its own geometry."""
+    header = image.header
+    if isinstance(header, nib.Nifti1Header) and image.get_filename():
+        with nib.openers.ImageOpener(image.get_filename()) as fobj:
+            raw = type(header).from_fileobj(fobj, check=False)
+        return tuple(float(z) for z in raw["pixdim"][1:4])
+    return tuple(float(z) for z in header.get_zooms()[:3])
+
+
+def _header_problem(image: nib.spatialimages.SpatialImage) -> str | None:
+    shape = image.shape
     if len(shape) > 3 and any(n > 1 for n in shape[3:]):
         return f"is {len(shape)}D with shape {tuple(shape)}; only 3D volumes can be super-resolved"
     if len(shape) < 3:
@@ -37,16 +62,69 @@ def input_problem(path: Path) -> str | None:
     if short:
         axis, n = short[0]
         return f"has only {n} slice(s) along axis {axis}; at least {MIN_SLICES} are needed"
+    zooms = _stored_voxel_sizes(image)
+    if not all(np.isfinite(z) and z > 0 for z in zooms):
+        return f"has invalid voxel sizes {tuple(float(z) for z in zooms)} in its header"
+    matrix = image.affine[:3, :3]
+    if not np.all(np.isfinite(image.affine)):
+        return "has a non-finite affine (voxel-to-world matrix); fix its sform/qform"
+    if np.linalg.cond(matrix) > MAX_CONDITION:
+        return "has a singular affine (voxel-to-world matrix); fix its sform/qform"
+    return None
+
+
+def _memory_problem(image: nib.spatialimages.SpatialImage, output_resolution: float | None,
+                    mem_gb: float | None) -> str | None:
+    """Refuse, before any work, a grid that cannot fit (a huge field of view, a bad header)."""
+    zooms = np.sqrt((image.affine[:3, :3] ** 2).sum(axis=0))
+    resolution = output_resolution or default_resolution(tuple(float(z) for z in zooms))
+    shape, _, _ = target_grid(image.shape[:3], image.affine, resolution)
+    need = estimated_peak_gb(int(np.prod(shape, dtype=np.float64)))
+    limit, what = (mem_gb, f"--mem {mem_gb:g} GB") if mem_gb else (
+        physical_memory_gb(), "this machine's memory")
+    if limit is None or need <= limit:
+        return None
+    fov = " x ".join(f"{n * z:.0f}" for n, z in zip(image.shape[:3], zooms, strict=True))
+    return (f"needs about {need:.1f} GB for its {shape[0]}x{shape[1]}x{shape[2]} output grid at "
+            f"{resolution:g} mm (field of view {fov} mm), more than {what} ({limit:.1f} GB); "
+            "use a coarser --output-resolution or more memory")
+
+
+def input_problem(path: Path, output_resolution: float | None = None,
+                  mem_gb: float | None = None) -> str | None:
+    """Return a one-line description of what is wrong with ``path``, or None if it is usable.
+
+    The header is checked before the voxels are read, so a file that declares an impossible
+    size is refused without trying to load it.
+    """
+    problem = _file_problem(path)
+    if problem:
+        return problem
+    try:
+        image = nib.load(str(path))
+        problem = _header_problem(image) or _memory_problem(image, output_resolution, mem_gb)
+        if problem:
+            return problem
+        data = np.asanyarray(image.dataobj)
+    except Exception as err:  # nibabel raises many types for corrupt files
+        return f"is not a readable NIfTI file ({_reason(err)})"
     if np.issubdtype(data.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(data)))
         if bad:
             return f"contains {bad} non-finite (NaN/Inf) voxel(s)"
     if not np.any(data):
         return "is all zeros"
-    zooms = image.header.get_zooms()[:3]
-    if not all(np.isfinite(z) and z > 0 for z in zooms):
-        return f"has invalid voxel sizes {tuple(float(z) for z in zooms)}"
     return None
+
+
+def input_warnings(path: Path) -> list[str]:
+    """What is usable but worth a line in the log (called only for inputs without problems)."""
+    image = nib.load(str(path))
+    angle = float(np.degrees(np.max(np.abs(obliquity(image.affine)))))
+    if angle > OBLIQUE_DEGREES:
+        return [f"is oblique ({angle:.1f} degrees from the nearest scanner axes); the output keeps "
+                "that orientation (no extra resampling)"]
+    return []
 
 
 def looks_skull_stripped(path: Path, sidecar: dict | None = None) -> bool:

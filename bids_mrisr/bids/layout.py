@@ -7,6 +7,7 @@ skipped.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ SUPPORTED_SUFFIXES = ("T1w", "T2w")
 ENTITY_KEYS = {
     "subject": "sub",
     "session": "ses",
+    "task": "task",
     "acquisition": "acq",
     "ceagent": "ce",
     "reconstruction": "rec",
@@ -64,12 +66,19 @@ class AnatRun:
 
 def check_dataset_description(bids_dir: Path) -> None:
     description = bids_dir / "dataset_description.json"
+    needed = '(at least {"Name": "...", "BIDSVersion": "1.10.0"})'
     if not description.is_file():
-        raise UserError(
-            f"{description}: missing; every BIDS dataset needs a dataset_description.json "
-            '(at least {"Name": "...", "BIDSVersion": "1.10.0"})',
-            ExitCode.INVALID_BIDS,
-        )
+        raise UserError(f"{description}: missing; every BIDS dataset needs a "
+                        f"dataset_description.json {needed}", ExitCode.INVALID_BIDS)
+    try:
+        content = json.loads(description.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = f" (line {err.lineno})" if isinstance(err, json.JSONDecodeError) else ""
+        raise UserError(f"{description}: not valid JSON{where}; it must hold {needed}",
+                        ExitCode.INVALID_BIDS) from None
+    if not isinstance(content, dict) or "BIDSVersion" not in content:
+        raise UserError(f"{description}: no BIDSVersion; it must hold {needed}",
+                        ExitCode.INVALID_BIDS)
 
 
 def _format_entity(value: Any) -> str:
@@ -136,10 +145,30 @@ def discover_runs(
             ExitCode.NOTHING_SELECTED,
         )
     runs.sort(key=lambda run: run.relpath)
-    names: dict[str, AnatRun] = {}
-    for run in runs:
-        clash = names.setdefault(run.label, run)
-        if clash is not run:  # e.g. an entity we do not carry into output names
-            raise UserError(f"{run.path}: would share its output name with {clash.relpath}; "
-                            "use --bids-filter-file to select one of them", ExitCode.USAGE)
+    folders = {d.name[4:] for d in bids_dir.glob("sub-*") if d.is_dir()}  # pybids skips empties
+    present = known_subjects | folders
+    selected = set(participant_labels) & present if participant_labels else present
+    empty = sorted(selected - {run.subject for run in runs})
+    if empty and not session_labels and not filters:
+        LOGGER.warning("no T1w/T2w run for %s: nothing to do there",
+                       ", ".join(f"sub-{label}" for label in empty))
     return runs
+
+
+def output_name_clashes(runs: list[AnatRun]) -> dict[str, str]:
+    """Runs (by relpath) that would write the same output file, each with the reason.
+
+    Every entity of the input names the output, so this is left for true duplicates: the same
+    run stored twice (``.nii`` beside ``.nii.gz``). Only these runs are refused; the others
+    are processed.
+    """
+    by_label: dict[str, list[AnatRun]] = {}
+    for run in runs:
+        by_label.setdefault(run.label, []).append(run)
+    clashes: dict[str, str] = {}
+    for group in (g for g in by_label.values() if len(g) > 1):
+        for run in group:
+            others = ", ".join(o.relpath for o in group if o is not run)
+            clashes[run.relpath] = (f"is the same run as {others} (one output name for both); "
+                                    "remove one, or select one with --bids-filter-file")
+    return clashes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from datetime import datetime
@@ -9,8 +10,13 @@ from pathlib import Path
 
 from bids_mrisr import __version__
 from bids_mrisr.bids.derivatives import LOG_DIRNAME, init_derivatives_dataset
-from bids_mrisr.bids.inputs import input_problem
-from bids_mrisr.bids.layout import AnatRun, check_dataset_description, discover_runs
+from bids_mrisr.bids.inputs import input_problem, input_warnings
+from bids_mrisr.bids.layout import (
+    AnatRun,
+    check_dataset_description,
+    discover_runs,
+    output_name_clashes,
+)
 from bids_mrisr.bids.validator import ValidatorUnavailableError, validation_errors
 from bids_mrisr.cli.graph import RunStatus, run_graph
 from bids_mrisr.config import Settings
@@ -155,6 +161,21 @@ def rebuild_reports(runs: list[AnatRun], settings: Settings,
     return ExitCode.OK
 
 
+_IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO}
+
+
+def _output_error(err: OSError, fallback: Path) -> UserError:
+    """Say in words why the output could not be made: 73 (cannot create) or 74 (I/O)."""
+    where = err.filename or fallback
+    if err.errno in _IO_ERRNOS:
+        return UserError(f"{where}: {err.strerror}", ExitCode.IO_ERROR)
+    hint = {errno.ENOTDIR: "; a file is in the way on that path",
+            errno.EEXIST: "; a file of that name is in the way",
+            errno.EROFS: "; choose a writable output directory",
+            errno.EACCES: "; choose a folder you can write to"}.get(err.errno or 0, "")
+    return UserError(f"{where}: cannot create it ({err.strerror}{hint})", ExitCode.CANT_CREATE)
+
+
 def run_participant(settings: Settings, command_line: list[str]) -> ExitCode:
     validate_input_dataset(settings)
     runs = discover_runs(settings.bids_dir, settings.participant_labels, settings.session_labels,
@@ -167,12 +188,16 @@ def run_participant(settings: Settings, command_line: list[str]) -> ExitCode:
 
     statuses: list[RunStatus] = []
     good: list[AnatRun] = []
+    clashes = output_name_clashes(runs)
     for run in runs:
-        problem = input_problem(run.path)
+        problem = clashes.get(run.relpath) or input_problem(
+            run.path, settings.output_resolution, settings.mem_gb)
         if problem:
             LOGGER.error("%s: %s", run.path, problem)
             statuses.append(RunStatus(run, "bad data", problem))
         else:
+            for warning in input_warnings(run.path):
+                LOGGER.warning("%s: %s", run.path, warning)
             good.append(run)
     if not good and len(statuses) == len(runs):
         print_summary(statuses)
@@ -181,11 +206,8 @@ def run_participant(settings: Settings, command_line: list[str]) -> ExitCode:
     try:
         init_derivatives_dataset(settings.output_dir, settings.bids_dir)
         settings.work_dir.mkdir(parents=True, exist_ok=True)
-    except PermissionError as err:
-        raise UserError(f"{err.filename}: cannot create ({err.strerror})",
-                        ExitCode.CANT_CREATE) from None
     except OSError as err:
-        raise UserError(f"{err.filename}: {err.strerror}", ExitCode.IO_ERROR) from None
+        raise _output_error(err, settings.output_dir) from None
 
     if settings.omp_nthreads:
         os.environ.setdefault("OMP_NUM_THREADS", str(settings.omp_nthreads))
