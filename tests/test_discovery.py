@@ -10,6 +10,7 @@ import pytest
 from bids_mrisr.bids.layout import discover_runs
 from bids_mrisr.cli.parser import read_filter_file
 from bids_mrisr.errors import ExitCode, UserError
+from tests.conftest import make_dataset
 
 
 def test_finds_t1w_and_t2w_with_entities_and_ignores_flair(phantom_dataset, caplog):
@@ -78,3 +79,14 @@ def test_echo_and_part_entities_keep_outputs_apart(tmp_path):
     })
     runs = discover_runs(root)
     assert [run.stem for run in runs] == ["sub-01_echo-1_part-mag", "sub-01_echo-2_part-mag"]
+
+
+def test_runs_differing_only_in_task_keep_apart_names(tmp_path):
+    """bids-examples ds004332 puts task- into anat names: every entity names the output."""
+    from bids_mrisr.bids.layout import output_name_clashes
+
+    root = make_dataset(tmp_path / "bids", {"sub-01/anat/sub-01_task-rest_T1w.nii.gz": None,
+                                            "sub-01/anat/sub-01_task-movie_T1w.nii.gz": None})
+    runs = discover_runs(root)
+    assert sorted(run.stem for run in runs) == ["sub-01_task-movie", "sub-01_task-rest"]
+    assert output_name_clashes(runs) == {}
