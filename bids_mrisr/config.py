@@ -7,7 +7,6 @@ Precedence: command-line flag > TOML file (``--config-file``) > the defaults bel
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -89,16 +88,6 @@ class Settings:
         return self.mem_gb / max(1, parallel_jobs)
 
 
-# Keys accepted in a TOML config file: the long option names, with - or _.
-_TOML_KEYS = {f.name for f in dataclasses.fields(Settings)} - {
-    "bids_dir",
-    "output_dir",
-    "analysis_level",
-    "nipype_plugin",
-    "nipype_plugin_args",
-} | {"use_plugin"}
-
-
 NIPYPE_PLUGINS = ("Linear", "MultiProc", "LegacyMultiProc", "SLURM", "SLURMGraph", "SGE",
                   "SGEGraph", "PBS", "PBSGraph", "LSF", "Condor", "CondorDAGMan", "OAR",
                   "IPython")
@@ -135,7 +124,7 @@ def read_plugin_file(path: Path) -> tuple[str, dict[str, Any]]:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    """Read a ``--config-file``; unknown keys are a usage error, so typos do not pass silently."""
+    """Read a ``--config-file`` (an optional ``[bids_mrisr]`` table); the CLI parses the values."""
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
@@ -143,16 +132,7 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: config file not found", ExitCode.USAGE) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not valid TOML ({err})", ExitCode.USAGE) from None
-    settings = data.get("bids_mrisr", data)  # allow an optional [bids_mrisr] table
-    normalised = {key.replace("-", "_"): value for key, value in settings.items()}
-    unknown = sorted(set(normalised) - _TOML_KEYS)
-    if unknown:
-        raise UserError(
-            f"{path}: unknown setting(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(_TOML_KEYS))}",
-            ExitCode.USAGE,
-        )
-    return normalised
+    return dict(data.get("bids_mrisr", data))
 
 
 def merge(cli_values: dict[str, Any], toml_values: dict[str, Any]) -> dict[str, Any]:

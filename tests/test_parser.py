@@ -156,3 +156,37 @@ def test_bad_plugin_file_is_a_usage_error(phantom_dataset, tmp_path, content, me
         _settings(phantom_dataset, tmp_path, "--use-plugin", str(plugin))
     assert err.value.code == ExitCode.USAGE
     assert str(plugin) in str(err.value)
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('seed = "abc"', "argument --seed: invalid int value: 'abc'"),
+    ("nprocs = 0", "argument --nprocs/--n-cpus: must be >= 1, got 0"),
+    ('device = "banana"', "argument --device: expected auto, cpu, cuda or cuda:N"),
+    ('mem = "lots"', "argument --mem/--mem-gb: expected a memory size"),
+    ('planes = "diagonal"', "argument --planes: invalid choice: 'diagonal'"),
+    ('skip-bids-validation = "yes"', "skip-bids-validation must be true or false"),
+    ("bids_filters = {}", "unknown setting(s) bids_filters"),
+])
+def test_toml_values_get_the_same_checks_as_flags(phantom_dataset, tmp_path, line, message):
+    config = tmp_path / "config.toml"
+    config.write_text(line + "\n")
+    with pytest.raises(UserError) as err:
+        _settings(phantom_dataset, tmp_path, "--config-file", str(config))
+    assert err.value.code == ExitCode.USAGE
+    assert str(err.value).startswith(f"{config}: ")
+    assert message in str(err.value)
+
+
+def test_toml_takes_every_long_option_spelling(phantom_dataset, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('[bids_mrisr]\nparticipant-label = ["01"]\nsession_label = "a"\n'
+                      'mem = "8000M"\nplanes = "axial"\nskip_bids_validation = true\n'
+                      "verbose = 2\n")
+    settings = _settings(phantom_dataset, tmp_path, "--config-file", str(config))
+    assert settings.participant_labels == ("01",) and settings.session_labels == ("a",)
+    assert settings.mem_gb == pytest.approx(8000 / 1024)
+    assert settings.planes == ("axial",)
+    assert settings.skip_bids_validation is True and settings.verbose == 2
+    settings = _settings(phantom_dataset, tmp_path, "--config-file", str(config),
+                         "--participant-label", "02", "--mem", "2G")
+    assert settings.participant_labels == ("02",) and settings.mem_gb == 2.0  # flags win

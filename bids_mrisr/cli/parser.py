@@ -208,23 +208,77 @@ def is_within(path: Path, parent: Path) -> bool:
     return True
 
 
+NOT_IN_CONFIG = {"config_file", "help", "version"}
+
+
+def config_tokens(parser: argparse.ArgumentParser, values: dict[str, Any],
+                  path: Path) -> list[str]:
+    """A TOML config as command-line tokens, so it goes through the same parsing and checks.
+
+    Keys are long option names with ``-`` or ``_`` (``participant-label``, ``mem``, ``mem_gb``);
+    ``true`` turns a flag on; a list gives several values.
+    """
+    options = {}
+    for action in parser._actions:
+        for flag in action.option_strings:
+            if flag.startswith("--") and action.dest not in NOT_IN_CONFIG:
+                options[flag[2:].replace("_", "-")] = (flag, action)
+    unknown = sorted(key for key in values if key.replace("_", "-") not in options)
+    if unknown:
+        raise UserError(f"{path}: unknown setting(s) {', '.join(unknown)}; any long option "
+                        f"of 'bids_mrisr --help' is a key ({', '.join(sorted(options))})",
+                        ExitCode.USAGE)
+    tokens: list[str] = []
+    for key, value in values.items():
+        flag, action = options[key.replace("_", "-")]
+        if isinstance(action, argparse._StoreTrueAction | argparse._CountAction):
+            if not isinstance(value, bool | int) or isinstance(value, float):
+                raise UserError(f"{path}: {key} must be true or false, got {value!r}",
+                                ExitCode.USAGE)
+            tokens += [flag] * (int(value) if isinstance(action, argparse._CountAction)
+                                else int(bool(value)))
+        elif isinstance(value, list):
+            tokens += [flag, *(str(item) for item in value)]
+        elif isinstance(value, dict | bool):
+            raise UserError(f"{path}: {key} takes a value, not {value!r}", ExitCode.USAGE)
+        else:
+            tokens += [f"{flag}={value}"]
+    return tokens
+
+
+def _parse_config(parser: argparse.ArgumentParser, args: argparse.Namespace
+                  ) -> dict[str, Any]:
+    """Values the config file sets (by dest), parsed exactly as flags are."""
+    values = read_toml(args.config_file)
+    tokens = config_tokens(parser, values, args.config_file)
+    positional = [str(args.bids_dir), str(args.output_dir), args.analysis_level]
+    try:
+        parsed = parser.parse_args(positional + tokens)
+    except UserError as err:
+        raise UserError(f"{args.config_file}: {err}", ExitCode.USAGE) from None
+    defaults = parser.parse_args(positional)
+    return {key: value for key, value in vars(parsed).items()
+            if value != getattr(defaults, key)}
+
+
 def build_settings(argv: list[str]) -> Settings:
     """Parse ``argv`` into validated :class:`Settings` (raises UserError with an exit code)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.analysis_level not in ANALYSIS_LEVELS:
         raise UserError(
             f"unknown analysis level {args.analysis_level!r}; use participant or group",
             ExitCode.UNKNOWN_LEVEL,
         )
-    toml_values = read_toml(args.config_file) if args.config_file else {}
+    toml_values = _parse_config(parser, args) if args.config_file else {}
     cli_values: dict[str, Any] = {
         key: getattr(args, key)
         for key in ("nprocs", "omp_nthreads", "mem_gb", "device", "skip_bids_validation",
-                    "reports_only",
+                    "reports_only", "participant_labels", "session_labels", "bids_filter_file",
+                    "use_plugin",
                     "model", "weights", "steps", "num_samples", "output_resolution", "seed",
-                    "verbose", "work_dir", "adapt", "adapt_steps")
+                    "verbose", "work_dir", "adapt", "adapt_steps", "planes")
     }
-    cli_values["planes"] = tuple(args.planes) if args.planes else None
     values = merge(cli_values, toml_values)
 
     bids_dir = args.bids_dir.expanduser().absolute()
@@ -243,22 +297,17 @@ def build_settings(argv: list[str]) -> Settings:
         raise UserError(f"{output_dir}: the output directory contains the input dataset",
                         ExitCode.USAGE)
 
-    labels_cli = args.participant_labels or toml_values.get("participant_labels")
-    sessions_cli = args.session_labels or toml_values.get("session_labels")
-    filter_file = args.bids_filter_file
-    values.pop("participant_labels", None)
-    values.pop("session_labels", None)
-    filters = values.pop("bids_filters", None) or {}
-    if filter_file is not None:
-        filters = read_filter_file(filter_file)
+    labels = values.pop("participant_labels", None)
+    sessions = values.pop("session_labels", None)
+    filter_file = values.pop("bids_filter_file", None)
+    filters = read_filter_file(filter_file) if filter_file is not None else {}
     if values.get("weights") is not None:
         values["weights"] = Path(values["weights"]).expanduser().absolute()
-    plugin_file = args.use_plugin or values.pop("use_plugin", None)
-    values.pop("use_plugin", None)
+    plugin_file = values.pop("use_plugin", None)
     if plugin_file is not None:
         values["nipype_plugin"], values["nipype_plugin_args"] = read_plugin_file(
             Path(plugin_file).expanduser())
-    if "planes" in values and values["planes"] is not None:
+    if values.get("planes") is not None:
         values["planes"] = tuple(values["planes"])
     values = {key: value for key, value in values.items() if value is not None}
     try:
@@ -267,10 +316,8 @@ def build_settings(argv: list[str]) -> Settings:
             output_dir=output_dir,
             analysis_level=args.analysis_level,
             work_dir=work_dir,
-            participant_labels=expand_labels(
-                [labels_cli] if isinstance(labels_cli, str) else labels_cli, "sub-"),
-            session_labels=expand_labels(
-                [sessions_cli] if isinstance(sessions_cli, str) else sessions_cli, "ses-"),
+            participant_labels=expand_labels(labels, "sub-"),
+            session_labels=expand_labels(sessions, "ses-"),
             bids_filters=filters,
             **values,
         )
