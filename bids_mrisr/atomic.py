@@ -23,8 +23,22 @@ def atomic_write(path: Path, write: Callable[[Path], object], suffix: str = ".tm
     os.close(handle)
     try:
         write(Path(tmp_name))
+        # mkstemp makes 0600 files; outputs get the permissions any new file would (umask),
+        # so that collaborators on a cluster can read them.
+        os.chmod(tmp_name, 0o666 & ~_UMASK)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it; restored at once, at import time so
+    that no thread sees the temporary value)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
