@@ -118,7 +118,8 @@ def init_derivatives_dataset(output_dir: Path, bids_dir: Path) -> None:
     if not (output_dir / "README.md").exists():
         atomic_write_bytes(output_dir / "README.md", README_TEXT.encode())
     ignore = output_dir / ".bidsignore"
-    patterns = ["sub-*/log", "logs", "*.html", "sub-*/figures", "group_summary.tsv"]
+    patterns = ["sub-*/log", "logs", "*.html", "sub-*/figures", "group_summary.tsv",
+                ".bids_mrisr"]
     existing = ignore.read_text().split() if ignore.exists() else []
     merged = existing + [p for p in patterns if p not in existing]
     if merged != existing:

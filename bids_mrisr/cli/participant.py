@@ -17,6 +17,7 @@ from bids_mrisr.bids.layout import (
     discover_runs,
     output_name_clashes,
 )
+from bids_mrisr.bids.locks import SubjectLock, SubjectLockedError
 from bids_mrisr.bids.validator import ValidatorUnavailableError, validation_errors
 from bids_mrisr.cli.graph import RunStatus, run_graph
 from bids_mrisr.config import Settings
@@ -161,6 +162,22 @@ def rebuild_reports(runs: list[AnatRun], settings: Settings,
     return ExitCode.OK
 
 
+def _lock_subjects(output_dir: Path, subjects: set[str],
+                   ) -> tuple[list[SubjectLock], dict[str, str]]:
+    """Lock every subject this run writes; a subject another run holds is left to it."""
+    locks, busy = [], {}
+    for subject in sorted(subjects):
+        lock = SubjectLock(output_dir, subject)
+        try:
+            lock.acquire()
+        except SubjectLockedError as err:
+            LOGGER.error("sub-%s: %s", subject, err)
+            busy[subject] = str(err)
+            continue
+        locks.append(lock)
+    return locks, busy
+
+
 _IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO}
 
 
@@ -211,10 +228,20 @@ def run_participant(settings: Settings, command_line: list[str]) -> ExitCode:
 
     if settings.omp_nthreads:
         os.environ.setdefault("OMP_NUM_THREADS", str(settings.omp_nthreads))
-    statuses += run_graph(good, settings, weights, sha256)
+    locks, busy = _lock_subjects(settings.output_dir, {run.subject for run in runs})
+    try:
+        statuses = [s for s in statuses if s.run.subject not in busy]
+        statuses += run_graph([r for r in good if r.subject not in busy], settings, weights,
+                              sha256)
+        statuses.sort(key=lambda status: status.run.relpath)
+        write_subject_logs(statuses, settings, command_line)
+        write_reports(statuses, settings, command_line)
+    finally:
+        for lock in locks:
+            lock.release()
+    statuses += [RunStatus(run, "failed", busy[run.subject]) for run in runs
+                 if run.subject in busy]
     statuses.sort(key=lambda status: status.run.relpath)
-    write_subject_logs(statuses, settings, command_line)
-    write_reports(statuses, settings, command_line)
     print_summary(statuses)
     failed = [s for s in statuses if s.status != "ok"]
     for status in failed:
