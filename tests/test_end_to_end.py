@@ -11,6 +11,7 @@ from bids import BIDSLayout
 
 from bids_mrisr.bids.validator import validate_dataset
 from bids_mrisr.cli.run import main
+from tests.conftest import make_dataset, phantom_volume, write_volume
 
 
 def _run(bids, tmp_path, *extra):
@@ -50,7 +51,8 @@ def test_phantom_run_is_validator_clean_and_indexable(phantom_dataset, tmp_path)
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
     assert description["GeneratedBy"][0]["Name"] == "bids_mrisr"
-    assert description["SourceDatasets"]
+    assert "SourceDatasets" not in description  # a local folder alone identifies nothing
+    assert description["DatasetLinks"]["raw"].startswith("file://")
     assert list((out / "sub-01" / "log").glob("*/bids_mrisr.log"))
     assert not list(out.rglob(".*.tmp"))  # atomic writes leave no temp files
 
@@ -118,3 +120,40 @@ def test_runs_in_parallel_with_multiproc(phantom_dataset, tmp_path, capsys):
     assert code == 0
     assert "nipype MultiProc" in capsys.readouterr().err
     assert len(list(out.rglob("*_desc-sr_*.nii.gz"))) == 3
+
+
+def test_source_dataset_is_its_doi_and_git_commit(tmp_path):
+    import subprocess
+
+    from bids_mrisr.bids.derivatives import dataset_description
+
+    root = make_dataset(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": None})
+    content = json.loads((root / "dataset_description.json").read_text())
+    (root / "dataset_description.json").write_text(json.dumps(
+        {**content, "DatasetDOI": "doi:10.18112/openneuro.ds000001.v1.0.0"}))
+    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "data"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    source = dataset_description(root)["SourceDatasets"][0]
+    assert source == {"DOI": "doi:10.18112/openneuro.ds000001.v1.0.0",
+                      "URL": "https://doi.org/10.18112/openneuro.ds000001.v1.0.0",
+                      "Version": commit}
+
+
+def test_integer_input_gives_scaled_int16_output_and_float_stays_float(tmp_path):
+
+    root = make_dataset(tmp_path / "bids", {})
+    write_volume(root / "sub-int/anat/sub-int_T1w.nii.gz", phantom_volume(), dtype=np.uint8)
+    write_volume(root / "sub-flt/anat/sub-flt_T1w.nii.gz", phantom_volume(), dtype=np.float32)
+    out = tmp_path / "out"
+    assert main([str(root), str(out), "participant", "-w", str(tmp_path / "w"), "--model",
+                 "interp", "--skip-bids-validation", "--nprocs", "1"]) == 0
+    integer = nib.load(str(out / "sub-int/anat/sub-int_res-1mm_desc-sr_T1w.nii.gz"))
+    assert integer.get_data_dtype() == np.int16
+    assert integer.dataobj.inter == 0.0 and integer.dataobj.slope > 0  # zero stays zero
+    assert integer.dataobj.get_unscaled().max() == np.iinfo(np.int16).max  # full range used
+    floating = nib.load(str(out / "sub-flt/anat/sub-flt_res-1mm_desc-sr_T1w.nii.gz"))
+    assert floating.get_data_dtype() == np.float32

@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
+import numpy as np
+
 from bids_mrisr import __version__
-from bids_mrisr.image.io import atomic_write_bytes
+from bids_mrisr.image.io import atomic_write_bytes, save_nifti
 
 BIDS_VERSION = "1.10.0"
 RAW_LINK = "raw"
@@ -73,31 +77,55 @@ def container_info() -> dict[str, str] | None:
     return info
 
 
+def _git(bids_dir: Path, *args: str) -> str | None:
+    try:
+        result = subprocess.run(["git", "-C", str(bids_dir), *args], capture_output=True,
+                                text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def _source_dataset(bids_dir: Path) -> dict[str, str]:
+    """What identifies the input beyond this machine: its DOI, and for a git/DataLad dataset
+    the commit and remote. A local path alone is not a source (DatasetLinks keeps it)."""
+    source: dict[str, str] = {}
+    try:
+        raw = json.loads((bids_dir / "dataset_description.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raw = {}
+    doi = str(raw.get("DatasetDOI") or "").strip()
+    if doi:
+        bare = doi.removeprefix("doi:").removeprefix("https://doi.org/")
+        source["DOI"] = f"doi:{bare}"
+        source["URL"] = f"https://doi.org/{bare}"
+    if (bids_dir / ".git").exists():
+        commit = _git(bids_dir, "rev-parse", "HEAD")
+        if commit:
+            source["Version"] = commit
+        remote = _git(bids_dir, "config", "--get", "remote.origin.url")
+        if remote and "URL" not in source and "://" in remote:
+            source["URL"] = remote
+    return source
+
+
 def dataset_description(bids_dir: Path) -> dict[str, Any]:
     generated_by: dict[str, Any] = {
         "Name": "bids_mrisr",
         "Version": __version__,
-        "Description": "Super-resolution of T1w/T2w MRI (MoEDiff-SR teacher, distilled student)",
+        "Description": "Super-resolution of T1w/T2w MRI; each output's sidecar names the "
+                       "method (SuperResolution.Model)",
     }
     container = container_info()
     if container:
         generated_by["Container"] = container
-    source: dict[str, Any] = {"URL": bids_dir.resolve().as_uri()}
-    raw_description = bids_dir / "dataset_description.json"
-    try:
-        raw = json.loads(raw_description.read_text())
-    except (OSError, json.JSONDecodeError):
-        raw = {}
-    if raw.get("DatasetDOI"):
-        source["DOI"] = raw["DatasetDOI"]
-    if raw.get("Name"):
-        source["Version"] = str(raw.get("DatasetVersion", "unknown"))
+    source = _source_dataset(bids_dir)
     return {
         "Name": "bids_mrisr derivatives: super-resolved anatomical MRI",
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
         "GeneratedBy": [generated_by],
-        "SourceDatasets": [source],
+        **({"SourceDatasets": [source]} if source else {}),
         "DatasetLinks": {RAW_LINK: bids_dir.resolve().as_uri()},
     }
 
@@ -136,6 +164,29 @@ def _copy_nifti(src: Path, dst: Path) -> Path:
     return dst
 
 
+INTEGER_OUTPUT = np.int16
+"""Integer inputs give int16 outputs with a scale factor (scl_slope/scl_inter): half the size
+of float32, and 65,536 levels over the volume's range keep the SR detail (a quantisation
+error near 1e-5 of the range, far below any SR gain); uint8 inputs gain levels rather than
+lose the detail to 256."""
+
+
+def _write_like_input(src: Path, dst: Path, input_dtype: str) -> Path:
+    """The SR volume in the input's kind of data type: scaled int16 for integer inputs."""
+    if not np.issubdtype(np.dtype(input_dtype), np.integer):
+        return _copy_nifti(src, dst)
+    image = nib.load(str(src))
+    data = np.asanyarray(image.dataobj, dtype=np.float32)
+    peak = float(np.abs(data).max())
+    slope = peak / np.iinfo(INTEGER_OUTPUT).max if peak > 0 else 1.0
+    # slope only, no intercept: zero stays exactly zero (background, skull-stripped masks)
+    header = image.header.copy()
+    header.set_data_dtype(INTEGER_OUTPUT)
+    out = nib.Nifti1Image(np.round(data / slope).astype(INTEGER_OUTPUT), image.affine, header)
+    out.header.set_slope_inter(slope, 0.0)
+    return save_nifti(out, dst)
+
+
 def write_run_outputs(
     output_dir: Path,
     relpath: str,
@@ -149,6 +200,7 @@ def write_run_outputs(
     input_voxel_size: list[float],
     gates_file: Path | None = None,
     std_file: Path | None = None,
+    input_dtype: str = "float32",
 ) -> list[Path]:
     """Write the derivatives of one run (volumes and sidecars); return the written paths."""
     anat_dir = subject_anat_dir(output_dir, entities)
@@ -174,7 +226,7 @@ def write_run_outputs(
     }
     written: list[Path] = []
     sr_path = anat_dir / output_name(stem, resolution, DESC_SR, suffix)
-    written.append(_copy_nifti(sr_file, sr_path))
+    written.append(_write_like_input(sr_file, sr_path, input_dtype))
     written.append(write_json(sidecar_path(sr_path), {
         "Description": f"{suffix} super-resolved with {model} (the input's intensities: "
                        "bias field and intensity scale restored)",

@@ -30,6 +30,8 @@ class _WriteDerivativesInputSpec(BaseInterfaceInputSpec):
     info_file = File(exists=True, mandatory=True)
     gates_file = File()
     std_file = File()
+    input_dtype = traits.Str("float32", usedefault=True,
+                             desc="the input's stored data type (integer -> scaled int16)")
 
 
 class _WriteDerivativesOutputSpec(TraitedSpec):
@@ -59,6 +61,7 @@ class WriteDerivatives(SimpleInterface):
             input_voxel_size=list(inputs.input_voxel_size),
             gates_file=optional(inputs.gates_file),
             std_file=optional(inputs.std_file),
+            input_dtype=inputs.input_dtype,
         )
         self._results["out_files"] = [str(p) for p in written]
         return runtime

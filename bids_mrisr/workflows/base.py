@@ -17,6 +17,7 @@ from nipype.pipeline import engine as pe
 from bids_mrisr.bids.inputs import looks_skull_stripped
 from bids_mrisr.bids.layout import AnatRun
 from bids_mrisr.config import Settings
+from bids_mrisr.image.io import stored_dtype
 from bids_mrisr.image.reorient import ras_zooms
 from bids_mrisr.image.resample import default_resolution
 from bids_mrisr.sr.geometry import MIN_ANISOTROPY, anisotropy, blurred_axes
@@ -81,6 +82,7 @@ def init_single_run_wf(run: AnatRun, settings: Settings, options: SROptions,
         settings.output_dir,
         skull_stripped=looks_skull_stripped(run.path, run.metadata),
         input_voxel_size=zooms,
+        input_dtype=stored_dtype(run.path),
     )
     workflow.connect([
         (inputnode, preproc, [("in_file", "inputnode.in_file")]),

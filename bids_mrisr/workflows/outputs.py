@@ -12,7 +12,8 @@ from bids_mrisr.interfaces.derivatives import WriteDerivatives
 
 
 def init_outputs_wf(run: AnatRun, output_dir: Path, skull_stripped: bool,
-                    input_voxel_size: list[float], name: str = "outputs_wf") -> pe.Workflow:
+                    input_voxel_size: list[float], input_dtype: str = "float32",
+                    name: str = "outputs_wf") -> pe.Workflow:
     """Inputs: ``sr_file``, ``info_file``, ``gates_file``, ``std_file``, ``resolution``."""
     workflow = pe.Workflow(name=name)
     fields = ["sr_file", "info_file", "gates_file", "std_file", "resolution"]
@@ -28,6 +29,7 @@ def init_outputs_wf(run: AnatRun, output_dir: Path, skull_stripped: bool,
             entities=dict(run.entities),
             skull_stripped=skull_stripped,
             input_voxel_size=input_voxel_size,
+            input_dtype=input_dtype,
         ),
         name="write_derivatives",
         overwrite=True,
