@@ -47,6 +47,7 @@ class Settings:
     adapt: str = "off"
     adapt_steps: int = 300
     verbose: int = 0
+    clean_workdir: bool = False
     nipype_plugin: str | None = None
     """From ``--use-plugin``: a nipype execution plugin (e.g. SLURMGraph) instead of the
     default (Linear for one run, MultiProc for several)."""

@@ -157,3 +157,24 @@ def test_integer_input_gives_scaled_int16_output_and_float_stays_float(tmp_path)
     assert integer.dataobj.get_unscaled().max() == np.iinfo(np.int16).max  # full range used
     floating = nib.load(str(out / "sub-flt/anat/sub-flt_res-1mm_desc-sr_T1w.nii.gz"))
     assert floating.get_data_dtype() == np.float32
+
+
+def test_clean_workdir_drops_finished_runs_only(tmp_path):
+    from bids_mrisr.bids.layout import discover_runs
+    from bids_mrisr.workflows.base import run_work_dir
+
+    root = make_dataset(tmp_path / "bids", {})
+    write_volume(root / "sub-01/anat/sub-01_T1w.nii.gz", phantom_volume())
+    write_volume(root / "sub-02/anat/sub-02_T1w.nii.gz", np.zeros((20, 20, 10)))  # bad data
+    work = tmp_path / "w"
+    code = main([str(root), str(tmp_path / "out"), "participant", "-w", str(work), "--model",
+                 "interp", "--skip-bids-validation", "--nprocs", "1", "--clean-workdir"])
+    assert code == 1  # sub-02 is bad data
+    assert (tmp_path / "out/sub-01/anat/sub-01_res-1mm_desc-sr_T1w.nii.gz").is_file()
+    good = next(r for r in discover_runs(root) if r.subject == "01")
+    assert not run_work_dir(work, good).exists()
+    assert (work / "bids_mrisr_wf").is_dir()  # the graph's own files stay
+    code = main([str(root), str(tmp_path / "out2"), "participant", "-w", str(work), "--model",
+                 "interp", "--skip-bids-validation", "--nprocs", "1"])
+    assert code == 1
+    assert run_work_dir(work, good).is_dir()  # without the flag the intermediates are kept

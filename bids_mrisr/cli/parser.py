@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     execution.add_argument("--skip-bids-validation", "--skip_bids_validation",
                            dest="skip_bids_validation", action="store_true", default=None,
                            help="do not run the BIDS validator on the input")
+    execution.add_argument("--clean-workdir", dest="clean_workdir", action="store_true",
+                           default=None,
+                           help="remove each run's intermediate files from the work dir once "
+                                "its outputs are written (failed runs keep theirs to resume)")
     execution.add_argument("--reports-only", dest="reports_only", action="store_true",
                            default=None,
                            help="only rebuild the QC reports from existing outputs")
@@ -277,7 +281,7 @@ def build_settings(argv: list[str]) -> Settings:
                     "reports_only", "participant_labels", "session_labels", "bids_filter_file",
                     "use_plugin",
                     "model", "weights", "steps", "num_samples", "output_resolution", "seed",
-                    "verbose", "work_dir", "adapt", "adapt_steps", "planes")
+                    "verbose", "work_dir", "adapt", "adapt_steps", "planes", "clean_workdir")
     }
     values = merge(cli_values, toml_values)
 

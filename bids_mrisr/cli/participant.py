@@ -162,6 +162,22 @@ def rebuild_reports(runs: list[AnatRun], settings: Settings,
     return ExitCode.OK
 
 
+def clean_finished_runs(statuses: list[RunStatus], work_dir: Path) -> None:
+    """``--clean-workdir``: drop the intermediates of runs whose outputs are written."""
+    import shutil
+
+    from bids_mrisr.workflows.base import run_work_dir
+
+    freed = 0
+    for status in (s for s in statuses if s.status == "ok"):
+        folder = run_work_dir(work_dir, status.run)
+        if folder.is_dir():
+            freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            shutil.rmtree(folder, ignore_errors=True)
+    LOGGER.info("--clean-workdir: removed %.1f MB of finished runs' intermediates from %s",
+                freed / 1e6, work_dir)
+
+
 def _lock_subjects(output_dir: Path, subjects: set[str],
                    ) -> tuple[list[SubjectLock], dict[str, str]]:
     """Lock every subject this run writes; a subject another run holds is left to it."""
@@ -236,6 +252,8 @@ def run_participant(settings: Settings, command_line: list[str]) -> ExitCode:
         statuses.sort(key=lambda status: status.run.relpath)
         write_subject_logs(statuses, settings, command_line)
         write_reports(statuses, settings, command_line)
+        if settings.clean_workdir:
+            clean_finished_runs(statuses, settings.work_dir)
     finally:
         for lock in locks:
             lock.release()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from nipype.interfaces.base import (
@@ -19,13 +23,28 @@ from bids_mrisr.image.normalize import normalise_file
 from bids_mrisr.image.reorient import reorient_to_ras
 from bids_mrisr.image.resample import resample_file
 
+LOGGER = logging.getLogger("bids_mrisr")
+
 
 def _out_path(name: str) -> Path:
     return Path(os.getcwd()) / name
 
 
+@contextmanager
+def _logged_step(label: str, what: str) -> Iterator[None]:
+    """A start and an end line for the slow steps, so preprocessing is never silent."""
+    if label:
+        LOGGER.info("%s: %s ...", label, what)
+    started = time.monotonic()
+    yield
+    if label:
+        LOGGER.info("%s: %s done (%.1f s)", label, what, time.monotonic() - started)
+
+
 class _InFileSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="input volume")
+    run_label = traits.Str("", usedefault=True, nohash=True,
+                           desc="the run's input path, for progress lines")
 
 
 class _OutFileSpec(TraitedSpec):
@@ -60,13 +79,14 @@ class N4BiasCorrection(SimpleInterface):
     output_spec = _N4OutputSpec
 
     def _run_interface(self, runtime):
-        out_file, bias = n4_correct(
-            Path(self.inputs.in_file),
-            _out_path("n4.nii"),
-            bias_file=_out_path("bias_field.nii"),
-            shrink_factor=self.inputs.shrink_factor,
-            threads=self.inputs.num_threads,
-        )
+        with _logged_step(self.inputs.run_label, "N4 bias-field correction"):
+            out_file, bias = n4_correct(
+                Path(self.inputs.in_file),
+                _out_path("n4.nii"),
+                bias_file=_out_path("bias_field.nii"),
+                shrink_factor=self.inputs.shrink_factor,
+                threads=self.inputs.num_threads,
+            )
         self._results["out_file"] = str(out_file)
         self._results["bias_field"] = str(bias)
         return runtime
@@ -107,8 +127,9 @@ class ResampleToGrid(SimpleInterface):
 
     def _run_interface(self, runtime):
         resolution = self.inputs.resolution if isdefined(self.inputs.resolution) else None
-        out_file, used = resample_file(
-            Path(self.inputs.in_file), _out_path("target_grid.nii"), resolution)
+        with _logged_step(self.inputs.run_label, "cubic resampling onto the target grid"):
+            out_file, used = resample_file(
+                Path(self.inputs.in_file), _out_path("target_grid.nii"), resolution)
         self._results["out_file"] = str(out_file)
         self._results["resolution"] = used
         return runtime

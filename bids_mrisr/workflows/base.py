@@ -50,7 +50,7 @@ def sr_options(settings: Settings, weights: Path | None, threads: int,
 def init_single_run_wf(run: AnatRun, settings: Settings, options: SROptions,
                        weights_sha256: str | None = None) -> pe.Workflow:
     """preproc -> superres -> outputs for one run."""
-    workflow = pe.Workflow(name=f"{run.label}_wf")
+    workflow = pe.Workflow(name=run_work_dir(Path("."), run).name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["in_file"]), name="inputnode")
     inputnode.inputs.in_file = str(run.path)
     image = nib.load(str(run.path))
@@ -68,7 +68,7 @@ def init_single_run_wf(run: AnatRun, settings: Settings, options: SROptions,
                         "in-plane detail: --adapt skipped", run.relpath,
                         "x".join(f"{z:g}" for z in zooms))
     preproc = init_preproc_wf(output_resolution=settings.output_resolution,
-                              omp_nthreads=options.threads or 1)
+                              omp_nthreads=options.threads or 1, run_label=run.relpath)
     thickness = run.metadata.get("SliceThickness")
     ratio = None
     if restore and isinstance(thickness, int | float) and thickness > 0:
@@ -96,6 +96,11 @@ def init_single_run_wf(run: AnatRun, settings: Settings, options: SROptions,
                              ("outputnode.std_file", "inputnode.std_file")]),
     ])
     return workflow
+
+
+def run_work_dir(work_dir: Path, run: AnatRun) -> Path:
+    """Where the graph keeps one run's intermediate files (``--clean-workdir`` removes it)."""
+    return work_dir / "bids_mrisr_wf" / f"sub_{run.subject}_wf" / f"{run.label}_wf"
 
 
 def init_bids_mrisr_wf(runs: list[AnatRun], settings: Settings,

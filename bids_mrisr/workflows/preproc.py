@@ -12,6 +12,7 @@ def init_preproc_wf(
     output_resolution: float | None = None,
     omp_nthreads: int = 1,
     name: str = "preproc_wf",
+    run_label: str = "",
 ) -> pe.Workflow:
     """Bring one anatomical run onto the normalised, isotropic target grid.
 
@@ -25,10 +26,10 @@ def init_preproc_wf(
         name="outputnode",
     )
     reorient = pe.Node(Reorient(), name="reorient", mem_gb=0.5)
-    n4 = pe.Node(N4BiasCorrection(num_threads=omp_nthreads), name="n4", n_procs=omp_nthreads,
-                 mem_gb=1.0)
+    n4 = pe.Node(N4BiasCorrection(num_threads=omp_nthreads, run_label=run_label), name="n4",
+                 n_procs=omp_nthreads, mem_gb=1.0)
     normalise = pe.Node(Normalise(), name="normalise", mem_gb=0.5)
-    resample = pe.Node(ResampleToGrid(), name="resample", mem_gb=1.5)
+    resample = pe.Node(ResampleToGrid(run_label=run_label), name="resample", mem_gb=1.5)
     if output_resolution:
         resample.inputs.resolution = output_resolution
 
