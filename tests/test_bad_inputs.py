@@ -267,27 +267,26 @@ def test_full_disk_while_writing_fails_the_run_without_partial_files(tmp_path, c
                                                                      monkeypatch):
     import errno
 
-    import bids_mrisr.bids.derivatives as derivatives
+    import bids_mrisr.image.io as image_io
     from bids_mrisr.atomic import atomic_write
 
-    real_write = derivatives.atomic_write_bytes
-
-    def write(path, payload):  # the disk fills up half way through sub-bad's SR volume
+    def write(path, writer, suffix=".tmp"):  # the disk fills up half way through sub-bad's SR
         if "sub-bad" in str(path) and str(path).endswith(".nii.gz"):
             def half(tmp):
-                tmp.write_bytes(payload[: len(payload) // 2])
+                writer(tmp)
+                tmp.write_bytes(tmp.read_bytes()[: tmp.stat().st_size // 2])
                 raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
-            atomic_write(path, half)
-        real_write(path, payload)
+            return atomic_write(path, half, suffix)
+        return atomic_write(path, writer, suffix)
 
     root = make_dataset(tmp_path / "bids", {GOOD: None, BAD: None})
-    monkeypatch.setattr(derivatives, "atomic_write_bytes", write)
+    monkeypatch.setattr(image_io, "atomic_write", write)
     code = _run(root, tmp_path)
     assert code == 1
     assert "No space left on device" in capsys.readouterr().out
     out = tmp_path / "out"
     assert not list(out.glob("sub-bad/anat/*.nii*"))  # nothing partial under a real name
-    assert not [p for p in out.rglob(".*") if p.name != ".bidsignore"]  # no temporary left
+    assert not [p for p in out.rglob(".*.nii*")]  # no temporary left
     assert (out / "sub-good/anat/sub-good_res-1mm_desc-sr_T1w.nii.gz").exists()
 
 

@@ -17,6 +17,10 @@ from bids_mrisr.image.resample import default_resolution, target_grid
 from bids_mrisr.memory import estimated_peak_gb, physical_memory_gb
 
 MIN_SLICES = 4
+PLAUSIBLE_VOXEL_MM = (0.01, 50.0)
+"""MRI voxels lie far inside this range; outside it the header's units or pixdim are wrong
+(and N4's B-spline fit fails on such grids)."""
+NIFTI_MAX_DIM = 32767
 MAX_CONDITION = 1e6
 """A voxel-to-world matrix this ill-conditioned maps the volume onto (nearly) a plane."""
 OBLIQUE_DEGREES = 1.0
@@ -65,6 +69,10 @@ def _header_problem(image: nib.spatialimages.SpatialImage) -> str | None:
     zooms = _stored_voxel_sizes(image)
     if not all(np.isfinite(z) and z > 0 for z in zooms):
         return f"has invalid voxel sizes {tuple(float(z) for z in zooms)} in its header"
+    low, high = PLAUSIBLE_VOXEL_MM
+    if not all(low <= z <= high for z in zooms):
+        return (f"has implausible voxel sizes {tuple(round(float(z), 6) for z in zooms)} mm "
+                f"(outside {low:g}-{high:g} mm); check the header's pixdim and spatial units")
     matrix = image.affine[:3, :3]
     if not np.all(np.isfinite(image.affine)):
         return "has a non-finite affine (voxel-to-world matrix); fix its sform/qform"
@@ -79,6 +87,10 @@ def _memory_problem(image: nib.spatialimages.SpatialImage, output_resolution: fl
     zooms = np.sqrt((image.affine[:3, :3] ** 2).sum(axis=0))
     resolution = output_resolution or default_resolution(tuple(float(z) for z in zooms))
     shape, _, _ = target_grid(image.shape[:3], image.affine, resolution)
+    if max(shape) > NIFTI_MAX_DIM:
+        return (f"would need a {shape[0]}x{shape[1]}x{shape[2]} output grid at {resolution:g} mm, "
+                f"more than NIfTI's {NIFTI_MAX_DIM} voxels per axis; use a coarser "
+                "--output-resolution")
     need = estimated_peak_gb(int(np.prod(shape, dtype=np.float64)))
     limit, what = (mem_gb, f"--mem {mem_gb:g} GB") if mem_gb else (
         physical_memory_gb(), "this machine's memory")
