@@ -76,3 +76,34 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     assert mode & stat.S_IRGRP and mode & stat.S_IROTH  # not mkstemp's 0600
     data = np.asanyarray(nib.load(str(_sr_file(out))).dataobj)
     assert np.isfinite(data).all()
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
+    return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns,
+                                             stat.S_IMODE(p.stat().st_mode))
+            for p in root.rglob("*")}
+
+
+def test_read_only_dataset_and_an_impossible_home(tmp_path):
+    """chmod -R a-w on the input, and a HOME that cannot exist (under a regular file), which
+    stops root too: the run works, and the dataset is untouched to the nanosecond."""
+    bids = make_dataset(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": None})
+    for path in [*bids.rglob("*"), bids]:
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    before = _snapshot(bids)
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HOME": str(blocker / "home")}
+    for name in ("MPLCONFIGDIR", "DENO_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        env.pop(name, None)
+    try:
+        command = [a for a in _app(bids, tmp_path / "out", tmp_path / "work")
+                   if a != "--skip-bids-validation"]  # the validator's Deno needs a cache too
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr
+        assert _sr_file(tmp_path / "out").is_file()
+        assert (tmp_path / "out" / "sub-01.html").is_file()  # matplotlib drew the figures
+        assert _snapshot(bids) == before
+    finally:
+        for path in [bids, *bids.rglob("*")]:
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)

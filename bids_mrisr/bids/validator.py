@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,12 +45,23 @@ def validator_executable() -> str:
     )
 
 
+def _validator_environment() -> dict[str, str]:
+    """Deno reads ``$HOME/.npmrc`` and fails when HOME cannot be a folder (under a file, say);
+    a HOME that does not exist is what containers with an arbitrary uid give. Point it at the
+    temp dir then. NO_COLOR keeps ANSI escapes out of the one-line errors."""
+    env = {**os.environ, "NO_COLOR": "1"}
+    home = Path(env.get("HOME", ""))
+    if not home.is_dir():
+        env["HOME"] = tempfile.gettempdir()
+    return env
+
+
 def validate_dataset(dataset: Path, timeout: float = 900.0) -> list[ValidationIssue]:
     """Return every issue the validator reports (errors and warnings)."""
     command = [validator_executable(), str(dataset), "--format", "json"]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                              check=False)
+                              check=False, env=_validator_environment())
     except subprocess.TimeoutExpired as err:
         raise ValidatorUnavailableError(f"{VALIDATOR} did not finish in {timeout:.0f} s") from err
     try:
