@@ -188,3 +188,13 @@ def test_evaluate_volume():
     model = build_model(ModelConfig.tiny_student())
     res = evaluate_volume(model, model.config, hr, steps=1, planes=("axial", "coronal"))
     assert all(np.isfinite(res[k]) for k in ("psnr_cubic", "psnr_model", "gain_db"))
+
+
+def test_progress_total_of_a_time_capped_run_follows_the_clock():
+    from bids_mrisr.sr.training.loop import _expected_total
+
+    # 1,000 steps in 60 s of a 10-minute cap: about 10,000 steps, not the 200,000 budget
+    assert _expected_total(1000, 200_000, 10.0, 60.0) == 10_000
+    assert _expected_total(1000, 5_000, 10.0, 60.0) == 5_000  # the step budget binds first
+    assert _expected_total(1000, 200_000, None, 60.0) == 200_000  # no cap: the budget
+    assert _expected_total(5, 200_000, 10.0, 0.1) == 200_000  # too early to tell

@@ -135,13 +135,22 @@ def run_steps(
             log.info("%s: %.3f s/step, budget of %.1f min -> %d steps", label, per_step,
                      minutes, total)
         if progress is not None:
-            progress(i, total or est_total)
+            progress(i, _expected_total(i, total or est_total, minutes,
+                                        time.perf_counter() - start))
         if state_file is not None and is_main and i % save_every == 0:
             _save_state(Path(state_file), model, opt, ema, i, time.perf_counter() - start)
         if i % LOG_EVERY == 0 or i == total:
             text = " ".join(f"{k}={v:.4g}" for k, v in running.items())
             log.info("%s step %d/%s %s", label, i, total or "?", text)
     return ema, i, (time.perf_counter() - start) / 60.0
+
+
+def _expected_total(step: int, total: int, minutes: float | None, elapsed: float) -> int:
+    """Steps the run will really make: under a time cap, what the clock allows at the current
+    pace (else a 200,000-step budget cut at 40 minutes shows an ETA of hours)."""
+    if minutes is None or step < TIMING_STEPS or elapsed <= 0:
+        return total
+    return max(step, min(total, int(step * minutes * 60 / elapsed)))
 
 
 def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, ema: EMA, step: int,
