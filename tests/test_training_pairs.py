@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 from bids_mrisr.demo import thick_slice_affine
-from bids_mrisr.image.n4 import n4_correct
-from bids_mrisr.image.normalize import fit_normalisation, normalise_file
-from bids_mrisr.image.reorient import ras_zooms, reorient_to_ras
-from bids_mrisr.image.resample import resample_file
+from bids_mrisr.image.normalize import fit_normalisation
+from bids_mrisr.image.preprocess import preprocess_file
+from bids_mrisr.image.reorient import ras_zooms
 from bids_mrisr.sr.degrade import Degradation, degrade
 from bids_mrisr.sr.geometry import blurred_axes
 from bids_mrisr.sr.training.data import simulate_cubic
@@ -31,13 +30,10 @@ def test_app_preprocessing_gives_the_training_samplers_cubic(tmp_path: Path, axi
     nib.save(image, str(raw))
     assert blurred_axes(ras_zooms(nib.load(str(raw))), 1.0) == (axis,)
 
-    # The app's preprocessing chain, function by function (the nipype nodes wrap these).
-    ras = reorient_to_ras(raw, tmp_path / "ras.nii")
-    n4, _ = n4_correct(ras, tmp_path / "n4.nii")
-    normed, _ = normalise_file(n4, tmp_path / "norm.nii", tmp_path / "norm.json")
-    app_file, resolution = resample_file(normed, tmp_path / "grid.nii", None)
-    app = np.asanyarray(nib.load(str(app_file)).dataobj)
-    assert resolution == 1.0
+    # The app's preprocessing chain (the one training uses; the nipype nodes run the same).
+    prepared = preprocess_file(raw, tmp_path / "chain")
+    app = np.asanyarray(nib.load(str(prepared.grid_file)).dataobj)
+    assert prepared.resolution == 1.0
 
     train = simulate_cubic(hr, params, np.random.default_rng(0))
     covered = app.shape[axis]
@@ -53,3 +49,22 @@ def test_app_preprocessing_gives_the_training_samplers_cubic(tmp_path: Path, axi
     assert err < 0.01
     shifted = np.roll(train, 1, axis=axis)
     assert float(np.median(np.abs(app - (gain * shifted + offset))[head])) > 2 * err
+
+
+def test_training_chain_equals_the_apps_nipype_workflow(tmp_path: Path) -> None:
+    """One preprocessing chain: training's function and the app's nodes give the same voxels."""
+    from bids_mrisr.workflows.preproc import init_preproc_wf
+
+    raw = tmp_path / "in.nii.gz"
+    nib.save(nib.Nifti1Image(phantom_volume((40, 44, 14), seed=2) * 3,
+                             np.diag([1.0, 1.0, 3.0, 1.0])), str(raw))
+    workflow = init_preproc_wf()
+    workflow.base_dir = str(tmp_path / "work")
+    workflow.inputs.inputnode.in_file = str(raw)
+    graph = workflow.run()
+    node = next(n for n in graph.nodes() if n.name == "resample")
+    from_workflow = nib.load(node.result.outputs.out_file)
+    from_chain = nib.load(str(preprocess_file(raw, tmp_path / "chain").grid_file))
+    assert np.array_equal(np.asanyarray(from_workflow.dataobj),
+                          np.asanyarray(from_chain.dataobj))
+    assert np.array_equal(from_workflow.affine, from_chain.affine)

@@ -25,6 +25,8 @@ import numpy as np
 
 from bids_mrisr import __version__
 from bids_mrisr.image.io import atomic_write_bytes, save_nifti
+from bids_mrisr.image.normalize import HIGH_PERCENTILE, LOW_PERCENTILE
+from bids_mrisr.image.preprocess import N4_SHRINK_FACTOR
 
 BIDS_VERSION = "1.10.0"
 RAW_LINK = "raw"
@@ -217,8 +219,9 @@ def write_run_outputs(
         "SuperResolution": info,
         "Preprocessing": [
             "reoriented to RAS+",
-            "N4 bias-field correction (SimpleITK, shrink factor 4)",
-            "robust intensity normalisation (0.5/99.5 percentiles), inverted after SR",
+            f"N4 bias-field correction (SimpleITK, shrink factor {N4_SHRINK_FACTOR})",
+            f"robust intensity normalisation ({LOW_PERCENTILE:g}/{HIGH_PERCENTILE:g} "
+            "percentiles), inverted after SR",
             "the N4 bias field multiplied back in after SR (the output keeps the input's "
             "intensities; downstream tools run their own bias correction)",
             f"cubic B-spline resampling to {resolution:g} mm",

@@ -12,23 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 
-from bids_mrisr.atomic import atomic_write
-from bids_mrisr.bids.layout import discover_runs
 from bids_mrisr.cli.parser import UsageParser, expand_labels, is_within
 from bids_mrisr.errors import ExitCode, UserError
-from bids_mrisr.image.n4 import n4_correct
-from bids_mrisr.image.normalize import fit_normalisation
-from bids_mrisr.image.reorient import reorient_to_ras
-from bids_mrisr.image.resample import default_resolution, resample_to_resolution
 from bids_mrisr.progress import progress_callback
+from bids_mrisr.training_data import collect_volumes
 
 if TYPE_CHECKING:
     from bids_mrisr.sr.networks.config import ModelConfig
@@ -102,84 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=("default", "tiny"), default="default",
                         help="network sizes: the shipped ones, or tiny ones for smoke tests")
     return parser
-
-
-def bundled_volumes() -> list[tuple[str, Path | nib.Nifti1Image]]:
-    """Real volumes that dependencies ship: no download, usable offline."""
-    volumes: list[tuple[str, Path | nib.Nifti1Image]] = []
-    from nilearn.datasets import load_mni152_template
-
-    volumes.append(("nilearn-MNI152-T1", load_mni152_template(resolution=1)))
-    try:
-        import pydeface
-
-        head = Path(pydeface.__file__).parent / "data" / "mean_reg2mean.nii.gz"
-        if head.is_file():
-            volumes.append(("pydeface-mean-head", head))
-    except ImportError:
-        LOGGER.info("pydeface is not installed: training without its whole-head mean volume")
-    return volumes
-
-
-def prepare_volume(source: Path | nib.Nifti1Image, cache: Path) -> np.ndarray:
-    """Preprocess as at inference (RAS+, N4, normalise, isotropic finest spacing); cached."""
-    cached = cache.with_suffix(".npy")
-    if cached.is_file():
-        return np.load(cached)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    # Under torchrun every process prepares the volumes: private intermediates, atomic cache.
-    cache = cache.with_name(f"{cache.name}.rank{os.environ.get('RANK', '0')}")
-    if isinstance(source, nib.Nifti1Image):
-        path = cache.with_name(cache.name + "_in.nii.gz")
-        nib.save(source, str(path))
-        source = path
-    ras = reorient_to_ras(Path(source), cache.with_name(cache.name + "_ras.nii"))
-    corrected, _ = n4_correct(ras, cache.with_name(cache.name + "_n4.nii"))
-    image = nib.load(str(corrected))
-    data = np.asanyarray(image.dataobj).astype(np.float32)
-    data = fit_normalisation(data).apply(data)
-    resolution = default_resolution(tuple(float(z) for z in image.header.get_zooms()[:3]))
-    data, _ = resample_to_resolution(data, image.affine, resolution)
-    atomic_write(cached, lambda tmp: np.save(tmp, data.astype(np.float32)), suffix=".npy")
-    return data
-
-
-def collect_volumes(args: argparse.Namespace, cache: Path,
-                    ) -> tuple[list[np.ndarray], list[str], list[np.ndarray], list[str]]:
-    train: list[np.ndarray] = []
-    train_names: list[str] = []
-    val: list[np.ndarray] = []
-    val_names: list[str] = []
-    validation = set(expand_labels(args.validation_labels, "sub-"))
-    if args.bids_dir is not None:
-        labels = expand_labels(args.participant_labels, "sub-")
-        runs = discover_runs(args.bids_dir.absolute(), tuple(sorted(set(labels) | validation))
-                             if labels else ())
-        missing = sorted(validation - {run.subject for run in runs})
-        if missing:  # before minutes of preprocessing, not silently training on everything
-            raise UserError(f"--validation-label {' '.join(missing)}: no such subject with "
-                            f"T1w/T2w runs in {args.bids_dir}", ExitCode.USAGE)
-        for run in runs:
-            zooms = nib.load(str(run.path)).header.get_zooms()[:3]
-            if min(zooms) > args.max_spacing:
-                LOGGER.info("%s: finest spacing %.2f mm > %.2f mm, not used as ground truth",
-                            run.relpath, min(zooms), args.max_spacing)
-                continue
-            data = prepare_volume(run.path, cache / run.label)
-            if run.subject in validation:
-                val.append(data)
-                val_names.append(run.relpath)
-            else:
-                train.append(data)
-                train_names.append(run.relpath)
-    if not args.no_bundled:
-        for name, source in bundled_volumes():
-            train.append(prepare_volume(source, cache / name))
-            train_names.append(name)
-    if not train:
-        raise UserError("no high-resolution training volumes: give a BIDS dataset with runs at "
-                        f"<= {args.max_spacing} mm or drop --no-bundled", ExitCode.NO_INPUT)
-    return train, train_names, val, val_names
 
 
 def _check_device(name: str) -> None:
@@ -261,7 +176,13 @@ def main(argv: list[str]) -> int:
     elif args.init_weights is not None:
         raise UserError("--init-weights: only the regression recipe fine-tunes a checkpoint",
                         ExitCode.USAGE)
-    train, train_names, val, val_names = collect_volumes(args, output_dir / "work")
+    found = collect_volumes(
+        args.bids_dir.absolute() if args.bids_dir is not None else None,
+        expand_labels(args.participant_labels, "sub-"),
+        expand_labels(args.validation_labels, "sub-"), args.max_spacing,
+        bundled=not args.no_bundled, cache=output_dir / "work")
+    train, train_names, val, val_names = (found.train, found.train_names, found.val,
+                                          found.val_names)
     LOGGER.info("training on %d volume(s): %s; held out: %s", len(train),
                 ", ".join(train_names), ", ".join(val_names) or "none")
     provenance = {"training_volumes": train_names, "validation_volumes": val_names,

@@ -20,6 +20,7 @@ from nipype.interfaces.base import (
 
 from bids_mrisr.image.n4 import n4_correct
 from bids_mrisr.image.normalize import normalise_file
+from bids_mrisr.image.preprocess import N4_SHRINK_FACTOR
 from bids_mrisr.image.reorient import reorient_to_ras
 from bids_mrisr.image.resample import resample_file
 
@@ -64,7 +65,8 @@ class Reorient(SimpleInterface):
 
 
 class _N4InputSpec(_InFileSpec):
-    shrink_factor = traits.Int(4, usedefault=True, desc="fit on a copy shrunk by this factor")
+    shrink_factor = traits.Int(N4_SHRINK_FACTOR, usedefault=True,
+                               desc="fit on a copy shrunk by this factor")
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="ITK threads")
 
 
