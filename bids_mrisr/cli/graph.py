@@ -70,6 +70,7 @@ def _crash_messages(crash_dir: Path, since: float) -> dict[str, tuple[str, Path]
 
 
 def expected_output(run: AnatRun, settings: Settings, resolution: float | None) -> Path | None:
+    """The SR file a run's outputs would be named (``--reports-only`` without a work dir)."""
     anat = subject_anat_dir(settings.output_dir, run.entities)
     if resolution:
         return anat / output_name(run.stem, resolution, DESC_SR, run.suffix)
@@ -111,14 +112,33 @@ def run_graph(runs: list[AnatRun], settings: Settings, weights: Path | None,
     crashes = _crash_messages(settings.work_dir / "crash", started - 1)
     statuses = []
     for run in runs:
-        expected = expected_output(run, settings, settings.output_resolution)
+        sr_file = written_sr_file(settings.work_dir, run, since=started - 1)
         run_crashes = [crash for node, crash in crashes.items() if f".{run.label}_wf." in node]
         if run_crashes:
             message, crash_file = run_crashes[0]
             statuses.append(RunStatus(run, "failed", message, crash_file))
-        elif expected is not None and expected.exists() and expected.stat().st_mtime >= started - 1:
-            statuses.append(RunStatus(run, "ok", expected.relative_to(settings.output_dir)
+        elif sr_file is not None and sr_file.is_file():
+            statuses.append(RunStatus(run, "ok", sr_file.relative_to(settings.output_dir)
                                       .as_posix()))
         else:
             statuses.append(RunStatus(run, "failed", "no output was written (see the work dir)"))
     return statuses
+
+
+def written_sr_file(work_dir: Path, run: AnatRun, since: float | None = None) -> Path | None:
+    """The SR volume the graph reports for ``run``: its write_derivatives node's outputs
+    (written by this invocation when ``since`` is given), not a file name derived again."""
+    from nipype.utils.filemanip import loadpkl
+
+    from bids_mrisr.workflows.base import run_work_dir
+
+    result = (run_work_dir(work_dir, run) / "outputs_wf" / "write_derivatives"
+              / "result_write_derivatives.pklz")
+    if not result.is_file() or (since is not None and result.stat().st_mtime < since):
+        return None
+    try:
+        outputs = loadpkl(result).outputs.out_files
+    except Exception:  # noqa: BLE001  an unreadable result is a missing one
+        return None
+    volumes = [Path(f) for f in outputs if f.endswith(f"_desc-{DESC_SR}_{run.suffix}.nii.gz")]
+    return volumes[0] if volumes else None

@@ -145,11 +145,13 @@ def write_reports(statuses: list[RunStatus], settings: Settings,
 def rebuild_reports(runs: list[AnatRun], settings: Settings,
                     command_line: list[str]) -> ExitCode:
     """``--reports-only``: the reports of the runs that already have outputs, nothing else."""
-    from bids_mrisr.cli.graph import expected_output
+    from bids_mrisr.cli.graph import expected_output, written_sr_file
 
     statuses = []
     for run in runs:
-        found = expected_output(run, settings, settings.output_resolution)
+        # what the graph recorded; the file-name rule only when the work dir is gone
+        found = (written_sr_file(settings.work_dir, run)
+                 or expected_output(run, settings, settings.output_resolution))
         if found is not None and found.is_file():
             detail = found.relative_to(settings.output_dir).as_posix()
             statuses.append(RunStatus(run, "ok", detail))
