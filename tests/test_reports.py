@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 
 from bids_mrisr.cli.run import main
@@ -70,6 +71,31 @@ def test_teacher_report_shows_gating_maps(tmp_path):
     page = (out / "sub-01.html").read_text()
     assert "Gating maps" in page and page.count('alt="gate ') == 3
     assert "mean gate in head" in page
+    assert "Mean gate per tissue class" in page and "bundled MNI152 (2009) GM/WM" in page
+    assert "[mni152]" in page  # the template is cited in the methods
+    qc = json.loads(next((out / "sub-01" / "figures").glob("*_qc.json")).read_text())
+    table = qc["gate_by_tissue"]["experts"]
+    assert len(table) == 3
+    for values in table.values():
+        assert set(values) == {"GM", "WM", "rest of head"}
+        assert all(0.0 <= v <= 1.0 for v in values.values())
+    # the three experts' gates sum to one everywhere, so per tissue their means do too
+    for tissue in ("GM", "WM", "rest of head"):
+        assert abs(sum(v[tissue] for v in table.values()) - 1.0) < 1e-3
+
+
+def test_gate_means_by_tissue_show_an_expert_that_specialises():
+    import numpy as np
+
+    from bids_mrisr.reports.tissue import gate_means_by_tissue
+
+    gm = np.zeros((10, 10, 10))
+    gm[:5] = 1.0
+    wm = 1.0 - gm
+    gates = np.stack([gm, wm], axis=-1)  # expert "a" takes GM, "b" takes WM
+    table = gate_means_by_tissue(gates, np.ones_like(gm), gm, wm, ["a", "b"])
+    assert table["a"]["GM"] == 1.0 and table["a"]["WM"] == 0.0
+    assert table["b"]["WM"] == 1.0 and table["b"]["GM"] == 0.0
 
 
 def test_a_failing_figure_costs_a_warning_not_the_run(tmp_path, monkeypatch, capsys):

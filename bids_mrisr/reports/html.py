@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from bids_mrisr.atomic import atomic_write
 from bids_mrisr.image.resample import resample_to_resolution
 from bids_mrisr.reports import figures
 
+LOGGER = logging.getLogger("bids_mrisr")
+
 CITATIONS = {
     "moediff": "MoEDiff-SR: a Mixture of Experts-guided diffusion model for region-adaptive "
                "MRI super-resolution (code: github.com/ZWang78/MoEDiff-SR).",
@@ -34,6 +37,9 @@ CITATIONS = {
     "pybids": "Yarkoni T. et al. PyBIDS: Python tools for BIDS datasets. JOSS 4(40):1294 (2019).",
     "n4": "Tustison N. J. et al. N4ITK: improved N3 bias correction. IEEE TMI 29(6):1310 (2010); "
           "run through SimpleITK (Lowekamp B. C. et al., Front. Neuroinform. 7:45, 2013).",
+    "mni152": "Fonov V. et al. Unbiased average age-appropriate atlases for pediatric studies. "
+              "NeuroImage 54(1):313 (2011): the MNI152 2009 template and tissue priors used "
+              "for the gate table.",
 }
 
 STYLE = """
@@ -134,6 +140,7 @@ def build_run_figures(output_dir: Path, input_file: Path, sr_file: Path, stem: s
     gates_file = sr_file.with_name(sr_file.name.replace(f"_desc-sr_{suffix}",
                                                         f"_desc-{suffix}gates_probseg"))
     gate_means: dict[str, float] = {}
+    tissue_table = None
     if gates_file.is_file():
         gates = np.asanyarray(nib.load(str(gates_file)).dataobj).astype(np.float32)
         head = before > 0.1 * (float(np.percentile(before, 99.5)) or 1.0)
@@ -144,13 +151,48 @@ def build_run_figures(output_dir: Path, input_file: Path, sr_file: Path, stem: s
                            title=f"gate: {name}")
             rel[f"gate-{name}"] = path.relative_to(output_dir).as_posix()
             gate_means[name] = float(gates[..., k][head].mean()) if head.any() else 0.0
+        tissue_table = _gates_by_tissue(sr_image, gates, head, names)
     metrics = no_reference_metrics(before, after, axes[0])
     metrics.update({f"mean gate in head: {k}": v for k, v in gate_means.items()})
     qc = {**metrics, "seconds": info.get("Seconds"), "model": info.get("Model")}
+    if gates_file.is_file() and tissue_table is not None:
+        qc["gate_by_tissue"] = tissue_table
+        metrics["gate_by_tissue"] = tissue_table
     qc_file = qc_path(output_dir, sr_file)
     atomic_write(qc_file, lambda tmp: tmp.write_text(json.dumps(qc, indent=2)))
     return RunReport(relpath=sr_file.relative_to(output_dir).as_posix(), status="ok",
                      figures=rel, metrics=metrics, provenance=info)
+
+
+def _gates_by_tissue(sr_image: nib.Nifti1Image, gates: np.ndarray, head: np.ndarray,
+                     names: list[str]) -> dict[str, Any] | None:
+    """Each expert's mean gate per tissue class; None (with a warning) if registration fails."""
+    from bids_mrisr.reports.tissue import gate_means_by_tissue, load_priors, register_priors
+
+    priors = load_priors()
+    try:
+        on_subject = register_priors(sr_image, priors)
+    except RuntimeError as err:  # ITK: an image it cannot register (e.g. a sheared affine)
+        LOGGER.warning("gate table by tissue skipped: %s", str(err).splitlines()[-1])
+        return None
+    return {"priors": priors.source,
+            "experts": gate_means_by_tissue(gates, head, on_subject["gm"], on_subject["wm"],
+                                            list(names))}
+
+
+def _tissue_table(table: dict[str, Any]) -> str:
+    from bids_mrisr.reports.tissue import TISSUES
+
+    head = "".join(f"<th>{html.escape(t)}</th>" for t in TISSUES)
+    rows = "".join(
+        f"<tr><th>{html.escape(name)}</th>"
+        + "".join(f"<td>{values[t]:.3f}</td>" for t in TISSUES) + "</tr>"
+        for name, values in table["experts"].items())
+    return ("<h3>Mean gate per tissue class</h3>"
+            f"<table><tr><th>expert</th>{head}</tr>{rows}</table>"
+            "<p>Experts that specialise differ between columns; equal rows mean the router "
+            f"treats all tissue alike. Priors: {html.escape(table['priors'])}, registered to "
+            "this image with a SimpleITK affine (Mattes mutual information).</p>")
 
 
 def _provenance_rows(info: dict[str, Any]) -> str:
@@ -189,6 +231,8 @@ def _run_section(index: int, run: RunReport) -> str:
     if gates:
         parts.append("<h3>Gating maps</h3>")
         parts += [f'<img src="{v}" alt="gate {html.escape(k)}">' for k, v in gates]
+        if run.metrics.get("gate_by_tissue"):
+            parts.append(_tissue_table(run.metrics["gate_by_tissue"]))
     m = run.metrics
     parts += [
         "<h3>No-reference quality</h3><table>",
@@ -205,7 +249,7 @@ def _run_section(index: int, run: RunReport) -> str:
 
 
 def methods_text(model: str) -> str:
-    used = ["nipype", "pybids", "n4"]
+    used = ["nipype", "pybids", "n4"] + (["mni152"] if model == "teacher" else [])
     what = {"student": "the distilled student network of bids_mrisr (a posterior-mean 2.5D "
                        "U-Net; teacher design after MoEDiff-SR [moediff], student after "
                        "[distill])",
