@@ -39,12 +39,11 @@ def thick_slice_affine(affine: np.ndarray, axis: int, factor: float) -> np.ndarr
     return new_affine
 
 
-def compare_with_reference(sr_file: Path, lowres_file: Path, reference: Path,
-                           ) -> dict[str, dict[str, float]]:
-    """PSNR/SSIM (head mask) of plain cubic resampling of the demo input and of the app's
-    output, both against the 1 mm reference."""
+def reference_volumes(sr_file: Path, lowres_file: Path, reference: Path,
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The 1 mm reference, plain cubic resampling of the demo input and the app's output, all
+    in the reference's intensity units."""
     from bids_mrisr.image.resample import resample_to_resolution
-    from bids_mrisr.sr.training.evaluate import score_in_head
 
     truth = np.asanyarray(nib.load(str(reference)).dataobj).astype(np.float32)
     low = nib.load(str(lowres_file))
@@ -54,8 +53,7 @@ def compare_with_reference(sr_file: Path, lowres_file: Path, reference: Path,
                                       resolution)
     # The demo input is stored in its own units: compare in the reference's.
     scale = float(np.percentile(truth, 99.5)) / max(float(np.percentile(cubic, 99.5)), 1e-6)
-    return {"cubic": score_in_head(cubic * scale, truth),
-            "sr": score_in_head(sr * scale, truth)}
+    return truth, cubic * scale, sr * scale
 
 
 def build_demo_dataset(root: Path, seed: int = 0) -> tuple[Path, Path]:

@@ -111,3 +111,27 @@ def test_a_failing_figure_costs_a_warning_not_the_run(tmp_path, monkeypatch, cap
                  "interp", "--skip-bids-validation"]) == 0
     assert "report figures failed (RuntimeError: no display)" in capsys.readouterr().err
     assert "figures failed" in (out / "sub-01.html").read_text()
+
+
+def test_demo_reference_section_goes_before_the_methods_once(tmp_path):
+    import numpy as np
+
+    from bids_mrisr.reports.figures import side_by_side_crops
+    from bids_mrisr.reports.html import add_reference_section
+
+    report = tmp_path / "sub-demo01.html"
+    report.write_text('<html><body><section id="run-0"></section>'
+                      '<section id="methods">m</section></body></html>')
+    volume = np.random.default_rng(0).random((20, 30, 40)).astype(np.float32)
+    crops = side_by_side_crops([volume, volume, volume], ["reference", "cubic", "sr"], 2,
+                               tmp_path / "sub-demo01" / "figures" / "demo_reference.png",
+                               (0.0, 1.0))
+    scores = {"cubic": {"psnr": 25.13, "ssim": 0.9278}, "sr": {"psnr": 26.09, "ssim": 0.9601}}
+    for _ in range(2):  # a rerun replaces the section, never stacks a second one
+        add_reference_section(report, scores, crops, "student", "mni152_1mm.nii.gz")
+    page = report.read_text()
+    assert page.count('<section id="reference">') == 1
+    assert page.index('id="reference"') < page.index('id="methods"')
+    assert "25.13 dB" in page and "26.09 dB" in page and "0.9601" in page
+    assert 'src="sub-demo01/figures/demo_reference.png"' in page
+    assert (tmp_path / "sub-demo01/figures/demo_reference.png").is_file()

@@ -61,7 +61,10 @@ def main(argv: list[str]) -> int:
 
 def _print_scores(bids_dir: Path, output_dir: Path, reference: Path, model: str) -> None:
     """PSNR/SSIM of plain cubic and of the app's output against the 1 mm reference."""
-    from bids_mrisr.demo import DEMO_SUBJECT, compare_with_reference
+    from bids_mrisr.demo import DEMO_DEGRADATION, DEMO_SUBJECT, reference_volumes
+    from bids_mrisr.reports.figures import display_window, side_by_side_crops
+    from bids_mrisr.reports.html import add_reference_section
+    from bids_mrisr.sr.training.evaluate import score_in_head
 
     outputs = [p for p in sorted((output_dir / f"sub-{DEMO_SUBJECT}" / "anat").glob("*.nii.gz"))
                if "_desc-sr_" in p.name]
@@ -69,10 +72,21 @@ def _print_scores(bids_dir: Path, output_dir: Path, reference: Path, model: str)
     if len(outputs) != 1 or len(inputs) != 1:
         LOGGER.warning("cannot compare with the reference: expected one input and one output")
         return
-    scores = compare_with_reference(outputs[0], inputs[0], reference)
+    truth, cubic, sr = reference_volumes(outputs[0], inputs[0], reference)
+    scores = {"cubic": score_in_head(cubic, truth), "sr": score_in_head(sr, truth)}
+    report = output_dir / f"sub-{DEMO_SUBJECT}.html"
+    if report.is_file():
+        crops = side_by_side_crops(
+            [truth, cubic, sr], ["1 mm reference", "plain cubic", f"bids_mrisr ({model})"],
+            DEMO_DEGRADATION.axis,
+            output_dir / f"sub-{DEMO_SUBJECT}" / "figures" / "demo_reference.png",
+            display_window(truth))
+        add_reference_section(report, scores, crops, model, reference.name)
     print(f"\nAgainst the 1 mm reference ({reference.name}; head mask):")
     for name, label in (("cubic", "plain cubic resampling"), ("sr", f"bids_mrisr --model {model}")):
         print(f"  {label:<32} PSNR {scores[name]['psnr']:6.2f} dB   SSIM "
               f"{scores[name]['ssim']:.4f}")
     print("  (the MNI152 template is among the training volumes of the shipped student: "
           "held-out figures are in docs/model-card.md)")
+    if report.is_file():
+        print(f"QC report: {report}")

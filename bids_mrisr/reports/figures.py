@@ -60,20 +60,28 @@ def mosaic(volume: np.ndarray, path: Path, window: tuple[float, float], cmap: st
 def detail_crops(before: np.ndarray, after: np.ndarray, axis: int | None, path: Path,
                  window: tuple[float, float]) -> Path:
     """The same 64 px region of both volumes, in a plane that contains the restored axis."""
+    return side_by_side_crops([before, after], ["input (cubic)", "super-resolved"], axis, path,
+                              window)
+
+
+def side_by_side_crops(volumes: list[np.ndarray], labels: list[str], axis: int | None,
+                       path: Path, window: tuple[float, float]) -> Path:
+    """The same 64 px region of each volume, in a plane that contains ``axis``."""
     plt = _plt()
     slice_axis = 1 if axis in (None, 0, 2) else 0  # a plane that contains ``axis``
-    index = before.shape[slice_axis] // 2
+    index = volumes[0].shape[slice_axis] // 2
     crops = []
-    for vol in (before, after):
+    for vol in volumes:
         image = np.take(vol, index, axis=slice_axis).T[::-1]
         cy, cx = image.shape[0] // 2, image.shape[1] // 2
         crops.append(image[max(cy - 32, 0): cy + 32, max(cx - 32, 0): cx + 32])
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4), facecolor="black")
-    for ax, crop, label in zip(axes, crops, ("input (cubic)", "super-resolved"), strict=True):
+    fig, axes = plt.subplots(1, len(volumes), figsize=(4 * len(volumes), 4), facecolor="black")
+    for ax, crop, label in zip(np.atleast_1d(axes), crops, labels, strict=True):
         ax.imshow(crop, cmap="gray", vmin=window[0], vmax=window[1], interpolation="nearest")
         ax.set_axis_off()
         ax.set_title(label, color="white", fontsize=9)
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80, facecolor="black")
     plt.close(fig)
     return path

@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,6 +282,30 @@ def write_subject_report(output_dir: Path, subject: str, runs: list[RunReport], 
     path = output_dir / f"sub-{subject}.html"
     atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return path
+
+
+def add_reference_section(report: Path, scores: dict[str, dict[str, float]], crops: Path,
+                          model: str, reference_name: str) -> Path:
+    """The demo's own check: PSNR/SSIM of cubic and SR against the reference it kept, with
+    crops of the three at one place; inserted before the methods of the subject report."""
+    rows = "".join(
+        f"<tr><th>{html.escape(label)}</th><td>{scores[key]['psnr']:.2f} dB</td>"
+        f"<td>{scores[key]['ssim']:.4f}</td></tr>"
+        for key, label in (("cubic", "plain cubic resampling"),
+                           ("sr", f"bids_mrisr --model {model}")))
+    section = (
+        '<section id="reference"><h2>Against the reference (demo)</h2>'
+        f"<p>The demo degraded {html.escape(reference_name)} to thick slices; both results "
+        "are scored against it in the head mask.</p>"
+        f"<table><tr><th></th><th>PSNR</th><th>SSIM</th></tr>{rows}</table>"
+        f'<img src="{crops.relative_to(report.parent).as_posix()}" '
+        'alt="reference, cubic and super-resolved crops"></section>\n')
+    page = report.read_text(encoding="utf-8")
+    page = re.sub(r'<section id="reference">.*?</section>\n?', "", page, flags=re.DOTALL)
+    marker = '<section id="methods">'
+    page = page.replace(marker, section + marker, 1) if marker in page else page + section
+    atomic_write(report, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    return report
 
 
 def robust_outliers(values: list[float], threshold: float = 3.5) -> list[bool]:
