@@ -51,8 +51,9 @@ RUN mkdir -p "$TEMPLATEFLOW_HOME"; \
     if [ "$TEMPLATEFLOW_PREFETCH" = 1 ]; then \
       /opt/venv/bin/python -m pip install "templateflow==${TEMPLATEFLOW_VERSION}"; \
       /opt/venv/bin/python -c "import templateflow.api as tf; \
-[tf.get('MNI152NLin2009cAsym', resolution=1, suffix=s, desc=d) \
- for s, d in (('T1w', None), ('T2w', None), ('mask', 'brain'))]"; \
+[tf.get('MNI152NLin2009cAsym', resolution=1, suffix=s, desc=d, label=l) \
+ for s, d, l in (('T1w', None, None), ('T2w', None, None), ('mask', 'brain', None), \
+                 ('probseg', None, 'GM'), ('probseg', None, 'WM'))]"; \
     fi; \
     find /opt/venv -name __pycache__ -type d -prune -exec rm -rf {} +
 

@@ -178,3 +178,16 @@ def test_clean_workdir_drops_finished_runs_only(tmp_path):
                  "interp", "--skip-bids-validation", "--nprocs", "1"])
     assert code == 1
     assert run_work_dir(work, good).is_dir()  # without the flag the intermediates are kept
+
+
+def test_input_already_at_the_target_resolution_is_counted_apart(tmp_path, capsys):
+    root = make_dataset(tmp_path / "bids", {})
+    write_volume(root / "sub-iso/anat/sub-iso_T1w.nii.gz", phantom_volume((40, 44, 40)),
+                 zooms=(1.0, 1.0, 1.0))
+    write_volume(root / "sub-thick/anat/sub-thick_T1w.nii.gz", phantom_volume())
+    assert main([str(root), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w"),
+                 "--skip-bids-validation", "--nprocs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 2 run(s) super-resolved; 1 already at the target resolution" in out
+    iso_line = next(line for line in out.splitlines() if line.startswith("sub-iso/"))
+    assert "resampled only" in iso_line

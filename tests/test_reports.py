@@ -135,3 +135,22 @@ def test_demo_reference_section_goes_before_the_methods_once(tmp_path):
     assert "25.13 dB" in page and "26.09 dB" in page and "0.9601" in page
     assert 'src="sub-demo01/figures/demo_reference.png"' in page
     assert (tmp_path / "sub-demo01/figures/demo_reference.png").is_file()
+
+
+def test_tissue_priors_come_from_templateflow_when_it_holds_them(tmp_path, monkeypatch):
+    import nibabel as nib
+    import numpy as np
+
+    from bids_mrisr.reports.tissue import TEMPLATEFLOW_TEMPLATE, load_priors
+
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(tmp_path))
+    assert "nilearn" in load_priors().source  # an empty TemplateFlow home: the bundled maps
+    folder = tmp_path / f"tpl-{TEMPLATEFLOW_TEMPLATE}"
+    folder.mkdir()
+    stem = f"tpl-{TEMPLATEFLOW_TEMPLATE}_res-01"
+    for name in ("T1w", "label-GM_probseg", "label-WM_probseg"):
+        nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)),
+                 str(folder / f"{stem}_{name}.nii.gz"))
+    priors = load_priors()
+    assert priors.source.startswith(f"TemplateFlow {TEMPLATEFLOW_TEMPLATE}")
+    assert priors.gm.shape == (4, 4, 4)

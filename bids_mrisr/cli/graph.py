@@ -25,6 +25,8 @@ class RunStatus:
     status: str  # "ok", "bad data", "failed"
     detail: str = ""
     crash_file: Path | None = None
+    restored: bool = True
+    """False for an input already at the target resolution: resampled, nothing to restore."""
 
 
 def _configure_nipype(settings: Settings) -> None:
@@ -118,11 +120,23 @@ def run_graph(runs: list[AnatRun], settings: Settings, weights: Path | None,
             message, crash_file = run_crashes[0]
             statuses.append(RunStatus(run, "failed", message, crash_file))
         elif sr_file is not None and sr_file.is_file():
-            statuses.append(RunStatus(run, "ok", sr_file.relative_to(settings.output_dir)
-                                      .as_posix()))
+            detail = sr_file.relative_to(settings.output_dir).as_posix()
+            statuses.append(RunStatus(run, "ok", detail, restored=not _nothing_restored(sr_file)))
         else:
             statuses.append(RunStatus(run, "failed", "no output was written (see the work dir)"))
     return statuses
+
+
+def _nothing_restored(sr_file: Path) -> bool:
+    """The sidecar says the input was already at the target resolution (no axis restored)."""
+    import json
+
+    try:
+        info = json.loads(sr_file.with_name(sr_file.name.replace(".nii.gz", ".json"))
+                          .read_text()).get("SuperResolution", {})
+    except (OSError, ValueError):
+        return False
+    return info.get("RestoredAxes") == []
 
 
 def written_sr_file(work_dir: Path, run: AnatRun, since: float | None = None) -> Path | None:

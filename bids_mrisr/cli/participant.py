@@ -87,9 +87,14 @@ def print_summary(statuses: list[RunStatus]) -> None:
     width = max([len(s.run.relpath) for s in statuses] + [5])
     lines = ["", "Summary", f"{'input':<{width}}  {'status':<8}  detail",
              f"{'-' * width}  {'-' * 8}  {'-' * 40}"]
-    lines += [f"{s.run.relpath:<{width}}  {s.status:<8}  {s.detail}" for s in statuses]
-    ok = sum(s.status == "ok" for s in statuses)
-    lines.append(f"{ok} of {len(statuses)} run(s) super-resolved")
+    lines += [f"{s.run.relpath:<{width}}  {s.status:<8}  {s.detail}"
+              + ("" if s.restored else "  (already at the target resolution: resampled only)")
+              for s in statuses]
+    ok = sum(s.status == "ok" and s.restored for s in statuses)
+    resampled = sum(s.status == "ok" and not s.restored for s in statuses)
+    lines.append(f"{ok} of {len(statuses)} run(s) super-resolved"
+                 + (f"; {resampled} already at the target resolution (resampled only)"
+                    if resampled else ""))
     print("\n".join(lines), flush=True)
 
 
