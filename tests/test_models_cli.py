@@ -102,10 +102,30 @@ def test_wrong_kind_and_corrupt_checkpoint_are_usage_errors(small_dataset, tmp_p
     assert str(broken) in capsys.readouterr().err
 
 
-def test_failure_inside_the_workflow_is_one_line_without_traceback(small_dataset, tmp_path,
-                                                                    checkpoints, capsys):
+def test_a_memory_budget_that_cannot_fit_is_refused_before_any_work(small_dataset, tmp_path,
+                                                                     checkpoints, capsys):
     weights, _ = checkpoints["teacher"]
     code, out = _run(small_dataset, tmp_path, "teacher", weights, "--mem", "1MB",
+                     "--participant-label", "01", "--skip-bids-validation")
+    assert code == 65  # the only selected run cannot fit: bad data, refused up front
+    err = capsys.readouterr().err
+    assert "needs about 0.5 GB" in err and "more than --mem" in err
+    assert not (tmp_path / "work").exists() or not list((tmp_path / "work").rglob("n4.nii"))
+
+
+def test_failure_inside_the_workflow_is_one_line_without_traceback(small_dataset, tmp_path,
+                                                                    checkpoints, capsys,
+                                                                    monkeypatch):
+    import bids_mrisr.interfaces.superres as superres
+    from bids_mrisr.sr.options import SRError
+
+    def too_small(*_args, **_kwargs):  # as the engine's tile planner says when it cannot fit
+        raise SRError("memory budget 0.3 GB is too small for this volume (needs at least "
+                      "0.42 GB)")
+
+    monkeypatch.setattr(superres, "super_resolve", too_small)
+    weights, _ = checkpoints["teacher"]
+    code, out = _run(small_dataset, tmp_path, "teacher", weights,
                      "--participant-label", "01", "--skip-bids-validation")
     assert code == 1
     captured = capsys.readouterr()
