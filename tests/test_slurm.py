@@ -107,3 +107,51 @@ def test_slurm_output_inside_dataset_is_refused(tmp_path):
     root = _two_subjects(tmp_path)
     assert main(["slurm", str(root), str(root / "derivatives" / "x"),
                  "--script-dir", str(tmp_path / "jobs")]) == 64
+
+
+@pytest.mark.slurm
+def test_generated_array_on_a_real_one_node_slurm(tmp_path):
+    """Debian's slurm-wlm on localhost (scripts/slurm-localhost.sh): sbatch the array of two
+    participants and the group job chained after it, as a cluster user would."""
+    import shutil
+    import time
+
+    if shutil.which("sbatch") is None or shutil.which("slurmctld") is None:
+        pytest.skip("slurm-wlm is not installed (apt-get install slurm-wlm munge)")
+    if os.geteuid() != 0:
+        pytest.skip("starting slurmctld/slurmd on localhost needs root")
+    script = Path(__file__).parent.parent / "scripts" / "slurm-localhost.sh"
+    state = tmp_path / "slurm"
+    started = subprocess.run(["bash", str(script), "start", str(state)], capture_output=True,
+                             text=True, timeout=120)
+    if started.returncode != 0:
+        pytest.skip(f"could not start a local SLURM: {started.stderr.strip()[-300:]}")
+    env = {**os.environ, "SLURM_CONF": str(state / "slurm.conf"), "OMP_NUM_THREADS": "1"}
+    try:
+        root = _two_subjects(tmp_path)
+        out, scripts = tmp_path / "derivatives", tmp_path / "jobs"
+        written = subprocess.run(
+            [sys.executable, "-m", "bids_mrisr.cli.run", "slurm", str(root), str(out),
+             "--script-dir", str(scripts), "--venv", sys.prefix, "--cpus", "1", "--mem", "2G",
+             "--time", "00:10:00", "--work-root", str(tmp_path / "scratch"), "--",
+             "--model", "interp", "--skip-bids-validation"],
+            env=env, capture_output=True, text=True, timeout=120)
+        assert written.returncode == 0, written.stderr
+        submit = subprocess.run(["bash", "-c", written.stdout.strip()], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert submit.returncode == 0, submit.stderr
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            queue = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True)
+            if queue.returncode == 0 and not queue.stdout.strip():
+                break
+            time.sleep(2)
+        logs = sorted((scripts / "logs").glob("*.log"))
+        assert len(logs) == 3, logs  # two array tasks and the group job
+        for label in ("01", "02"):
+            assert (out / f"sub-{label}/anat/sub-{label}_res-1mm_desc-sr_T1w.nii.gz").is_file(), \
+                "\n".join(log.read_text()[-500:] for log in logs)
+        rows = (out / "group_summary.tsv").read_text().strip().splitlines()
+        assert len(rows) == 3  # the group job ran after both tasks: header + 2 runs
+    finally:
+        subprocess.run(["bash", str(script), "stop", str(state)], timeout=60)
