@@ -32,6 +32,8 @@ def test_train_regression_recipe_writes_a_mean_student(tmp_path):
     assert student.config.kind == "student" and student.config.prediction_type == "mean"
     prov = student.provenance
     assert prov["recipe"] == "regression" and prov["steps"] == 30
+    assert prov["training"]["steps"] == 30 and prov["training"]["crop"] == 32  # the recipe
+    assert prov["training"]["factor_range"] == [1.5, 5.0]
     assert prov["sampling_steps"] == 1
     assert prov["validation_volumes"] == ["sub-03/anat/sub-03_T1w.nii.gz"]
     assert "--student-steps 30" in prov["command"]

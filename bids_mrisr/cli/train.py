@@ -129,7 +129,7 @@ def _train_regression(args: argparse.Namespace, train: list[np.ndarray], val: li
     import dataclasses
 
     from bids_mrisr.sr.networks.config import ModelConfig
-    from bids_mrisr.sr.training.regression import train_mean_regressor
+    from bids_mrisr.sr.training.regression import RegressionRecipe, train_mean_regressor
 
     if args.init_weights is not None:
         config = _fine_tune_config(args.init_weights)
@@ -138,14 +138,13 @@ def _train_regression(args: argparse.Namespace, train: list[np.ndarray], val: li
         config = dataclasses.replace(base, prediction_type="mean")
     provenance["recipe"] = "regression"
     provenance["command"] = "bids_mrisr train " + " ".join(args.argv)
+    recipe = RegressionRecipe(steps=args.student_steps, minutes=args.student_minutes,
+                              batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                              crop=args.crop, device=args.device, workers=args.workers)
     sha = train_mean_regressor(
-        train, config, output_dir / "student",
-        steps=args.student_steps,
-        minutes=args.student_minutes,
-        batch_size=args.batch_size, seed=args.seed, crop=args.crop,
+        train, config, output_dir / "student", recipe,
         progress=progress_callback("student training", "step"), val_volumes=val or None,
-        provenance=provenance, device=args.device, workers=args.workers, resume=args.resume,
-        lr=args.lr, init_from=args.init_weights)
+        provenance=provenance, resume=args.resume, init_from=args.init_weights)
     if sha is not None:  # rank 0 (or the only process) wrote the checkpoint
         LOGGER.info("student: sha256 %s; done in %.1f min: use --weights %s/student", sha,
                     (time.monotonic() - started) / 60, output_dir)

@@ -14,7 +14,11 @@ import pytest
 
 from bids_mrisr.sr.checkpoint import load_checkpoint
 from bids_mrisr.sr.networks import ModelConfig
-from bids_mrisr.sr.training.regression import STATE_FILE, train_mean_regressor
+from bids_mrisr.sr.training.regression import (
+    STATE_FILE,
+    RegressionRecipe,
+    train_mean_regressor,
+)
 
 SCRIPT = textwrap.dedent("""
     import dataclasses, json, os, sys
@@ -31,8 +35,8 @@ SCRIPT = textwrap.dedent("""
         seen.append(s.rng.integers(1 << 30))
         return s
     regression._Crops.sampler = spy
-    sha = regression.train_mean_regressor([vol], cfg, out, steps=6, batch_size=2, crop=16,
-                                          threads=1)
+    sha = regression.train_mean_regressor(
+        [vol], cfg, out, regression.RegressionRecipe(steps=6, batch_size=2, crop=16, threads=1))
     rank = os.environ["RANK"]
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
@@ -74,13 +78,12 @@ def test_resume_continues_from_the_saved_state(tmp_path: Path, monkeypatch) -> N
         return real_step(step, total, base, warmup)
 
     monkeypatch.setattr(loop, "lr_at", interrupt)
+    recipe = RegressionRecipe(steps=8, batch_size=2, crop=16, threads=1, save_every=2)
     with pytest.raises(KeyboardInterrupt):
-        train_mean_regressor([vol], cfg, out, steps=8, batch_size=2, crop=16, threads=1,
-                             save_every=2)
+        train_mean_regressor([vol], cfg, out, recipe)
     assert (out / STATE_FILE).is_file() and not (out / "model.json").exists()
     monkeypatch.setattr(loop, "lr_at", real_step)
-    train_mean_regressor([vol], cfg, out, steps=8, batch_size=2, crop=16, threads=1,
-                         resume=True, save_every=2)
+    train_mean_regressor([vol], cfg, out, recipe, resume=True)
     ckpt = load_checkpoint(out)
     assert ckpt.provenance["steps"] == 8
     assert not (out / STATE_FILE).exists()  # removed once the weights are written

@@ -15,7 +15,11 @@ from bids_mrisr.sr.geometry import anisotropy, blurred_axes
 from bids_mrisr.sr.inference import run_loaded
 from bids_mrisr.sr.networks import ModelConfig, build_model
 from bids_mrisr.sr.training.evaluate import evaluate_volume
-from bids_mrisr.sr.training.regression import mean_regression_loss, train_mean_regressor
+from bids_mrisr.sr.training.regression import (
+    RegressionRecipe,
+    mean_regression_loss,
+    train_mean_regressor,
+)
 
 
 def _sharp_phantom(shape=(48, 48, 48), seed=0) -> np.ndarray:
@@ -37,8 +41,8 @@ def test_small_regressor_beats_cubic_on_its_training_phantom(tmp_path) -> None:
     vol = _sharp_phantom()
     config = dataclasses.replace(ModelConfig.tiny_student(), base_width=8, prediction_type="mean")
     start = time.perf_counter()
-    train_mean_regressor([vol], config, tmp_path / "ckpt", steps=700, batch_size=8, crop=32,
-                         seed=0, lr=3e-3, threads=1, factor_range=(2.5, 3.5))
+    train_mean_regressor([vol], config, tmp_path / "ckpt", RegressionRecipe(
+        steps=700, batch_size=8, crop=32, seed=0, lr=3e-3, threads=1, factor_range=(2.5, 3.5)))
     assert time.perf_counter() - start < 120
     from bids_mrisr.sr.checkpoint import load_checkpoint
 

@@ -8,9 +8,11 @@ the learnability test exercises. A diffusion teacher adds capacity and draws on 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,49 +67,58 @@ class _Crops(torch.utils.data.IterableDataset):
             yield sampler.sample(self.batch_size)
 
 
+@dataclass(frozen=True)
+class RegressionRecipe:
+    """How the regression path trains: one object, saved whole in the checkpoint provenance."""
+
+    steps: int | None = None
+    minutes: float | None = None
+    """A time cap; the learning-rate schedule follows whichever budget runs out first."""
+    batch_size: int = 16
+    lr: float = 2e-3
+    seed: int = 0
+    crop: int = 64
+    factor_range: tuple[float, float] = (1.5, 5.0)
+    device: str = "cpu"
+    """``cpu``, ``cuda`` or ``auto`` (bf16 autocast on GPUs)."""
+    workers: int = 0
+    """DataLoader worker processes degrading volumes beside the training step."""
+    threads: int | None = None
+    save_every: int = 1000
+    """Steps between resumable states (``train_state.pt``)."""
+
+
 def train_mean_regressor(
     volumes: Sequence[np.ndarray],
     config: ModelConfig,
     out_dir: str | Path,
+    recipe: RegressionRecipe,
     *,
-    steps: int | None = None,
-    minutes: float | None = None,
-    batch_size: int = 16,
-    lr: float = 2e-3,
-    seed: int = 0,
-    crop: int = 64,
     progress: Callable[[int, int], None] | None = None,
     val_volumes: Sequence[np.ndarray] | None = None,
     provenance: dict[str, Any] | None = None,
-    threads: int | None = None,
-    factor_range: tuple[float, float] = (1.5, 5.0),
-    device: str = "cpu",
-    workers: int = 0,
     resume: bool = False,
-    save_every: int = 1000,
     init_from: str | Path | None = None,
 ) -> str | None:
     """Train ``config`` (``prediction_type`` must be ``mean``); save its EMA; return the sha256.
 
-    ``device``: ``cpu``, ``cuda`` or ``auto`` (bf16 autocast on GPUs). ``workers`` > 0 feeds
-    batches from DataLoader worker processes. Under ``torchrun`` every process trains on its own
-    crops with DDP-averaged gradients and only rank 0 writes (other ranks return None).
-    ``resume`` continues from ``out_dir/train_state.pt`` (written every 1,000 steps).
-    ``init_from``: a checkpoint of the same config to fine-tune (its sha256 and steps go into
-    the provenance), e.g. the shipped student on a site's own scans.
+    Under ``torchrun`` every process trains on its own crops with DDP-averaged gradients and
+    only rank 0 writes (other ranks return None). ``resume`` continues from
+    ``out_dir/train_state.pt``. ``init_from``: a checkpoint of the same config to fine-tune
+    (its sha256 and steps go into the provenance), e.g. the shipped student on a site's scans.
     """
     from bids_mrisr.sr import device as devices
     from bids_mrisr.sr.training import distributed
 
     if config.prediction_type != "mean":
         raise ValueError("the regression path trains prediction_type='mean' models")
-    if threads:
-        torch.set_num_threads(threads)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
     rank = distributed.from_environment()
-    dev = distributed.training_device(device, rank)
+    dev = distributed.training_device(recipe.device, rank)
     out_dir = Path(out_dir)
     with distributed.process_group(rank, dev):
-        torch.manual_seed(seed)  # the same initial weights on every rank
+        torch.manual_seed(recipe.seed)  # the same initial weights on every rank
         model = build_model(config)
         start = _warm_start(model, config, init_from) if init_from is not None else None
         model = model.to(dev)
@@ -115,14 +126,15 @@ def train_mean_regressor(
         if rank.world_size > 1:
             net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[dev.index] if dev.type == "cuda" else None)
-        data = _Crops(volumes, config, crop, seed + 104729 * rank.rank, batch_size, factor_range)
-        if workers > 0:
+        data = _Crops(volumes, config, recipe.crop, recipe.seed + 104729 * rank.rank,
+                      recipe.batch_size, recipe.factor_range)
+        if recipe.workers > 0:
             loader = iter(torch.utils.data.DataLoader(
-                data, batch_size=None, num_workers=workers, persistent_workers=True,
+                data, batch_size=None, num_workers=recipe.workers, persistent_workers=True,
                 pin_memory=dev.type == "cuda"))
         else:
             sampler = data.sampler()
-            loader = (sampler.sample(batch_size) for _ in iter(int, 1))
+            loader = (sampler.sample(recipe.batch_size) for _ in iter(int, 1))
         autocast = devices.autocast(dev)
         started = time.perf_counter()
 
@@ -135,10 +147,10 @@ def train_mean_regressor(
             return regression_loss(pred.float(), x0)
 
         ema, done, used = run_steps(
-            model, step_fn, minutes=minutes, steps=steps, lr=lr,
+            model, step_fn, minutes=recipe.minutes, steps=recipe.steps, lr=recipe.lr,
             progress=progress if rank.is_main else None,
             label=f"{config.kind} (mean regression)", state_file=out_dir / STATE_FILE,
-            resume=resume, is_main=rank.is_main, save_every=save_every)
+            resume=resume, is_main=rank.is_main, save_every=recipe.save_every)
         if not rank.is_main:
             return None
         ema_model = ema.model.to("cpu")
@@ -151,16 +163,16 @@ def train_mean_regressor(
             steps=done,
             minutes=round(used, 3),
             wall_minutes=round((time.perf_counter() - started) / 60, 3),
-            batch_size=batch_size,
             processes=rank.world_size,
             device=str(dev),
             precision=devices.precision_name(dev),
-            lr=lr,
-            seed=seed,
-            crop=crop,
             ema_decay=EMA_DECAY,
             sampling_steps=1,
-            degradation=degradation_family(factor_range),
+            degradation=degradation_family(recipe.factor_range),
+            training={k: list(v) if isinstance(v, tuple) else v
+                      for k, v in dataclasses.asdict(recipe).items()},
+            # kept at the top level too: readers of earlier checkpoints look for them here
+            batch_size=recipe.batch_size, lr=recipe.lr, seed=recipe.seed, crop=recipe.crop,
         )
         if start is not None:
             prov["init_weights"] = start
