@@ -25,7 +25,7 @@ def test_full_graph_has_one_branch_per_run(phantom_dataset, tmp_path):
     workflow = init_bids_mrisr_wf(runs, settings)
     graph = workflow._create_flat_graph()
     superres = [n for n in graph.nodes if n.name == "superres"]
-    writers = [n for n in graph.nodes if n.name == "write_derivatives"]
+    writers = [n for n in graph.nodes if n.name.startswith("write_")]
     assert len(superres) == len(writers) == len(runs) == 4
     assert all(node.inputs.method == "interp" for node in superres)
     assert all(node.overwrite for node in writers)
@@ -65,3 +65,26 @@ def test_sidecar_metadata_is_inherited_through_pybids_and_reaches_the_sr_node(tm
     (node,) = [n for n in graph.nodes if n.name == "superres"]
     assert abs(node.inputs.slice_thickness_ratio - 1.2) < 1e-6  # 3.6 mm over 3 mm spacing
     assert node.inputs.axis_factors == [1.0, 1.0, 3.0]
+
+
+def test_one_writer_node_per_product(phantom_dataset, tmp_path):
+    from bids_mrisr.sr.checkpoint import random_checkpoint
+    from bids_mrisr.sr.networks.config import ModelConfig
+
+    random_checkpoint(tmp_path / "teacher", ModelConfig.tiny_teacher())
+    runs = discover_runs(phantom_dataset)[:1]
+    for extra, expected in (
+        (["--model", "interp"], {"write_sr"}),
+        (["--model", "teacher", "--weights", str(tmp_path / "teacher")],
+         {"write_sr", "write_gates"}),
+        (["--model", "teacher", "--weights", str(tmp_path / "teacher"), "--num-samples", "2"],
+         {"write_sr", "write_gates", "write_uncertainty"}),
+    ):
+        settings = build_settings([str(phantom_dataset), str(tmp_path / "out"), "participant",
+                                   "-w", str(tmp_path / "work"), *extra])
+        graph = init_bids_mrisr_wf(runs, settings)._create_flat_graph()
+        writers = {n.name: n for n in graph.nodes if n.name.startswith("write_")}
+        assert set(writers) == expected, extra
+        assert {n.inputs.product for n in writers.values()} == {
+            {"write_sr": "sr", "write_gates": "gates",
+             "write_uncertainty": "uncertainty"}[name] for name in expected}

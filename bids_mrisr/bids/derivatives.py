@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -189,76 +190,97 @@ def _write_like_input(src: Path, dst: Path, input_dtype: str) -> Path:
     return save_nifti(out, dst)
 
 
-def write_run_outputs(
-    output_dir: Path,
-    relpath: str,
-    stem: str,
-    suffix: str,
-    entities: dict[str, str],
-    resolution: float,
-    sr_file: Path,
-    info: dict[str, Any],
-    skull_stripped: bool,
-    input_voxel_size: list[float],
-    gates_file: Path | None = None,
-    std_file: Path | None = None,
-    input_dtype: str = "float32",
-) -> list[Path]:
-    """Write the derivatives of one run (volumes and sidecars); return the written paths."""
-    anat_dir = subject_anat_dir(output_dir, entities)
-    sources = [bids_uri(relpath)]
-    res_text = f"isotropic {resolution:g} mm voxels (super-resolution target grid)"
-    model = info.get("Model", "interp")
-    common = {
-        "Resolution": res_text,
-        "SkullStripped": skull_stripped,
-        "InputVoxelSize": input_voxel_size,
-        "VoxelSize": [resolution] * 3,
-        "SoftwareName": "bids_mrisr",
-        "SoftwareVersion": __version__,
-        "SuperResolution": info,
-        "Preprocessing": [
-            "reoriented to RAS+",
-            f"N4 bias-field correction (SimpleITK, shrink factor {N4_SHRINK_FACTOR})",
-            f"robust intensity normalisation ({LOW_PERCENTILE:g}/{HIGH_PERCENTILE:g} "
-            "percentiles), inverted after SR",
-            "the N4 bias field multiplied back in after SR (the output keeps the input's "
-            "intensities; downstream tools run their own bias correction)",
-            f"cubic B-spline resampling to {resolution:g} mm",
-        ],
-    }
-    written: list[Path] = []
-    sr_path = anat_dir / output_name(stem, resolution, DESC_SR, suffix)
-    written.append(_write_like_input(sr_file, sr_path, input_dtype))
-    written.append(write_json(sidecar_path(sr_path), {
-        "Description": f"{suffix} super-resolved with {model} (the input's intensities: "
-                       "bias field and intensity scale restored)",
-        "Sources": sources,
-        **common,
-    }))
-    sr_uri = bids_uri(sr_path.relative_to(output_dir).as_posix(), dataset="")  # this dataset
-    if std_file is not None:
-        std_path = anat_dir / output_name(stem, resolution, DESC_STD, suffix)
-        written.append(_copy_nifti(std_file, std_path))
-        written.append(write_json(sidecar_path(std_path), {
-            "Description": "voxel-wise standard deviation of the super-resolved intensity over "
-                           f"{info.get('NumSamples', '?')} stochastic draws (uncertainty)",
-            "Sources": sources + [sr_uri],
-            "Units": "same as the super-resolved image",
-            **common,
-        }))
-    if gates_file is not None:
-        gates_path = anat_dir / output_name(stem, resolution, gates_desc(suffix), "probseg")
-        written.append(_copy_nifti(gates_file, gates_path))
-        names = list(info.get("ExpertNames", []))
-        written.append(write_json(
-            sidecar_path(gates_path), {
+@dataclass(frozen=True)
+class RunOutputs:
+    """What every product of one run shares: where it goes, its sources, its provenance."""
+
+    output_dir: Path
+    relpath: str
+    stem: str
+    suffix: str
+    entities: dict[str, str]
+    resolution: float
+    info: dict[str, Any]
+    skull_stripped: bool
+    input_voxel_size: list[float]
+
+    @property
+    def anat_dir(self) -> Path:
+        return subject_anat_dir(self.output_dir, self.entities)
+
+    @property
+    def sr_path(self) -> Path:
+        return self.anat_dir / output_name(self.stem, self.resolution, DESC_SR, self.suffix)
+
+    @property
+    def sources(self) -> list[str]:
+        return [bids_uri(self.relpath)]
+
+    @property
+    def sr_uri(self) -> str:
+        return bids_uri(self.sr_path.relative_to(self.output_dir).as_posix(), dataset="")
+
+    def common(self) -> dict[str, Any]:
+        return {
+            "Resolution": f"isotropic {self.resolution:g} mm voxels (super-resolution target "
+                          "grid)",
+            "SkullStripped": self.skull_stripped,
+            "InputVoxelSize": self.input_voxel_size,
+            "VoxelSize": [self.resolution] * 3,
+            "SoftwareName": "bids_mrisr",
+            "SoftwareVersion": __version__,
+            "SuperResolution": self.info,
+            "Preprocessing": [
+                "reoriented to RAS+",
+                f"N4 bias-field correction (SimpleITK, shrink factor {N4_SHRINK_FACTOR})",
+                f"robust intensity normalisation ({LOW_PERCENTILE:g}/{HIGH_PERCENTILE:g} "
+                "percentiles), inverted after SR",
+                "the N4 bias field multiplied back in after SR (the output keeps the input's "
+                "intensities; downstream tools run their own bias correction)",
+                f"cubic B-spline resampling to {self.resolution:g} mm",
+            ],
+        }
+
+
+def write_sr_image(run: RunOutputs, sr_file: Path, input_dtype: str = "float32",
+                   ) -> list[Path]:
+    """The super-resolved volume and its sidecar."""
+    model = run.info.get("Model", "interp")
+    return [_write_like_input(sr_file, run.sr_path, input_dtype),
+            write_json(sidecar_path(run.sr_path), {
+                "Description": f"{run.suffix} super-resolved with {model} (the input's "
+                               "intensities: bias field and intensity scale restored)",
+                "Sources": run.sources,
+                **run.common(),
+            })]
+
+
+def write_uncertainty(run: RunOutputs, std_file: Path) -> list[Path]:
+    """The voxel-wise SD over stochastic draws, beside the SR volume it describes."""
+    std_path = run.anat_dir / output_name(run.stem, run.resolution, DESC_STD, run.suffix)
+    return [_copy_nifti(std_file, std_path),
+            write_json(sidecar_path(std_path), {
+                "Description": "voxel-wise standard deviation of the super-resolved intensity "
+                               f"over {run.info.get('NumSamples', '?')} stochastic draws "
+                               "(uncertainty)",
+                "Sources": run.sources + [run.sr_uri],
+                "Units": "same as the super-resolved image",
+                **run.common(),
+            })]
+
+
+def write_gating_maps(run: RunOutputs, gates_file: Path) -> list[Path]:
+    """The MoEDiff-SR teacher's per-expert gates, a 4D probseg on the SR grid."""
+    gates_path = run.anat_dir / output_name(run.stem, run.resolution, gates_desc(run.suffix),
+                                            "probseg")
+    names = list(run.info.get("ExpertNames", []))
+    return [_copy_nifti(gates_file, gates_path),
+            write_json(sidecar_path(gates_path), {
                 "Description": "MoEDiff-SR per-expert gating maps: the weight of each expert's "
                                "denoiser at each voxel (volumes sum to 1)",
-                "Sources": sources + [sr_uri],
-                "SpatialReference": sr_uri,
+                "Sources": run.sources + [run.sr_uri],
+                "SpatialReference": run.sr_uri,
                 "ExpertNames": names,
                 "Labels": {str(i): name for i, name in enumerate(names)},
-                **common,
-            }))
-    return written
+                **run.common(),
+            })]

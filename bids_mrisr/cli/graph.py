@@ -140,14 +140,15 @@ def _nothing_restored(sr_file: Path) -> bool:
 
 
 def written_sr_file(work_dir: Path, run: AnatRun, since: float | None = None) -> Path | None:
-    """The SR volume the graph reports for ``run``: its write_derivatives node's outputs
-    (written by this invocation when ``since`` is given), not a file name derived again."""
+    """The SR volume the graph reports for ``run``: its SR writer node's outputs (written by
+    this invocation when ``since`` is given), not a file name derived again."""
     from nipype.utils.filemanip import loadpkl
 
     from bids_mrisr.workflows.base import run_work_dir
+    from bids_mrisr.workflows.outputs import SR_WRITER
 
-    result = (run_work_dir(work_dir, run) / "outputs_wf" / "write_derivatives"
-              / "result_write_derivatives.pklz")
+    result = (run_work_dir(work_dir, run) / "outputs_wf" / SR_WRITER
+              / f"result_{SR_WRITER}.pklz")
     if not result.is_file() or (since is not None and result.stat().st_mtime < since):
         return None
     try:

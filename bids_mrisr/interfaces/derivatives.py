@@ -1,4 +1,5 @@
-"""The nipype node that writes one run's BIDS-Derivatives (always re-run, never cached)."""
+"""The nipype nodes that write one run's BIDS-Derivatives, one node per product (always
+re-run, never cached), as NiPreps' DerivativesDataSink does."""
 
 from __future__ import annotations
 
@@ -14,10 +15,19 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from bids_mrisr.bids.derivatives import write_run_outputs
+from bids_mrisr.bids.derivatives import (
+    RunOutputs,
+    write_gating_maps,
+    write_sr_image,
+    write_uncertainty,
+)
+
+PRODUCTS = ("sr", "uncertainty", "gates")
 
 
-class _WriteDerivativesInputSpec(BaseInterfaceInputSpec):
+class _WriteDerivativeInputSpec(BaseInterfaceInputSpec):
+    product = traits.Enum(*PRODUCTS, mandatory=True, desc="which product this node writes")
+    in_file = File(desc="the product's volume in the work dir (absent: nothing to write)")
     output_dir = traits.Str(mandatory=True)
     relpath = traits.Str(mandatory=True, desc="input path relative to bids_dir")
     stem = traits.Str(mandatory=True)
@@ -26,42 +36,36 @@ class _WriteDerivativesInputSpec(BaseInterfaceInputSpec):
     resolution = traits.Float(mandatory=True)
     skull_stripped = traits.Bool(mandatory=True)
     input_voxel_size = traits.List(traits.Float, mandatory=True)
-    sr_file = File(exists=True, mandatory=True)
     info_file = File(exists=True, mandatory=True)
-    gates_file = File()
-    std_file = File()
     input_dtype = traits.Str("float32", usedefault=True,
                              desc="the input's stored data type (integer -> scaled int16)")
 
 
-class _WriteDerivativesOutputSpec(TraitedSpec):
+class _WriteDerivativeOutputSpec(TraitedSpec):
     out_files = traits.List(File(exists=True))
 
 
-class WriteDerivatives(SimpleInterface):
-    input_spec = _WriteDerivativesInputSpec
-    output_spec = _WriteDerivativesOutputSpec
+class WriteDerivative(SimpleInterface):
+    input_spec = _WriteDerivativeInputSpec
+    output_spec = _WriteDerivativeOutputSpec
 
     def _run_interface(self, runtime):
         inputs = self.inputs
-
-        def optional(value: str) -> Path | None:
-            return Path(value) if isdefined(value) and value else None
-
-        written = write_run_outputs(
-            output_dir=Path(inputs.output_dir),
-            relpath=inputs.relpath,
-            stem=inputs.stem,
-            suffix=inputs.suffix,
-            entities=dict(inputs.entities),
-            resolution=inputs.resolution,
-            sr_file=Path(inputs.sr_file),
-            info=json.loads(Path(inputs.info_file).read_text()),
-            skull_stripped=inputs.skull_stripped,
-            input_voxel_size=list(inputs.input_voxel_size),
-            gates_file=optional(inputs.gates_file),
-            std_file=optional(inputs.std_file),
-            input_dtype=inputs.input_dtype,
-        )
+        written: list[Path] = []
+        if isdefined(inputs.in_file) and inputs.in_file:
+            run = RunOutputs(
+                output_dir=Path(inputs.output_dir), relpath=inputs.relpath, stem=inputs.stem,
+                suffix=inputs.suffix, entities=dict(inputs.entities),
+                resolution=inputs.resolution,
+                info=json.loads(Path(inputs.info_file).read_text()),
+                skull_stripped=inputs.skull_stripped,
+                input_voxel_size=list(inputs.input_voxel_size))
+            volume = Path(inputs.in_file)
+            if inputs.product == "sr":
+                written = write_sr_image(run, volume, inputs.input_dtype)
+            elif inputs.product == "uncertainty":
+                written = write_uncertainty(run, volume)
+            else:
+                written = write_gating_maps(run, volume)
         self._results["out_files"] = [str(p) for p in written]
         return runtime

@@ -83,6 +83,8 @@ def init_single_run_wf(run: AnatRun, settings: Settings, options: SROptions,
         skull_stripped=looks_skull_stripped(run.path, run.metadata),
         input_voxel_size=zooms,
         input_dtype=stored_dtype(run.path),
+        with_uncertainty=options.num_samples > 1 and options.method != "interp",
+        with_gates=options.method == "teacher",
     )
     workflow.connect([
         (inputnode, preproc, [("in_file", "inputnode.in_file")]),
