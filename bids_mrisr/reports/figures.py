@@ -40,12 +40,21 @@ def _slices(volume: np.ndarray) -> list[tuple[str, np.ndarray]]:
 
 
 def mosaic(volume: np.ndarray, path: Path, window: tuple[float, float], cmap: str = "gray",
-           title: str = "") -> Path:
-    """3 planes x 3 positions, one shared window; returns ``path``."""
+           title: str = "", underlay: np.ndarray | None = None,
+           underlay_window: tuple[float, float] | None = None) -> Path:
+    """3 planes x 3 positions, one shared window; returns ``path``. With ``underlay``, the
+    volume is drawn half-transparent over that anatomy (gating maps over the SR image)."""
     plt = _plt()
     fig, axes = plt.subplots(3, 3, figsize=(9, 9), facecolor="black")
-    for ax, (name, image) in zip(axes.ravel(), _slices(volume), strict=True):
-        ax.imshow(image, cmap=cmap, vmin=window[0], vmax=window[1], interpolation="nearest")
+    anatomy = _slices(underlay) if underlay is not None else [None] * 9
+    for ax, (name, image), below in zip(axes.ravel(), _slices(volume), anatomy, strict=True):
+        alpha = 1.0
+        if below is not None:
+            low, high = underlay_window or display_window(underlay)
+            ax.imshow(below[1], cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+            alpha = 0.55
+        ax.imshow(image, cmap=cmap, vmin=window[0], vmax=window[1], interpolation="nearest",
+                  alpha=alpha)
         ax.set_axis_off()
         ax.set_title(name, color="white", fontsize=8)
     if title:

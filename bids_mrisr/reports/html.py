@@ -149,7 +149,8 @@ def build_run_figures(output_dir: Path, input_file: Path, sr_file: Path, stem: s
         for k, name in enumerate(names[: gates.shape[-1]]):
             path = fig_dir / f"{stem}_gate-{k}.png"
             figures.mosaic(gates[..., k], path, (0.0, 1.0), cmap="viridis",
-                           title=f"gate: {name}")
+                           title=f"gate: {name} (over the SR image)", underlay=after,
+                           underlay_window=window)
             rel[f"gate-{name}"] = path.relative_to(output_dir).as_posix()
             gate_means[name] = float(gates[..., k][head].mean()) if head.any() else 0.0
         tissue_table = _gates_by_tissue(sr_image, gates, head, names)
