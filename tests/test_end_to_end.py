@@ -45,6 +45,8 @@ def test_phantom_run_is_validator_clean_and_indexable(phantom_dataset, tmp_path)
         sidecar = json.loads((out / rel.replace(".nii.gz", ".json")).read_text())
         assert sidecar["Sources"][0].startswith("bids:raw:sub-0")
         assert sidecar["SuperResolution"]["Model"] == "interp"
+        assert {"Method", "Estimate", "Seconds", "RestoredAxes",  # fields docs/outputs.md lists
+                "BiasFieldRestored"} <= set(sidecar["SuperResolution"])
         assert isinstance(sidecar["SkullStripped"], bool)
         assert "Resolution" in sidecar
     assert not list(out.rglob("*FLAIR*"))

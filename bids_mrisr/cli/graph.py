@@ -37,7 +37,7 @@ def _configure_nipype(settings: Settings) -> None:
     crash_dir.mkdir(parents=True, exist_ok=True)
     # Node failures reach the user through the summary (one line each, with the crash file);
     # nipype's own tracebacks are shown only with -v.
-    level = "INFO" if settings.verbose else "CRITICAL"
+    level = "DEBUG" if settings.verbose >= 2 else "INFO" if settings.verbose else "CRITICAL"
     nipype_config.update_config({
         "execution": {
             "crashdump_dir": str(crash_dir),

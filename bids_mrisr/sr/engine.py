@@ -39,9 +39,12 @@ def super_resolve(
     if options.method == "interp":
         if progress is not None:
             progress(1, 1)
+        # The cubic estimate is the preprocessing's target grid itself: nothing is restored.
         return SRResult(
             image=volume.copy(),
-            info={"Method": "cubic B-spline interpolation", "Model": "interp"},
+            info={"Method": "cubic B-spline interpolation", "Model": "interp",
+                  "RestoredAxes": None, "Seconds": 0.0,
+                  "Estimate": "cubic B-spline resampling of the input (no network)"},
         )
     from bids_mrisr.sr.inference import run_model  # torch is imported only when needed
 
