@@ -348,3 +348,21 @@ def test_cuda_without_a_gpu_is_refused_before_any_work(tmp_path, capsys):
     assert code == 64
     assert "no CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "w").exists() or not any((tmp_path / "w").rglob("n4.nii"))
+
+
+def test_debug_shows_the_traceback_that_the_default_keeps_in_the_crash_file(tmp_path, capsys,
+                                                                             monkeypatch):
+    import bids_mrisr.interfaces.superres as superres
+
+    def broken(*_args, **_kwargs):
+        raise ValueError("something deep went wrong")
+
+    monkeypatch.setattr(superres, "super_resolve", broken)
+    root = make_dataset(tmp_path / "bids", {GOOD: None})
+    args = [str(root), str(tmp_path / "out"), "participant", "--model", "interp",
+            "--skip-bids-validation", "--nprocs", "1"]
+    assert main([*args, "-w", str(tmp_path / "w1")]) == 1
+    quiet = capsys.readouterr().err
+    assert "Traceback" not in quiet and "something deep went wrong" in quiet
+    assert main([*args, "-w", str(tmp_path / "w2"), "--debug"]) == 1
+    assert "Traceback" in capsys.readouterr().err

@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="only rebuild the QC reports from existing outputs")
     execution.add_argument("-v", "--verbose", dest="verbose", action="count",
                            help="more log output (repeat for debug)")
+    execution.add_argument("--debug", dest="verbose", action="store_const", const=2,
+                           help="as -vv: debug logs, and nipype prints each failed node's "
+                                "traceback (otherwise in the crash file the error line names)")
 
     sr = parser.add_argument_group("super-resolution")
     sr.add_argument("--model", choices=MODELS,
