@@ -54,7 +54,7 @@ class Settings:
     nipype_plugin_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        """Values from a TOML file bypass argparse's checks, so check them here."""
+        """Settings built without the parser (tests, other callers) get the same checks here."""
         problems = []
         if self.model not in MODELS:
             problems.append(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")

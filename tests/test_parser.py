@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -151,8 +152,7 @@ def test_use_plugin_file_selects_a_nipype_plugin(phantom_dataset, tmp_path):
 def test_bad_plugin_file_is_a_usage_error(phantom_dataset, tmp_path, content, message):
     plugin = tmp_path / "plugin.yml"
     plugin.write_text(content)
-    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")
-                       .replace("[", r"\[")) as err:
+    with pytest.raises(UserError, match=re.escape(message)) as err:
         _settings(phantom_dataset, tmp_path, "--use-plugin", str(plugin))
     assert err.value.code == ExitCode.USAGE
     assert str(plugin) in str(err.value)

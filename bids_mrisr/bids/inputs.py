@@ -11,7 +11,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nibabel.affines import obliquity
+from nibabel.affines import obliquity, voxel_sizes
 
 from bids_mrisr.image.resample import default_resolution, target_grid
 from bids_mrisr.memory import estimated_peak_gb, physical_memory_gb
@@ -84,7 +84,7 @@ def _header_problem(image: nib.spatialimages.SpatialImage) -> str | None:
 def _memory_problem(image: nib.spatialimages.SpatialImage, output_resolution: float | None,
                     mem_gb: float | None) -> str | None:
     """Refuse, before any work, a grid that cannot fit (a huge field of view, a bad header)."""
-    zooms = np.sqrt((image.affine[:3, :3] ** 2).sum(axis=0))
+    zooms = voxel_sizes(image.affine)
     resolution = output_resolution or default_resolution(tuple(float(z) for z in zooms))
     shape, _, _ = target_grid(image.shape[:3], image.affine, resolution)
     if max(shape) > NIFTI_MAX_DIM:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bids_mrisr.bids.derivatives import DESC_SR, output_name, subject_anat_dir
+from bids_mrisr.bids.derivatives import DESC_SR, output_name, sidecar_path, subject_anat_dir
 from bids_mrisr.bids.layout import AnatRun
 from bids_mrisr.config import Settings
 
@@ -132,8 +132,7 @@ def _nothing_restored(sr_file: Path) -> bool:
     import json
 
     try:
-        info = json.loads(sr_file.with_name(sr_file.name.replace(".nii.gz", ".json"))
-                          .read_text()).get("SuperResolution", {})
+        info = json.loads(sidecar_path(sr_file).read_text()).get("SuperResolution", {})
     except (OSError, ValueError):
         return False
     return info.get("RestoredAxes") == []

@@ -239,7 +239,7 @@ def config_tokens(parser: argparse.ArgumentParser, values: dict[str, Any],
     for key, value in values.items():
         flag, action = options[key.replace("_", "-")]
         if isinstance(action, argparse._StoreTrueAction | argparse._CountAction):
-            if not isinstance(value, bool | int) or isinstance(value, float):
+            if not isinstance(value, bool | int):
                 raise UserError(f"{path}: {key} must be true or false, got {value!r}",
                                 ExitCode.USAGE)
             tokens += [flag] * (int(value) if isinstance(action, argparse._CountAction)

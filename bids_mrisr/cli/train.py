@@ -124,15 +124,17 @@ def _fine_tune_config(directory: Path) -> ModelConfig:
 
 
 def _train_regression(args: argparse.Namespace, train: list[np.ndarray], val: list[np.ndarray],
-                      provenance: dict, output_dir: Path, tiny: bool, started: float) -> int:
-    """The shipped recipe: the student as a direct posterior-mean regressor."""
+                      provenance: dict, output_dir: Path, tiny: bool, started: float,
+                      init_config: ModelConfig | None) -> int:
+    """The shipped recipe: the student as a direct posterior-mean regressor (``init_config``:
+    the architecture of the ``--init-weights`` checkpoint, already verified)."""
     import dataclasses
 
     from bids_mrisr.sr.networks.config import ModelConfig
     from bids_mrisr.sr.training.regression import RegressionRecipe, train_mean_regressor
 
-    if args.init_weights is not None:
-        config = _fine_tune_config(args.init_weights)
+    if init_config is not None:
+        config = init_config
     else:
         base = ModelConfig.tiny_student() if tiny else ModelConfig.student_default()
         config = dataclasses.replace(base, prediction_type="mean")
@@ -168,10 +170,11 @@ def main(argv: list[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.monotonic()
+    init_config = None
     if args.recipe == "regression":
         _check_device(args.device)  # before minutes of preprocessing
         if args.init_weights is not None:
-            _fine_tune_config(args.init_weights)
+            init_config = _fine_tune_config(args.init_weights)
     elif args.init_weights is not None:
         raise UserError("--init-weights: only the regression recipe fine-tunes a checkpoint",
                         ExitCode.USAGE)
@@ -189,7 +192,8 @@ def main(argv: list[str]) -> int:
     teacher_dir = output_dir / "teacher"
     tiny = args.preset == "tiny"
     if args.recipe == "regression":
-        return _train_regression(args, train, val, provenance, output_dir, tiny, started)
+        return _train_regression(args, train, val, provenance, output_dir, tiny, started,
+                                 init_config)
     teacher_config = ModelConfig.tiny_teacher() if tiny else ModelConfig.teacher_default()
     student_config = ModelConfig.tiny_student() if tiny else ModelConfig.student_default()
     if not args.skip_teacher:

@@ -15,11 +15,6 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     atomic_write(Path(path), lambda tmp: tmp.write_bytes(payload))
 
 
-def stored_dtype(path: Path) -> str:
-    """The data type a NIfTI file stores its voxels in (from the header; nothing is read)."""
-    return str(nib.load(str(path)).get_data_dtype())
-
-
 def save_nifti(image: nib.Nifti1Image, path: Path) -> Path:
     """Save atomically, keeping the .nii/.nii.gz extension meaningful to nibabel."""
     path = Path(path)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
 from bids_mrisr.image.io import float_image, save_nifti
@@ -25,7 +26,7 @@ def default_resolution(zooms: tuple[float, ...]) -> float:
 def target_grid(shape: tuple[int, ...], affine: np.ndarray, resolution: float,
                 ) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray]:
     """Shape and affine of the isotropic grid, plus the per-axis step in input voxels."""
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    zooms = voxel_sizes(affine)
     step = resolution / zooms  # input voxels per output voxel
     new_shape = tuple(
         int(max(1, round(n * z / resolution))) for n, z in zip(shape[:3], zooms, strict=True))

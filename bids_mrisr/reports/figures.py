@@ -47,11 +47,13 @@ def mosaic(volume: np.ndarray, path: Path, window: tuple[float, float], cmap: st
     plt = _plt()
     fig, axes = plt.subplots(3, 3, figsize=(9, 9), facecolor="black")
     anatomy = _slices(underlay) if underlay is not None else [None] * 9
+    if underlay is not None and underlay_window is None:
+        underlay_window = display_window(underlay)
     for ax, (name, image), below in zip(axes.ravel(), _slices(volume), anatomy, strict=True):
         alpha = 1.0
         if below is not None:
-            low, high = underlay_window or display_window(underlay)
-            ax.imshow(below[1], cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+            ax.imshow(below[1], cmap="gray", vmin=underlay_window[0], vmax=underlay_window[1],
+                      interpolation="nearest")
             alpha = 0.55
         ax.imshow(image, cmap=cmap, vmin=window[0], vmax=window[1], interpolation="nearest",
                   alpha=alpha)

@@ -22,6 +22,7 @@ import numpy as np
 
 from bids_mrisr import __version__
 from bids_mrisr.atomic import atomic_write
+from bids_mrisr.bids.derivatives import sidecar_path
 from bids_mrisr.image.resample import resample_to_resolution
 from bids_mrisr.reports import figures
 
@@ -115,7 +116,7 @@ def build_run_figures(output_dir: Path, input_file: Path, sr_file: Path, stem: s
     sr_image = nib.load(str(sr_file))
     after = np.asanyarray(sr_image.dataobj).astype(np.float32)
     before = cubic_of_input(input_file, sr_image)
-    sidecar = json.loads(sr_file.with_name(sr_file.name.replace(".nii.gz", ".json")).read_text())
+    sidecar = json.loads(sidecar_path(sr_file).read_text())
     info = sidecar.get("SuperResolution", {})
     axes = info.get("RestoredAxes") or [None]
     fig_dir = qc_path(output_dir, sr_file).parent  # sub-<label>/figures (validator-ignored)
@@ -156,10 +157,9 @@ def build_run_figures(output_dir: Path, input_file: Path, sr_file: Path, stem: s
         tissue_table = _gates_by_tissue(sr_image, gates, head, names)
     metrics = no_reference_metrics(before, after, axes[0])
     metrics.update({f"mean gate in head: {k}": v for k, v in gate_means.items()})
-    qc = {**metrics, "seconds": info.get("Seconds"), "model": info.get("Model")}
-    if gates_file.is_file() and tissue_table is not None:
-        qc["gate_by_tissue"] = tissue_table
+    if tissue_table is not None:
         metrics["gate_by_tissue"] = tissue_table
+    qc = {**metrics, "seconds": info.get("Seconds"), "model": info.get("Model")}
     qc_file = qc_path(output_dir, sr_file)
     atomic_write(qc_file, lambda tmp: tmp.write_text(json.dumps(qc, indent=2)))
     return RunReport(relpath=sr_file.relative_to(output_dir).as_posix(), status="ok",

@@ -17,7 +17,6 @@ from nipype.pipeline import engine as pe
 from bids_mrisr.bids.inputs import looks_skull_stripped
 from bids_mrisr.bids.layout import AnatRun
 from bids_mrisr.config import Settings
-from bids_mrisr.image.io import stored_dtype
 from bids_mrisr.image.reorient import ras_zooms
 from bids_mrisr.image.resample import default_resolution
 from bids_mrisr.sr.geometry import MIN_ANISOTROPY, anisotropy, blurred_axes
@@ -82,7 +81,7 @@ def init_single_run_wf(run: AnatRun, settings: Settings, options: SROptions,
         settings.output_dir,
         skull_stripped=looks_skull_stripped(run.path, run.metadata),
         input_voxel_size=zooms,
-        input_dtype=stored_dtype(run.path),
+        input_dtype=str(image.get_data_dtype()),
         with_uncertainty=options.num_samples > 1 and options.method != "interp",
         with_gates=options.method == "teacher",
     )

@@ -145,10 +145,6 @@ class PairSampler:
         cubic = simulate_cubic(hr, dataclasses.replace(params, bias_strength=0.0), child, bits)
         return hr, cubic, params
 
-    def describe(self) -> dict:
-        """The degradation family, for training provenance and the model card."""
-        return degradation_family(self.factor_range)
-
     def refresh(self) -> None:
         """Replace the oldest pool entry with a fresh degradation of a random volume."""
         slot = self._next_slot
