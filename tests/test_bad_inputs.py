@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -366,3 +367,20 @@ def test_debug_shows_the_traceback_that_the_default_keeps_in_the_crash_file(tmp_
     assert "Traceback" not in quiet and "something deep went wrong" in quiet
     assert main([*args, "-w", str(tmp_path / "w2"), "--debug"]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_voxels_are_read_once_per_file_version(tmp_path) -> None:
+    """The checks and the skull-strip estimate share one read; a rewritten file is read again."""
+    from bids_mrisr.bids import inputs
+
+    path = tmp_path / "sub-01_T1w.nii.gz"
+    write_volume(path, phantom_volume())
+    before = inputs._facts.cache_info().misses
+    assert input_problem(path) is None
+    inputs.looks_skull_stripped(path)
+    assert inputs.load_header(path) is inputs.load_header(path)
+    assert inputs._facts.cache_info().misses == before + 1
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    write_volume(path, _nan_volume(), dtype=np.float32)  # same name, new content
+    assert input_problem(path) == "contains 1 non-finite (NaN/Inf) voxel(s)"
+    assert inputs._facts.cache_info().misses == before + 2

@@ -6,7 +6,9 @@ the other runs are still processed.
 
 from __future__ import annotations
 
+import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -24,6 +26,58 @@ NIFTI_MAX_DIM = 32767
 MAX_CONDITION = 1e6
 """A voxel-to-world matrix this ill-conditioned maps the volume onto (nearly) a plane."""
 OBLIQUE_DEGREES = 1.0
+
+
+@dataclass(frozen=True)
+class VoxelFacts:
+    """What one read of the voxels tells the checks and the skull-strip estimate."""
+
+    nonfinite: int
+    any_nonzero: bool
+    foreground_ml: float
+    """Volume of the voxels that differ from the minimum (the background of a stripped brain)."""
+    background_fraction: float
+
+
+Version = tuple[str, int, int, int, int]
+
+
+def _version(path: Path) -> Version:
+    """The file and its version (inode, mtime, ctime, size): a rewritten or replaced file is
+    loaded afresh."""
+    stat = Path(path).stat()
+    return (str(Path(path).absolute()), stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns,
+            stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _load(version: Version) -> nib.spatialimages.SpatialImage:
+    return nib.load(version[0])
+
+
+def load_header(path: Path) -> nib.spatialimages.SpatialImage:
+    """The image with its header, loaded once per file version (voxels stay on disk): the
+    checks, the warnings and the workflow builder all read the same object."""
+    return _load(_version(path))
+
+
+@functools.lru_cache(maxsize=32)
+def _facts(version: Version) -> VoxelFacts:
+    image = _load(version)
+    data = np.asanyarray(image.dataobj)
+    nonfinite = 0
+    if np.issubdtype(data.dtype, np.floating):
+        nonfinite = int(np.count_nonzero(~np.isfinite(data)))
+    background = np.nanmin(data) if nonfinite else data.min()
+    foreground = int(np.count_nonzero(data != background))
+    voxel_ml = float(np.prod(image.header.get_zooms()[:3])) / 1000.0
+    return VoxelFacts(nonfinite, bool(np.any(data)), foreground * voxel_ml,
+                      1.0 - foreground / data.size)
+
+
+def voxel_facts(path: Path) -> VoxelFacts:
+    """Read the voxels once per file version (the gzip inflate is the slow part)."""
+    return _facts(_version(path))
 
 
 def _reason(err: BaseException) -> str:
@@ -113,25 +167,23 @@ def input_problem(path: Path, output_resolution: float | None = None,
     if problem:
         return problem
     try:
-        image = nib.load(str(path))
+        image = load_header(path)
         problem = _header_problem(image) or _memory_problem(image, output_resolution, mem_gb)
         if problem:
             return problem
-        data = np.asanyarray(image.dataobj)
+        facts = voxel_facts(path)
     except Exception as err:  # nibabel raises many types for corrupt files
         return f"is not a readable NIfTI file ({_reason(err)})"
-    if np.issubdtype(data.dtype, np.floating):
-        bad = int(np.count_nonzero(~np.isfinite(data)))
-        if bad:
-            return f"contains {bad} non-finite (NaN/Inf) voxel(s)"
-    if not np.any(data):
+    if facts.nonfinite:
+        return f"contains {facts.nonfinite} non-finite (NaN/Inf) voxel(s)"
+    if not facts.any_nonzero:
         return "is all zeros"
     return None
 
 
 def input_warnings(path: Path) -> list[str]:
     """What is usable but worth a line in the log (called only for inputs without problems)."""
-    image = nib.load(str(path))
+    image = load_header(path)
     angle = float(np.degrees(np.max(np.abs(obliquity(image.affine)))))
     if angle > OBLIQUE_DEGREES:
         return [f"is oblique ({angle:.1f} degrees from the nearest scanner axes); the output keeps "
@@ -147,10 +199,5 @@ def looks_skull_stripped(path: Path, sidecar: dict | None = None) -> bool:
     """
     if sidecar and isinstance(sidecar.get("SkullStripped"), bool):
         return bool(sidecar["SkullStripped"])
-    image = nib.load(str(path))
-    data = np.asanyarray(image.dataobj)
-    background = data.min()
-    foreground = np.count_nonzero(data != background)
-    voxel_ml = float(np.prod(image.header.get_zooms()[:3])) / 1000.0
-    background_fraction = 1.0 - foreground / data.size
-    return bool(foreground * voxel_ml < 2000.0 and background_fraction > 0.2)
+    facts = voxel_facts(path)
+    return bool(facts.foreground_ml < 2000.0 and facts.background_fraction > 0.2)

@@ -164,8 +164,8 @@ def main(argv: list[str]) -> int:
     import torch
 
     from bids_mrisr.sr.networks.config import ModelConfig
-    from bids_mrisr.sr.training.distill import distill_student
-    from bids_mrisr.sr.training.loop import train_teacher
+    from bids_mrisr.sr.training.distill import DistillRecipe, distill_student
+    from bids_mrisr.sr.training.loop import DiffusionRecipe, train_teacher
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -198,12 +198,14 @@ def main(argv: list[str]) -> int:
     student_config = ModelConfig.tiny_student() if tiny else ModelConfig.student_default()
     if not args.skip_teacher:
         train_teacher(train, teacher_config, teacher_dir,
-                      minutes=args.teacher_minutes, batch_size=args.batch_size, seed=args.seed,
+                      DiffusionRecipe(minutes=args.teacher_minutes, batch_size=args.batch_size,
+                                      seed=args.seed),
                       progress=progress_callback("teacher training", "step"),
                       val_volumes=val or None, provenance=dict(provenance))
     distill_student(teacher_dir, train, student_config, output_dir / "student",
-                    teacher_steps=args.teacher_steps, minutes=args.distill_minutes,
-                    seed=args.seed, progress=progress_callback("distillation", "step"),
+                    DistillRecipe(teacher_steps=args.teacher_steps, minutes=args.distill_minutes,
+                                  seed=args.seed),
+                    progress=progress_callback("distillation", "step"),
                     val_volumes=val or None, provenance=dict(provenance))
     for kind in ("teacher", "student"):
         meta = json.loads((output_dir / kind / "model.json").read_text())

@@ -3,10 +3,11 @@
 An anisotropic acquisition is sharp in-plane. Degrading the scan along one of its *in-plane*
 axes, with its own thick-slice factor and slice profile, gives training pairs whose
 low-resolution side looks like the scan's thick axis, in the scan's own intensities, noise and
-anatomy (the idea of SMORE, Zhao et al. 2020, and ECLARE, Remedios et al. 2025). A copy of the
-pretrained mean regressor is fine-tuned on these pairs for a few hundred steps, with an L2 pull
-toward the pretrained weights (L2-SP) and a final interpolation between the two, so that a
-short, noisy adaptation cannot move far from the prior. Weights never leave memory.
+anatomy (the idea of SMORE, Zhao et al. 2020, and ECLARE, Remedios et al. 2025); the slice
+profile's shape and the noise level are read from the scan itself (``sr/acquisition.py``). A
+copy of the pretrained mean regressor is fine-tuned on these pairs for a few hundred steps,
+with an L2 pull toward the pretrained weights (L2-SP) and a final interpolation between the
+two, so that a short, noisy adaptation cannot move far from the prior. Weights never leave memory.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from bids_mrisr.sr.acquisition import estimate_acquisition, simulate_thick_axis
 from bids_mrisr.sr.degrade import Degradation
-from bids_mrisr.sr.training.data import PairSampler, simulate_cubic
+from bids_mrisr.sr.training.data import PairSampler
 from bids_mrisr.sr.training.losses import mean_regression_loss
 
 
@@ -41,28 +43,37 @@ class AdaptOptions:
     """Final weights = keep * pretrained + (1 - keep) * adapted; 1 leaves the model as it was."""
     seed: int = 0
     thickness_ratio: float | None = None
-    """Slice thickness / spacing from the header (None: 1, a Gaussian of FWHM = spacing)."""
+    """Slice thickness / spacing from the header (None: 1, contiguous slices)."""
+    profile: str | None = None
+    """Slice-profile shape, ``gaussian`` or ``box``; None: estimated from the scan's spectrum."""
+    match_noise: bool = True
+    """Top the simulated thick slices' noise up to the scan's own (estimated in-plane)."""
 
 
 def adaptation_sampler(volume: np.ndarray, thick_axis: int, factor: float, context_slices: int,
                        residual_scale: float, crop: int, seed: int,
-                       thickness_ratio: float = 1.0) -> PairSampler:
+                       thickness_ratio: float = 1.0, profile: str = "gaussian",
+                       noise_sigma: float = 0.0) -> PairSampler:
     """Pairs from the scan's sharp in-plane axes, degraded with its own factor and profile.
 
     ``volume`` is the normalised scan on the target grid (sharp in-plane, blurred along
-    ``thick_axis``). Each in-plane axis is degraded in turn; the sampler then cuts crops with
-    that axis along the rows, as the engine presents the real thick axis.
+    ``thick_axis``). Each in-plane axis is degraded in turn, with noise topped up to the scan's
+    ``noise_sigma``; crops are cut across the real thick axis, so that the simulated thick axis
+    runs along the rows and the columns stay sharp, as the engine presents the real one.
     """
     if factor < 1 or thick_axis not in (0, 1, 2):
         raise ValueError(f"cannot adapt to thick axis {thick_axis} with factor {factor}")
     sampler = PairSampler([volume], context_slices, residual_scale, crop=crop, seed=seed,
-                          refresh_every=1 << 30)
+                          refresh_every=1 << 30, slice_axis=thick_axis,
+                          remap_intensities=False)
     rng = np.random.default_rng(seed)
     pool = []
     for axis in (a for a in range(3) if a != thick_axis):
-        params = Degradation(axis=axis, factor=float(factor), thickness_ratio=thickness_ratio)
-        cubic = simulate_cubic(volume, params, rng)
-        pool.append((volume, cubic, params))
+        cubic = simulate_thick_axis(volume, axis, factor, profile, thickness_ratio, noise_sigma,
+                                    rng)
+        pool.append((volume, cubic, Degradation(axis=axis, factor=float(factor),
+                                                profile=profile,
+                                                thickness_ratio=thickness_ratio)))
     sampler.pool = pool
     return sampler
 
@@ -83,8 +94,12 @@ def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: f
     start = time.perf_counter()
     torch.manual_seed(options.seed)
     ratio = options.thickness_ratio or 1.0
+    acquisition = estimate_acquisition(volume, thick_axis, factor, ratio, options.seed)
+    profile = options.profile or acquisition.profile
+    sigma = acquisition.noise_sigma if options.match_noise else 0.0
     sampler = adaptation_sampler(volume, thick_axis, factor, config.context_slices,
-                                 config.residual_scale, options.crop, options.seed, ratio)
+                                 config.residual_scale, options.crop, options.seed, ratio,
+                                 profile, sigma)
     device = next(model.parameters()).device
     adapted = copy.deepcopy(model).to(device).train()
     anchor = [p.detach().clone() for p in model.parameters()]
@@ -122,9 +137,13 @@ def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: f
         "LossAfter": round(after, 5),
         "ThickAxis": thick_axis,
         "Factor": round(float(factor), 4),
-        "SliceProfile": (f"gaussian, FWHM = {ratio:g} x slice spacing (from SliceThickness)"
-                         if options.thickness_ratio else
-                         "gaussian, FWHM = slice spacing (default: no SliceThickness)"),
+        "SliceProfile": profile + (" (given)" if options.profile else
+                                   " (estimated from the scan's spectrum)"),
+        "SliceWidth": (f"{ratio:g} x slice spacing (from SliceThickness)"
+                       if options.thickness_ratio else
+                       "slice spacing (default: no SliceThickness)"),
+        "ProfileMisfit": acquisition.misfit,
+        "NoiseSigma": round(sigma, 5),
         "L2SP": options.l2sp,
         "KeepPretrained": options.keep_pretrained,
         "Seed": options.seed,

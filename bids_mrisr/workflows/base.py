@@ -10,11 +10,10 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
-import nibabel as nib
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from bids_mrisr.bids.inputs import looks_skull_stripped
+from bids_mrisr.bids.inputs import load_header, looks_skull_stripped
 from bids_mrisr.bids.layout import AnatRun
 from bids_mrisr.config import Settings
 from bids_mrisr.image.reorient import ras_zooms
@@ -52,7 +51,7 @@ def init_single_run_wf(run: AnatRun, settings: Settings, options: SROptions,
     workflow = pe.Workflow(name=run_work_dir(Path("."), run).name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["in_file"]), name="inputnode")
     inputnode.inputs.in_file = str(run.path)
-    image = nib.load(str(run.path))
+    image = load_header(run.path)
     zooms = [float(z) for z in image.header.get_zooms()[:3]]
     grid_zooms = ras_zooms(image)
     resolution = settings.output_resolution or default_resolution(grid_zooms)

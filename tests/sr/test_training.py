@@ -12,9 +12,15 @@ from bids_mrisr.sr.diffusion.schedule import NoiseSchedule, q_sample, v_from_x0_
 from bids_mrisr.sr.networks import ModelConfig, build_model
 from bids_mrisr.sr.slicing import planar_view
 from bids_mrisr.sr.training.data import PairSampler
-from bids_mrisr.sr.training.distill import distill_student, grid_for, two_steps, v_for_jump
+from bids_mrisr.sr.training.distill import (
+    DistillRecipe,
+    distill_student,
+    grid_for,
+    two_steps,
+    v_for_jump,
+)
 from bids_mrisr.sr.training.evaluate import evaluate_volume
-from bids_mrisr.sr.training.loop import train_teacher
+from bids_mrisr.sr.training.loop import DiffusionRecipe, train_teacher
 from bids_mrisr.sr.training.losses import diffusion_batch, teacher_loss
 
 
@@ -140,16 +146,20 @@ def test_distill_target_reproduces_two_ddim_steps():
 def test_train_teacher_and_distill_write_loadable_checkpoints(tmp_path):
     vol = head()
     t_dir = tmp_path / "teacher"
-    sha = train_teacher([vol], ModelConfig.tiny_teacher(), t_dir, steps=3, batch_size=2,
-                        crop=32, provenance={"training_volumes": ["phantom"]})
+    recipe = DiffusionRecipe(steps=3, batch_size=2, crop=32)
+    sha = train_teacher([vol], ModelConfig.tiny_teacher(), t_dir, recipe,
+                        provenance={"training_volumes": ["phantom"]})
     ck = load_checkpoint(t_dir)
     assert ck.sha256 == sha
     assert ck.provenance["trained"] is True and ck.provenance["sampling_steps"] == 20
     assert ck.provenance["steps"] == 3 and ck.provenance["training_volumes"] == ["phantom"]
+    assert ck.provenance["training"]["batch_size"] == 2  # the recipe, saved whole
+    assert ck.provenance["degradation"]["profiles"] == ["gaussian", "box"]  # the sampler's own
     calls = []
     s_dir = tmp_path / "student"
-    sha_s = distill_student(t_dir, [vol], ModelConfig.tiny_student(), s_dir, teacher_steps=4,
-                            steps_per_round=2, batch_size=2, crop=32,
+    sha_s = distill_student(t_dir, [vol], ModelConfig.tiny_student(), s_dir,
+                            DistillRecipe(teacher_steps=4, steps_per_round=2, batch_size=2,
+                                          crop=32),
                             progress=lambda d, n: calls.append((d, n)))
     st = load_checkpoint(s_dir)
     assert st.sha256 == sha_s and st.config.kind == "student"
@@ -158,11 +168,16 @@ def test_train_teacher_and_distill_write_loadable_checkpoints(tmp_path):
     assert p["rounds"] == 1 and p["sampling_steps"] == 2
     assert [h["student_steps"] for h in p["round_history"]] == [2]
     assert calls[-1] == (2, 2)
-    distill_student(t_dir, [vol], ModelConfig.tiny_student(), tmp_path / "s1", teacher_steps=8,
-                    rounds=3, steps=3, batch_size=1, crop=32)
+    assert p["training"]["teacher_steps"] == 4
+    distill_student(t_dir, [vol], ModelConfig.tiny_student(), tmp_path / "s1",
+                    DistillRecipe(teacher_steps=8, rounds=3, steps=3, batch_size=1, crop=32))
     p1 = load_checkpoint(tmp_path / "s1").provenance
     assert p1["sampling_steps"] == 1
     assert [h["student_steps"] for h in p1["round_history"]] == [4, 2, 1]
+    with pytest.raises(ValueError, match="power of two"):
+        DistillRecipe(teacher_steps=6, steps=3).schedule()
+    with pytest.raises(ValueError, match="steps_per_round, steps or minutes"):
+        DistillRecipe(teacher_steps=8).schedule()
 
 
 class ZeroResidual(torch.nn.Module):

@@ -100,6 +100,8 @@ class PairSampler:
         seed: int = 0,
         refresh_every: int = 200,
         pool_size: int | None = None,
+        slice_axis: int | None = None,
+        remap_intensities: bool = True,
     ) -> None:
         if not volumes:
             raise ValueError("PairSampler needs at least one volume")
@@ -111,6 +113,12 @@ class PairSampler:
         self.crop = int(crop)
         self.factor_range = (float(factor_range[0]), float(factor_range[1]))
         self.refresh_every = max(1, int(refresh_every))
+        self.slice_axis = slice_axis
+        """Slice only along this axis (adaptation: the scan's thick axis, so that both in-plane
+        directions of every crop are sharp, as at inference); None: any plane that contains
+        the simulated thick axis."""
+        self.remap_intensities = remap_intensities
+        """Gamma and gain augmentation (off for adaptation: the scan's own intensities)."""
         self.rng = np.random.default_rng(seed)
         n_pool = pool_size or max(2, len(self.volumes))
         self.pool: list[tuple[np.ndarray, np.ndarray, Degradation]] = []
@@ -157,6 +165,8 @@ class PairSampler:
         c, m = self.crop, self.m
         hr, cubic, params = self.pool[int(r.integers(len(self.pool)))]
         in_plane = [a for a in range(3) if a != params.axis]
+        if self.slice_axis is not None and self.slice_axis != params.axis:
+            in_plane = [self.slice_axis]
         best = None
         for _attempt in range(20):
             axis = int(r.choice(in_plane))  # a plane that contains the thick axis, as the app
@@ -190,11 +200,13 @@ class PairSampler:
             cond, target = cond[:, :, ::-1], target[:, ::-1]
         if r.random() < 0.5:
             cond = cond[::-1]
-        if r.random() < 0.5:
-            gamma = float(np.exp(r.uniform(-0.4, 0.4)))
-            cond = np.clip(cond, 0, None) ** gamma
-            target = np.clip(target, 0, None) ** gamma
-        gain = float(r.uniform(0.85, 1.15))
+        gain = 1.0
+        if self.remap_intensities:
+            if r.random() < 0.5:
+                gamma = float(np.exp(r.uniform(-0.4, 0.4)))
+                cond = np.clip(cond, 0, None) ** gamma
+                target = np.clip(target, 0, None) ** gamma
+            gain = float(r.uniform(0.85, 1.15))
         cond = np.ascontiguousarray(cond * gain, dtype=np.float32)
         target = np.ascontiguousarray(target * gain, dtype=np.float32)
         x0 = (target - cond[m]) * self.scale

@@ -19,6 +19,7 @@ import copy
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -141,50 +142,69 @@ def _frozen(model: nn.Module) -> nn.Module:
     return model
 
 
+@dataclass(frozen=True)
+class DistillRecipe:
+    """How progressive distillation runs: one object, saved whole in the provenance."""
+
+    teacher_steps: int = 8
+    rounds: int | None = None
+    """Halvings; default: from ``teacher_steps`` down to ``final_steps``."""
+    final_steps: int = 2
+    steps_per_round: int | None = None
+    steps: int | None = None
+    """Total optimisation steps, split evenly over the rounds (if no ``steps_per_round``)."""
+    minutes: float | None = None
+    """Total time budget, split evenly over the rounds (if no step budget)."""
+    feature_weight: float = 0.1
+    batch_size: int = 8
+    lr: float = 1e-3
+    seed: int = 0
+    crop: int = 96
+
+    def schedule(self) -> tuple[int, int, int | None, float | None]:
+        """(rounds, final steps, steps per round, minutes per round), checked."""
+        teacher_steps, final_steps, rounds = self.teacher_steps, self.final_steps, self.rounds
+        if rounds is None:
+            ratio = teacher_steps / final_steps
+            rounds = int(round(math.log2(ratio))) if ratio >= 1 else -1
+            if rounds < 1 or final_steps * 2**rounds != teacher_steps:
+                raise ValueError(f"teacher_steps={teacher_steps} is not final_steps="
+                                 f"{final_steps} times a power of two (>= 2x)")
+        else:
+            if rounds < 1 or teacher_steps % 2**rounds:
+                raise ValueError(f"teacher_steps={teacher_steps} cannot be halved {rounds} "
+                                 "times")
+            final_steps = teacher_steps // 2**rounds
+        per_round = self.steps_per_round
+        if per_round is None and self.steps is not None:
+            per_round = max(1, self.steps // rounds)
+        if per_round is None and self.minutes is None:
+            raise ValueError("give steps_per_round, steps or minutes")
+        return rounds, final_steps, per_round, None if self.minutes is None else \
+            self.minutes / rounds
+
+
 def distill_student(
     teacher_dir: str | Path,
     volumes: Sequence[np.ndarray],
     student_config: ModelConfig,
     out_dir: str | Path,
+    recipe: DistillRecipe,
     *,
-    teacher_steps: int = 8,
-    rounds: int | None = None,
-    minutes: float | None = None,
-    steps_per_round: int | None = None,
-    steps: int | None = None,
-    final_steps: int = 2,
-    feature_weight: float = 0.1,
-    batch_size: int = 8,
-    lr: float = 1e-3,
-    seed: int = 0,
-    crop: int = 96,
     progress: Callable[[int, int], None] | None = None,
     val_volumes: Sequence[np.ndarray] | None = None,
     provenance: dict | None = None,
 ) -> str:
     """Distil the checkpoint in ``teacher_dir`` into a ``student_config`` student; return sha256.
 
-    ``rounds`` defaults to halving from ``teacher_steps`` down to ``final_steps``; if given,
-    the student ends with ``teacher_steps / 2^rounds`` steps. Budget: ``steps_per_round``, or
-    ``steps`` (total, split evenly), or ``minutes`` (total, split evenly).
+    ``recipe.rounds`` defaults to halving from ``teacher_steps`` down to ``final_steps``; if
+    given, the student ends with ``teacher_steps / 2^rounds`` steps.
     """
     if student_config.kind != "student":
         raise ValueError("distill_student needs a student config")
-    if rounds is None:
-        ratio = teacher_steps / final_steps
-        rounds = int(round(math.log2(ratio))) if ratio >= 1 else -1
-        if rounds < 1 or final_steps * 2**rounds != teacher_steps:
-            raise ValueError(f"teacher_steps={teacher_steps} is not final_steps={final_steps} "
-                             "times a power of two (>= 2x)")
-    else:
-        if rounds < 1 or teacher_steps % 2**rounds:
-            raise ValueError(f"teacher_steps={teacher_steps} cannot be halved {rounds} times")
-        final_steps = teacher_steps // 2**rounds
-    if steps_per_round is None and steps is not None:
-        steps_per_round = max(1, steps // rounds)
-    if steps_per_round is None and minutes is None:
-        raise ValueError("give steps_per_round=, steps= or minutes=")
-    round_minutes = None if minutes is None else minutes / rounds
+    rounds, final_steps, steps_per_round, round_minutes = recipe.schedule()
+    teacher_steps, feature_weight = recipe.teacher_steps, recipe.feature_weight
+    batch_size, lr, seed, crop = recipe.batch_size, recipe.lr, recipe.seed, recipe.crop
 
     loaded = load_checkpoint(Path(teacher_dir))
     teacher = _frozen(loaded.model)
@@ -282,6 +302,7 @@ def distill_student(
         seed=seed,
         crop=crop,
         ema_decay=EMA_DECAY,
+        training=asdict(recipe),
         training_volumes=list((provenance or {}).get("training_volumes", [])),
     )
     if metrics is not None:

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from bids_mrisr.atomic import atomic_write
 from bids_mrisr.sr.checkpoint import save_checkpoint
 from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.networks.factory import build_model
-from bids_mrisr.sr.training.data import PairSampler
+from bids_mrisr.sr.training.data import PairSampler, degradation_family
 from bids_mrisr.sr.training.losses import diffusion_batch, student_loss, teacher_loss
 
 log = logging.getLogger(__name__)
@@ -201,41 +202,50 @@ def _names(provenance: dict | None) -> list:
     return list(prov.get("training_volumes", []))
 
 
+@dataclass(frozen=True)
+class DiffusionRecipe:
+    """How a diffusion model (teacher, or the no-teacher student baseline) trains: one object,
+    saved whole in the checkpoint provenance."""
+
+    steps: int | None = None
+    minutes: float | None = None
+    """A time cap; the learning-rate schedule follows whichever budget runs out first."""
+    batch_size: int = 8
+    lr: float = 2e-3
+    seed: int = 0
+    crop: int = 96
+
+
 def _train_direct(
     kind: str,
     volumes: Sequence[np.ndarray],
     config: ModelConfig,
     out_dir: str | Path,
+    recipe: DiffusionRecipe,
     *,
-    minutes: float | None,
-    steps: int | None,
-    batch_size: int,
-    lr: float,
-    seed: int,
     progress: Progress,
     val_volumes: Sequence[np.ndarray] | None,
     provenance: dict | None,
     sampling_steps: int,
-    crop: int,
 ) -> str:
     if config.kind != kind:
         raise ValueError(f"expected a {kind} config, got kind={config.kind!r}")
-    torch.manual_seed(seed)
+    torch.manual_seed(recipe.seed)
     model = build_model(config)
     sampler = PairSampler(list(volumes), config.context_slices, config.residual_scale,
-                          crop=crop, seed=seed)
-    gen = torch.Generator().manual_seed(seed)
+                          crop=recipe.crop, seed=recipe.seed)
+    gen = torch.Generator().manual_seed(recipe.seed)
     schedule = config.noise_schedule()
 
     def step_fn(_i: int) -> tuple[torch.Tensor, dict[str, float]]:
-        cond, x0 = sampler.sample(batch_size)
+        cond, x0 = sampler.sample(recipe.batch_size)
         x_t, t, v = diffusion_batch(x0, generator=gen, schedule=schedule)
         if kind == "teacher":
             return teacher_loss(model, x_t, cond, t, v)
         return student_loss(model, x_t, cond, t, v)
 
-    ema, done, used = run_steps(model, step_fn, minutes=minutes, steps=steps, lr=lr,
-                                progress=progress, label=kind)
+    ema, done, used = run_steps(model, step_fn, minutes=recipe.minutes, steps=recipe.steps,
+                                lr=recipe.lr, progress=progress, label=kind)
     metrics = validate(ema.model, config, val_volumes, sampling_steps)
     prov = dict(provenance or {})
     prov.update(
@@ -244,35 +254,35 @@ def _train_direct(
         objective="v-prediction" + (" + MoE gating" if kind == "teacher" else ""),
         steps=done,
         minutes=round(used, 3),
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        crop=crop,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        seed=recipe.seed,
+        crop=recipe.crop,
         ema_decay=EMA_DECAY,
         training_volumes=_names(provenance),
         sampling_steps=sampling_steps,
-        degradation={"factor_range": list(sampler.factor_range), "noise_fraction": [0, 0.03],
-                     "bias_strength": [0, 0.3], "bits": [8, 12]},
+        degradation=degradation_family(sampler.factor_range),
+        training=asdict(recipe),
     )
     if metrics is not None:
         prov["metrics"] = metrics
     return save_checkpoint(ema.model, Path(out_dir), prov)
 
 
-def train_teacher(volumes, config, out_dir, *, minutes=None, steps=None, batch_size=8, lr=2e-3,
-                  seed=0, progress=None, val_volumes=None, provenance=None, crop=96) -> str:
+def train_teacher(volumes: Sequence[np.ndarray], config: ModelConfig, out_dir: str | Path,
+                  recipe: DiffusionRecipe, *, progress: Progress = None,
+                  val_volumes: Sequence[np.ndarray] | None = None,
+                  provenance: dict | None = None) -> str:
     """Train the MoEDiff-SR teacher; save its EMA weights to ``out_dir``; return the sha256."""
-    return _train_direct("teacher", volumes, config, out_dir, minutes=minutes, steps=steps,
-                         batch_size=batch_size, lr=lr, seed=seed, progress=progress,
-                         val_volumes=val_volumes, provenance=provenance, sampling_steps=20,
-                         crop=crop)
+    return _train_direct("teacher", volumes, config, out_dir, recipe, progress=progress,
+                         val_volumes=val_volumes, provenance=provenance, sampling_steps=20)
 
 
-def train_student_direct(volumes, config, out_dir, *, minutes=None, steps=None, batch_size=8,
-                         lr=2e-3, seed=0, progress=None, val_volumes=None, provenance=None,
-                         crop=96) -> str:
+def train_student_direct(volumes: Sequence[np.ndarray], config: ModelConfig,
+                         out_dir: str | Path, recipe: DiffusionRecipe, *,
+                         progress: Progress = None,
+                         val_volumes: Sequence[np.ndarray] | None = None,
+                         provenance: dict | None = None) -> str:
     """Baseline: a student trained with plain v-prediction, no teacher (2 sampling steps)."""
-    return _train_direct("student", volumes, config, out_dir, minutes=minutes, steps=steps,
-                         batch_size=batch_size, lr=lr, seed=seed, progress=progress,
-                         val_volumes=val_volumes, provenance=provenance, sampling_steps=2,
-                         crop=crop)
+    return _train_direct("student", volumes, config, out_dir, recipe, progress=progress,
+                         val_volumes=val_volumes, provenance=provenance, sampling_steps=2)
