@@ -55,6 +55,12 @@ def test_adaptation_lowers_the_loss_and_full_regulariser_keeps_the_weights() -> 
     adapted, info = adapt_model(model, scan, 2, 3.0, AdaptOptions(steps=60, crop=32, lr=3e-3,
                                                                   keep_pretrained=0.0))
     assert info["LossAfter"] < info["LossBefore"]
+    # The sidecar says what was simulated, and why.
+    assert info["SliceProfile"].split()[0] in ("gaussian", "box")
+    assert set(info["ProfileMisfit"]) == {"gaussian", "box"} and info["NoiseSigma"] >= 0
+    given = adapt_model(model, scan, 2, 3.0, AdaptOptions(steps=2, crop=32, profile="box",
+                                                          match_noise=False))[1]
+    assert given["SliceProfile"] == "box (given)" and given["NoiseSigma"] == 0.0
     frozen, info = adapt_model(model, scan, 2, 3.0, AdaptOptions(steps=10, crop=32,
                                                                  keep_pretrained=1.0))
     for p, q in zip(model.parameters(), frozen.parameters(), strict=True):
