@@ -45,8 +45,24 @@ class Progress:
         self._start = time.monotonic()
         self._last_log = -float("inf")
         self._last_done = 0
+        self._total: int | None = None
+        self._first: tuple[float, int] | None = None
+        """Time and count of the first report of this phase: the ETA is measured from it, so
+        set-up before the first step (loading, estimation, warm-up) does not inflate it."""
+
+    def _new_phase(self, total: int) -> None:
+        self.close()
+        self._start = time.monotonic() if self._total is not None else self._start
+        self._last_log = -float("inf")
+        self._last_done = 0
+        self._total = total
+        self._first = None
 
     def __call__(self, done: int, total: int) -> None:
+        if total != self._total or done < self._last_done:
+            self._new_phase(total)  # e.g. adaptation (300 steps), then sampling (24 steps)
+        if self._first is None:
+            self._first = (time.monotonic(), done)
         if self.use_bar:
             self._update_bar(done, total)
         else:
@@ -65,14 +81,17 @@ class Progress:
             self.close()
 
     def _maybe_log(self, done: int, total: int) -> None:
+        self._last_done = done
         now = time.monotonic()
         finished = done >= total
         if not finished and now - self._last_log < self.interval:
             return
         self._last_log = now
         elapsed = now - self._start
-        eta = elapsed / done * (total - done) if done else float("nan")
-        eta_text = _format_seconds(eta) if done else "?"
+        first_time, first_done = self._first or (now, done)
+        rate_known = done > first_done and now > first_time
+        eta = (now - first_time) / (done - first_done) * (total - done) if rate_known else 0.0
+        eta_text = _format_seconds(eta) if rate_known or finished else "?"
         LOGGER.info("%s: %d/%d %ss (%.0f%%), elapsed %s, ETA %s", self.description, done, total,
                     self.unit, 100.0 * done / max(total, 1), _format_seconds(elapsed), eta_text)
 

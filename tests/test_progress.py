@@ -42,3 +42,47 @@ def test_bar_on_terminal(capsys):
         progress(done, 3)
     err = capsys.readouterr().err
     assert "sampling:" in err and "/3 [" in err  # a tqdm bar was drawn (then cleared)
+
+
+def test_a_second_phase_starts_afresh_and_set_up_time_does_not_inflate_the_eta(monkeypatch):
+    """Adaptation (300 steps) then sampling (24 steps) share one callback; the seconds spent
+    before the first step (estimation, loading) must not turn into an ETA of half an hour."""
+    import bids_mrisr.progress as progress_module
+
+    clock = [0.0]
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: clock[0])
+    logger = logging.getLogger("bids_mrisr")
+    handler = _ListHandler()
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        progress = Progress("run", interval=0.0, use_bar=False)
+        clock[0] = 5.0  # set-up before the first step
+        progress(1, 300)
+        clock[0] = 5.1
+        progress(2, 300)  # 0.1 s per step from here on
+        clock[0] = 35.0
+        progress(300, 300)
+        clock[0] = 36.0
+        progress(1, 24)  # the next phase
+        clock[0] = 37.0
+        progress(2, 24)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert "ETA ?" in handler.messages[0]  # one report: no rate yet
+    assert "ETA 00:29" in handler.messages[1]  # 298 steps x 0.1 s, not 298 x 5 s
+    assert handler.messages[3].startswith("run: 1/24 steps") and "ETA ?" in handler.messages[3]
+    assert "ETA 00:22" in handler.messages[4] and "elapsed 00:01" in handler.messages[4]
+
+
+def test_bar_restarts_for_a_second_phase(capsys):
+    progress = Progress("run", use_bar=True)
+    for done in range(1, 4):
+        progress(done, 3)
+    progress(1, 2)
+    assert progress._bar.n == 1 and progress._bar.total == 2  # counts from zero again
+    progress(2, 2)
+    err = capsys.readouterr().err
+    assert "0/3 [" in err and "0/2 [" in err  # two bars were drawn

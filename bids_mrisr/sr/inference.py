@@ -144,13 +144,16 @@ def _maybe_adapt(model: torch.nn.Module, volume: np.ndarray, options: SROptions,
     from bids_mrisr.sr.adapt import AdaptOptions, adapt_model
 
     threads = options.threads if next(model.parameters()).device.type == "cpu" else None
+    log.info("adapting the model to this scan: noise and slice profile from its voxels, then %d "
+             "steps on its own in-plane detail", options.adapt_steps)
     with devices.cpu_threads(threads):
         adapted, info = adapt_model(
             model, volume, axes[0], options.axis_factors[axes[0]],
             AdaptOptions(steps=options.adapt_steps, seed=options.seed,
                          thickness_ratio=options.slice_thickness_ratio), progress=progress)
-    log.info("adapted to this scan in %.1f s (%d steps; loss on its own pairs %.4f -> %.4f)",
-             info["Seconds"], info["Steps"], info["LossBefore"], info["LossAfter"])
+    log.info("adapted to this scan in %.1f s (%d steps; loss on its own pairs %.4f -> %.4f; "
+             "slice profile %s, noise sigma %.4f)", info["Seconds"], info["Steps"],
+             info["LossBefore"], info["LossAfter"], info["SliceProfile"], info["NoiseSigma"])
     return adapted, {"Status": "adapted", "StartWeightsSHA256": sha256, **info}
 
 
