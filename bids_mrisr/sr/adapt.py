@@ -5,9 +5,11 @@ axes, with its own thick-slice factor and slice profile, gives training pairs wh
 low-resolution side looks like the scan's thick axis, in the scan's own intensities, noise and
 anatomy (the idea of SMORE, Zhao et al. 2020, and ECLARE, Remedios et al. 2025); the slice
 profile's shape and the noise level are read from the scan itself (``sr/acquisition.py``). A
-copy of the pretrained mean regressor is fine-tuned on these pairs for a few hundred steps,
-with an L2 pull toward the pretrained weights (L2-SP) and a final interpolation between the
-two, so that a short, noisy adaptation cannot move far from the prior. Weights never leave memory.
+copy of the pretrained mean regressor is fine-tuned on these pairs for a few hundred steps and
+then averaged with the pretrained weights, so that a short, noisy adaptation cannot move far
+from the prior. (An L2 pull toward the pretrained weights, L2-SP, was tried instead: it did
+nothing until it was strong enough to hold adaptation back, and never beat the average.)
+Weights never leave memory.
 """
 
 from __future__ import annotations
@@ -37,8 +39,6 @@ class AdaptOptions:
     batch_size: int = 8
     crop: int = 64
     lr: float = 3e-4
-    l2sp: float = 1e-2
-    """Weight of the pull toward the pretrained weights (mean squared parameter change)."""
     keep_pretrained: float = 0.5
     """Final weights = keep * pretrained + (1 - keep) * adapted; 1 leaves the model as it was."""
     seed: int = 0
@@ -78,12 +78,6 @@ def adaptation_sampler(volume: np.ndarray, thick_axis: int, factor: float, conte
     return sampler
 
 
-def _pull(model: nn.Module, anchor: list[torch.Tensor]) -> torch.Tensor:
-    diffs = [((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True)]
-    count = sum(a.numel() for a in anchor)
-    return torch.stack(diffs).sum() / count
-
-
 def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: float,
                 options: AdaptOptions, progress: Callable[[int, int], None] | None = None,
                 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -118,7 +112,6 @@ def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: f
             group["lr"] = options.lr * 0.5 * (1 + math.cos(math.pi * step / options.steps))
         cond, x0 = sampler.sample(options.batch_size)
         loss, _ = mean_regression_loss(adapted, cond.to(device), x0.to(device))
-        loss = loss + options.l2sp * _pull(adapted, anchor)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -144,7 +137,6 @@ def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: f
                        "slice spacing (default: no SliceThickness)"),
         "ProfileMisfit": acquisition.misfit,
         "NoiseSigma": round(sigma, 5),
-        "L2SP": options.l2sp,
         "KeepPretrained": options.keep_pretrained,
         "Seed": options.seed,
     }
