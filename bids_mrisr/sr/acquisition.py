@@ -41,8 +41,10 @@ SHAPE_PROBE_WIDTH = 0.8
 thick axis of every held-out benchmark scan looked sharper than either simulation (the in-plane
 axes of real scans carry blur of their own), and a box at the nominal width is as sharp as a
 Gaussian at 0.8 of it; at 0.8 the comparison named the right shape in the 9 held-out cases it
-was set on (3 volumes x {box axis 0, box axis 2, Gaussian axis 2}, 3x, 2 % noise) and in 10 of
-11 fresh ones (2.5x, axis 1, no noise; seg3d01 with a box along axis 1 read as Gaussian)."""
+was set on (3 volumes x {box axis 0, box axis 2, Gaussian axis 2}, 3x, 2 % noise) and in 16 of
+17 fresh ones (2.5x; box and Gaussian along axis 1; Gaussian along axis 0; no added noise):
+seg3d01 with a box along axis 1 read as Gaussian. Comparing against the sharper in-plane axis
+alone fixed that case and broke another (seg3d01, box along axis 0)."""
 _LAPLACIAN = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
 _LAPLACIAN_GAIN = 6.0  # sqrt of the sum of squared taps: the filter's gain on white noise
 _MAD_TO_SIGMA = 0.6745
