@@ -64,7 +64,7 @@ class AcquisitionEstimate:
 def noise_sigma(volume: np.ndarray, thick_axis: int) -> float:
     """Noise std from the in-plane Laplacian's median absolute value inside the head.
 
-    Anatomy adds to the estimate (it is an upper bound: +5 to +20 % on the benchmark scans);
+    Anatomy adds to the estimate (it is an upper bound: +3 to +22 % on the benchmark scans);
     a skull-stripped, noise-free scan gives close to 0, and then no noise is added.
     """
     in_plane = [a for a in range(3) if a != thick_axis]
