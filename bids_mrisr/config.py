@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from bids_mrisr.errors import ExitCode, UserError
-from bids_mrisr.sr.options import METHODS, PLANES
+from bids_mrisr.sr.options import METHODS, PLANES, PROFILES
 
 MODELS = METHODS  # the CLI's --model names are the engine's methods
 ADAPT_MODES = ("off", "auto")
+SLICE_PROFILE_CHOICES = ("auto", *PROFILES)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class Settings:
     planes: tuple[str, ...] = PLANES
     adapt: str = "off"
     adapt_steps: int = 300
+    slice_profile: str = "auto"
+    """Slice-profile shape adaptation simulates; auto: read from each scan's spectrum."""
     verbose: int = 0
     clean_workdir: bool = False
     nipype_plugin: str | None = None
@@ -62,6 +65,9 @@ class Settings:
             problems.append(f"planes must be among {', '.join(PLANES)}, got {self.planes!r}")
         if self.adapt not in ADAPT_MODES:
             problems.append(f"adapt must be one of {', '.join(ADAPT_MODES)}, got {self.adapt!r}")
+        if self.slice_profile not in SLICE_PROFILE_CHOICES:
+            problems.append(f"slice_profile must be one of {', '.join(SLICE_PROFILE_CHOICES)}, "
+                            f"got {self.slice_profile!r}")
         if self.adapt_steps < 1:
             problems.append(f"adapt_steps must be >= 1, got {self.adapt_steps}")
         if self.adapt == "auto" and self.model != "student":

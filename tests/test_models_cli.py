@@ -169,11 +169,12 @@ def test_adapt_auto_fine_tunes_anisotropic_runs_and_skips_isotropic_ones(tmp_pat
                  zooms=(1.0, 1.0, 1.0))
     (bids / "participants.tsv").write_text("participant_id\nsub-01\nsub-02\n")
     code, out = _run(bids, tmp_path, "student", tmp_path / "mean", "--adapt", "auto",
-                     "--adapt-steps", "5")
+                     "--adapt-steps", "5", "--slice-profile", "box")
     assert code == 0
     meta = json.loads((out / "sub-01/anat/sub-01_res-1mm_desc-sr_T1w.json").read_text())
     adaptation = meta["SuperResolution"]["Adaptation"]
     assert adaptation["Status"] == "adapted" and adaptation["Steps"] == 5
+    assert adaptation["SliceProfile"] == "box (given)"  # --slice-profile reached the engine
     assert adaptation["StartWeightsSHA256"] == sha and adaptation["Seconds"] > 0
     assert "sub-02_T1w.nii.gz: voxels 1x1x1 mm are not anisotropic enough" in (
         capsys.readouterr().err)

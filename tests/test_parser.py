@@ -54,6 +54,14 @@ def test_sr_and_execution_flags(phantom_dataset, tmp_path):
     assert settings.skip_bids_validation is True
 
 
+def test_slice_profile_flag_defaults_to_auto_and_checks_its_choices(phantom_dataset, tmp_path):
+    assert _settings(phantom_dataset, tmp_path).slice_profile == "auto"
+    settings = _settings(phantom_dataset, tmp_path, "--adapt", "auto", "--slice-profile", "box")
+    assert (settings.adapt, settings.slice_profile) == ("auto", "box")
+    assert main([str(phantom_dataset), str(tmp_path / "out"), "participant",
+                 "--slice-profile", "triangle"]) == ExitCode.USAGE
+
+
 def test_toml_config_file_and_flag_precedence(phantom_dataset, tmp_path):
     config = tmp_path / "config.toml"
     config.write_text('model = "interp"\nseed = 3\noutput-resolution = 0.5\n')

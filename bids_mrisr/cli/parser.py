@@ -16,6 +16,7 @@ from bids_mrisr import __version__
 from bids_mrisr.config import (
     ADAPT_MODES,
     MODELS,
+    SLICE_PROFILE_CHOICES,
     Settings,
     merge,
     read_plugin_file,
@@ -161,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "off: never (default: off)")
     sr.add_argument("--adapt-steps", dest="adapt_steps", type=_positive_int,
                     help="optimisation steps of --adapt auto (default: 300)")
+    sr.add_argument("--slice-profile", dest="slice_profile", choices=SLICE_PROFILE_CHOICES,
+                    help="slice-profile shape --adapt auto simulates: gaussian, box (as a "
+                         "sinc RF pulse gives), or auto: read from each scan's spectrum "
+                         "(default: auto)")
     sr.add_argument("--device", type=_device, help="auto, cpu, cuda or cuda:N (default: auto)")
     sr.add_argument("--seed", type=int,
                     help="random seed; a fixed seed gives identical output (default: 0)")
@@ -284,7 +289,8 @@ def build_settings(argv: list[str]) -> Settings:
                     "reports_only", "participant_labels", "session_labels", "bids_filter_file",
                     "use_plugin",
                     "model", "weights", "steps", "num_samples", "output_resolution", "seed",
-                    "verbose", "work_dir", "adapt", "adapt_steps", "planes", "clean_workdir")
+                    "verbose", "work_dir", "adapt", "adapt_steps", "slice_profile", "planes",
+                    "clean_workdir")
     }
     values = merge(cli_values, toml_values)
 

@@ -23,7 +23,7 @@ from bids_mrisr.image.normalize import Normalisation
 from bids_mrisr.image.resample import resample_to_resolution
 from bids_mrisr.progress import progress_callback
 from bids_mrisr.sr.engine import super_resolve
-from bids_mrisr.sr.options import METHODS, PLANES, SROptions
+from bids_mrisr.sr.options import METHODS, PLANES, PROFILES, SROptions
 
 
 def bias_on_grid(bias_file: Path, image: nib.Nifti1Image) -> np.ndarray:
@@ -108,6 +108,8 @@ class _SuperResolveInputSpec(BaseInterfaceInputSpec):
     axis_factors = traits.List(traits.Float, desc="input over target spacing, per axis")
     adapt_steps = traits.Int(desc="per-scan adaptation steps (0: off)")
     slice_thickness_ratio = traits.Float(desc="slice thickness / spacing on the thick axis")
+    slice_profile = traits.Enum(*PROFILES, desc="slice-profile shape adaptation simulates "
+                                "(unset: read from the scan)")
     weights_sha256 = traits.Str(desc="hash of the weights, so new weights invalidate the cache")
     description = traits.Str("super-resolution", usedefault=True, nohash=True)
 

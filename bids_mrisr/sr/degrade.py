@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, special
 
-PROFILES = ("gaussian", "box")
-"""Slice profiles: ``gaussian`` (FWHM = thickness), ``box`` (soft-edged rectangle of width
-thickness, as a sinc-shaped RF pulse gives)."""
+from bids_mrisr.sr.options import PROFILES
+
 BOX_EDGE_FRACTION = 0.125
 """Edge softness of the box profile: the Gaussian roll-off sigma as a fraction of its width."""
 _SUBSAMPLES = 32

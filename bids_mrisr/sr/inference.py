@@ -150,7 +150,8 @@ def _maybe_adapt(model: torch.nn.Module, volume: np.ndarray, options: SROptions,
         adapted, info = adapt_model(
             model, volume, axes[0], options.axis_factors[axes[0]],
             AdaptOptions(steps=options.adapt_steps, seed=options.seed,
-                         thickness_ratio=options.slice_thickness_ratio), progress=progress)
+                         thickness_ratio=options.slice_thickness_ratio,
+                         profile=options.slice_profile), progress=progress)
     log.info("adapted to this scan in %.1f s (%d steps; loss on its own pairs %.4f -> %.4f; "
              "slice profile %s, noise sigma %.4f)", info["Seconds"], info["Steps"],
              info["LossBefore"], info["LossAfter"], info["SliceProfile"], info["NoiseSigma"])

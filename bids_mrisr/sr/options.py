@@ -16,6 +16,9 @@ METHODS = ("student", "teacher", "interp")
 """The super-resolution methods (``--model``), defined once for the whole package."""
 PLANES = ("axial", "coronal", "sagittal")
 """The slicing planes (``--planes``) of an RAS+ volume, defined once for the whole package."""
+PROFILES = ("gaussian", "box")
+"""Slice profiles: ``gaussian`` (FWHM = thickness), ``box`` (soft-edged rectangle of width
+thickness, as a sinc-shaped RF pulse gives); ``--slice-profile`` picks one for adaptation."""
 
 
 class SRError(RuntimeError):
@@ -66,3 +69,5 @@ class SROptions:
     slice_thickness_ratio: float | None = None
     """Slice thickness over slice spacing along the thick axis (from the sidecar's
     ``SliceThickness``); adaptation then simulates that profile (default: 1, contiguous)."""
+    slice_profile: str | None = None
+    """Slice-profile shape for adaptation (one of ``PROFILES``); None: read from the scan."""

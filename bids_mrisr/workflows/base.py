@@ -71,8 +71,10 @@ def init_single_run_wf(run: AnatRun, settings: Settings, options: SROptions,
     ratio = None
     if restore and isinstance(thickness, int | float) and thickness > 0:
         ratio = float(thickness) / grid_zooms[restore[0]]
+    profile = None if settings.slice_profile == "auto" else settings.slice_profile
     run_options = dataclasses.replace(options, blurred_axes=restore, axis_factors=factors,
-                                      adapt_steps=adapt_steps, slice_thickness_ratio=ratio)
+                                      adapt_steps=adapt_steps, slice_thickness_ratio=ratio,
+                                      slice_profile=profile)
     superres = init_superres_wf(run_options,
                                 weights_sha256, description=f"{run.relpath} ({options.method})")
     outputs = init_outputs_wf(
