@@ -63,9 +63,6 @@ def adaptation_sampler(volume: np.ndarray, thick_axis: int, factor: float, conte
     """
     if factor < 1 or thick_axis not in (0, 1, 2):
         raise ValueError(f"cannot adapt to thick axis {thick_axis} with factor {factor}")
-    sampler = PairSampler([volume], context_slices, residual_scale, crop=crop, seed=seed,
-                          refresh_every=1 << 30, slice_axis=thick_axis,
-                          remap_intensities=False)
     rng = np.random.default_rng(seed)
     pool = []
     for axis in (a for a in range(3) if a != thick_axis):
@@ -74,8 +71,8 @@ def adaptation_sampler(volume: np.ndarray, thick_axis: int, factor: float, conte
         pool.append((volume, cubic, Degradation(axis=axis, factor=float(factor),
                                                 profile=profile,
                                                 thickness_ratio=thickness_ratio)))
-    sampler.pool = pool
-    return sampler
+    return PairSampler([volume], context_slices, residual_scale, crop=crop, seed=seed,
+                       slice_axis=thick_axis, remap_intensities=False, pool=pool)
 
 
 def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: float,

@@ -59,6 +59,10 @@ def test_adaptation_crops_keep_both_in_plane_directions_sharp() -> None:
                                  noise_sigma=0.01)
     assert sampler.slice_axis == 2 and not sampler.remap_intensities
     assert {p.profile for _, _, p in sampler.pool} == {"box"}
+    simulated = [cubic for _, cubic, _ in sampler.pool]
+    sampler.sample(64)
+    # The scan's pool is fixed: never refreshed with random degradations.
+    assert all(now is before for (_, now, _), before in zip(sampler.pool, simulated, strict=True))
 
 
 def _benchmark_case(real_data, subject: str, profile: str, axis: int) -> np.ndarray:

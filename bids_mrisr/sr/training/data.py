@@ -102,6 +102,7 @@ class PairSampler:
         pool_size: int | None = None,
         slice_axis: int | None = None,
         remap_intensities: bool = True,
+        pool: list[tuple[np.ndarray, np.ndarray, Degradation]] | None = None,
     ) -> None:
         if not volumes:
             raise ValueError("PairSampler needs at least one volume")
@@ -112,7 +113,8 @@ class PairSampler:
         self.scale = float(residual_scale)
         self.crop = int(crop)
         self.factor_range = (float(factor_range[0]), float(factor_range[1]))
-        self.refresh_every = max(1, int(refresh_every))
+        self.refresh_every = max(1, int(refresh_every)) if pool is None else 1 << 62
+        """Samples between pool refreshes; a pool given ready-made (adaptation) is fixed."""
         self.slice_axis = slice_axis
         """Slice only along this axis (adaptation: the scan's thick axis, so that both in-plane
         directions of every crop are sharp, as at inference); None: any plane that contains
@@ -121,9 +123,9 @@ class PairSampler:
         """Gamma and gain augmentation (off for adaptation: the scan's own intensities)."""
         self.rng = np.random.default_rng(seed)
         n_pool = pool_size or max(2, len(self.volumes))
-        self.pool: list[tuple[np.ndarray, np.ndarray, Degradation]] = []
-        for i in range(n_pool):
-            self.pool.append(self._make_entry(i % len(self.volumes)))
+        self.pool: list[tuple[np.ndarray, np.ndarray, Degradation]] = (
+            list(pool) if pool is not None else
+            [self._make_entry(i % len(self.volumes)) for i in range(n_pool)])
         self._since_refresh = 0
         self._next_slot = 0
         self.samples_drawn = 0
