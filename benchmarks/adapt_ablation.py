@@ -10,8 +10,7 @@ simulated acquisition it:
    normalisation, target grid), once;
 3. adapts the shipped student with each setting (``sr.adapt.adapt_model``), super-resolves with
    the engine (``sr.inference.run_loaded``) and maps the result back to the input's
-   intensities as the app's SR node does (undo the normalisation, multiply the N4 field back,
-   floor at the input's range);
+   intensities with the app's own ``interfaces.superres.restore_input_intensities``;
 4. scores it against the truth beside plain cubic resampling (``score_in_head``).
 
 With ``{"steps": 0}`` (no adaptation) and the default setting it reproduces the app's
@@ -34,7 +33,7 @@ from quality import DEFAULT_DATA, HELD_OUT, lowres_image, plain_resample, truth_
 from bids_mrisr.image.normalize import Normalisation
 from bids_mrisr.image.preprocess import preprocess_file
 from bids_mrisr.image.reorient import ras_zooms
-from bids_mrisr.interfaces.superres import bias_on_grid
+from bids_mrisr.interfaces.superres import restore_input_intensities
 from bids_mrisr.sr.adapt import AdaptOptions, adapt_model
 from bids_mrisr.sr.checkpoint import load_checkpoint
 from bids_mrisr.sr.degrade import Degradation
@@ -88,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
                 options = SROptions(blurred_axes=axes, axis_factors=factors,
                                     threads=args.threads)
                 norm = Normalisation.from_json(pre.params_file)
-                bias = bias_on_grid(pre.bias_field, grid)
                 cubic = score_in_head(plain_resample(image, resolution, 3), truth)
                 for name, overrides in settings.items():
                     start = time.perf_counter()
@@ -98,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   factors[axes[0]], AdaptOptions(**overrides))
                     seconds = time.perf_counter() - start
                     result = run_loaded(volume, model, ckpt.config, options)
-                    restored = np.maximum(norm.invert(result.image) * bias,
-                                          min(norm.offset, 0.0))
+                    restored = restore_input_intensities(result.image, norm,
+                                                         pre.bias_field, grid)
                     scores = score_in_head(restored, truth)
                     row = {"volume": subject, "profile": profile, "setting": name,
                            "overrides": overrides, "gain_db": scores["psnr"] - cubic["psnr"],

@@ -37,6 +37,25 @@ def bias_on_grid(bias_file: Path, image: nib.Nifti1Image) -> np.ndarray:
     return np.maximum(data, np.float32(1e-3))
 
 
+def restore_input_intensities(estimate: np.ndarray, params: Normalisation,
+                              bias_file: Path | None = None,
+                              grid: nib.Nifti1Image | None = None) -> np.ndarray:
+    """Map a normalised target-grid estimate back to the input's intensities, in place (the
+    estimate's buffer becomes the output, so --mem pays for one volume): undo the
+    normalisation, multiply the N4 bias field (on ``grid``) back in, and never go below the
+    input's range. Cubic and SR overshoot at edges; the normalisation's offset is the input's
+    0.5th percentile, so magnitude images (>= 0) are clipped at 0."""
+    restored = np.asarray(estimate, dtype=np.float32)
+    restored *= params.scale
+    restored += params.offset
+    if bias_file is not None:
+        if grid is None:
+            raise ValueError("the bias field needs the target grid it is resampled onto")
+        restored *= bias_on_grid(bias_file, grid)
+    np.maximum(restored, np.float32(min(params.offset, 0.0)), out=restored)
+    return restored
+
+
 def super_resolve_file(
     in_file: Path,
     params_file: Path,
@@ -52,16 +71,11 @@ def super_resolve_file(
     volume = np.asanyarray(image.dataobj).astype(np.float32)
     params = Normalisation.from_json(params_file)
     result = super_resolve(volume, options, progress=progress_callback(description))
-    # Cubic and SR overshoot at edges: never go below the input's range. The normalisation's
-    # offset is the input's 0.5th percentile, so magnitude images (>= 0) are clipped at 0.
-    floor = np.float32(min(params.offset, 0.0))
     del volume  # each full-size array is released as soon as it is written (--mem)
-    restored = params.invert(result.image)
-    result.image = None  # type: ignore[assignment]  # the engine's copy is no longer needed
+    restored = restore_input_intensities(result.image, params, bias_file, image)
+    result.image = None  # type: ignore[assignment]  # now the restored volume's buffer
     if bias_file is not None:
-        restored *= bias_on_grid(bias_file, image)
         result.info["BiasFieldRestored"] = True
-    np.maximum(restored, floor, out=restored)
     outputs: dict[str, Path | None] = {
         "out_file": save_nifti(float_image(restored, image), out_dir / "sr.nii.gz"),
         "gates_file": None,

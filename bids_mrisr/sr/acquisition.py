@@ -30,6 +30,7 @@ from bids_mrisr.sr.degrade import (
     degrade,
     slice_profile_kernel,
 )
+from bids_mrisr.sr.options import PROFILES
 from bids_mrisr.sr.training.data import cubic_upsample_axis
 
 HEAD_LEVEL = 0.1
@@ -131,7 +132,7 @@ def estimate_acquisition(volume: np.ndarray, thick_axis: int, factor: float,
         return AcquisitionEstimate("gaussian", sigma, {})
     thick = _axis_spectrum(cube, thick_axis, head)
     misfit = {}
-    for profile in ("gaussian", "box"):
+    for profile in PROFILES:
         total = 0.0
         for axis in (a for a in range(3) if a != thick_axis):
             rng = np.random.default_rng(seed)
