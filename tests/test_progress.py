@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from bids_mrisr.progress import Progress
 
 
@@ -16,24 +18,28 @@ class _ListHandler(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def test_log_lines_when_not_a_terminal():
+@pytest.fixture
+def log_messages():
+    """The app logger's INFO messages during the test, in order."""
     logger = logging.getLogger("bids_mrisr")
     handler = _ListHandler()
     old_level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    try:
-        progress = Progress("sampling", interval=3600.0, use_bar=False)
-        for done in range(1, 11):
-            progress(done, 10)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
+    yield handler.messages
+    logger.removeHandler(handler)
+    logger.setLevel(old_level)
+
+
+def test_log_lines_when_not_a_terminal(log_messages):
+    progress = Progress("sampling", interval=3600.0, use_bar=False)
+    for done in range(1, 11):
+        progress(done, 10)
     # The first call logs, the interval suppresses the rest, the last (100%) always logs.
-    assert len(handler.messages) == 2
-    assert handler.messages[0].startswith("sampling: 1/10 steps (10%)")
-    assert "ETA" in handler.messages[0]
-    assert handler.messages[1].startswith("sampling: 10/10 steps (100%)")
+    assert len(log_messages) == 2
+    assert log_messages[0].startswith("sampling: 1/10 steps (10%)")
+    assert "ETA" in log_messages[0]
+    assert log_messages[1].startswith("sampling: 10/10 steps (100%)")
 
 
 def test_bar_on_terminal(capsys):
@@ -44,37 +50,29 @@ def test_bar_on_terminal(capsys):
     assert "sampling:" in err and "/3 [" in err  # a tqdm bar was drawn (then cleared)
 
 
-def test_a_second_phase_starts_afresh_and_set_up_time_does_not_inflate_the_eta(monkeypatch):
+def test_a_second_phase_starts_afresh_and_set_up_time_does_not_inflate_the_eta(
+        monkeypatch, log_messages):
     """Adaptation (300 steps) then sampling (24 steps) share one callback; the seconds spent
     before the first step (estimation, loading) must not turn into an ETA of half an hour."""
     import bids_mrisr.progress as progress_module
 
     clock = [0.0]
     monkeypatch.setattr(progress_module.time, "monotonic", lambda: clock[0])
-    logger = logging.getLogger("bids_mrisr")
-    handler = _ListHandler()
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        progress = Progress("run", interval=0.0, use_bar=False)
-        clock[0] = 5.0  # set-up before the first step
-        progress(1, 300)
-        clock[0] = 5.1
-        progress(2, 300)  # 0.1 s per step from here on
-        clock[0] = 35.0
-        progress(300, 300)
-        clock[0] = 36.0
-        progress(1, 24)  # the next phase
-        clock[0] = 37.0
-        progress(2, 24)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-    assert "ETA ?" in handler.messages[0]  # one report: no rate yet
-    assert "ETA 00:29" in handler.messages[1]  # 298 steps x 0.1 s, not 298 x 5 s
-    assert handler.messages[3].startswith("run: 1/24 steps") and "ETA ?" in handler.messages[3]
-    assert "ETA 00:22" in handler.messages[4] and "elapsed 00:01" in handler.messages[4]
+    progress = Progress("run", interval=0.0, use_bar=False)
+    clock[0] = 5.0  # set-up before the first step
+    progress(1, 300)
+    clock[0] = 5.1
+    progress(2, 300)  # 0.1 s per step from here on
+    clock[0] = 35.0
+    progress(300, 300)
+    clock[0] = 36.0
+    progress(1, 24)  # the next phase
+    clock[0] = 37.0
+    progress(2, 24)
+    assert "ETA ?" in log_messages[0]  # one report: no rate yet
+    assert "ETA 00:29" in log_messages[1]  # 298 steps x 0.1 s, not 298 x 5 s
+    assert log_messages[3].startswith("run: 1/24 steps") and "ETA ?" in log_messages[3]
+    assert "ETA 00:22" in log_messages[4] and "elapsed 00:01" in log_messages[4]
 
 
 def test_bar_restarts_for_a_second_phase(capsys):
