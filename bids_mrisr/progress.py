@@ -59,8 +59,11 @@ class Progress:
         self._first = None
 
     def __call__(self, done: int, total: int) -> None:
-        if total != self._total or done < self._last_done:
+        if self._total is None or done < self._last_done:
             self._new_phase(total)  # e.g. adaptation (300 steps), then sampling (24 steps)
+        # A changed total alone is the same phase: time-capped training re-plans its step
+        # count at every step.
+        self._total = total
         if self._first is None:
             self._first = (time.monotonic(), done)
         if self.use_bar:

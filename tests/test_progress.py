@@ -84,3 +84,18 @@ def test_bar_restarts_for_a_second_phase(capsys):
     progress(2, 2)
     err = capsys.readouterr().err
     assert "0/3 [" in err and "0/2 [" in err  # two bars were drawn
+
+
+def test_a_total_replanned_at_every_step_is_the_same_phase(monkeypatch, log_messages):
+    """Time-capped training re-estimates its step count at every step: that must not start a
+    new phase (which logged every step with 'elapsed 00:00, ETA ?')."""
+    import bids_mrisr.progress as progress_module
+
+    clock = [0.0]
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: clock[0])
+    progress = Progress("training", interval=30.0, use_bar=False)
+    for done in range(1, 603):
+        clock[0] = 0.1 * done
+        progress(done, 40000 + done % 7)  # the plan wobbles step to step
+    assert len(log_messages) == 3  # t = 0.1 s, 30.1 s and 60.1 s: periodic, not per step
+    assert "elapsed 01:00" in log_messages[-1] and "ETA ?" not in log_messages[-1]
