@@ -56,6 +56,16 @@ def test_train_init_weights_fine_tunes_a_checkpoint(tmp_path, capsys):
     # zero further steps: the fine-tuned copy is the starting checkpoint, weight for weight
     for name, tensor in first.model.state_dict().items():
         assert np.array_equal(tensor.numpy(), second.model.state_dict()[name].numpy()), name
+    # --acquisition-input: the blind checkpoint gains the input, at zero, weights otherwise kept
+    code = main(["train", str(root), str(tmp_path / "c"), *common, "--student-steps", "0",
+                 "--init-weights", str(tmp_path / "a" / "student"), "--acquisition-input"])
+    assert code == 0
+    third = load_checkpoint(tmp_path / "c" / "student")
+    assert first.config.acquisition_features == 0 and third.config.acquisition_features == 3
+    state = third.model.state_dict()
+    assert not state.pop("unet.acquisition.weight").any()
+    assert not state.pop("unet.acquisition.bias").any()
+    assert state.keys() == first.model.state_dict().keys()
 
 
 def test_train_init_weights_refuses_what_it_cannot_fine_tune(tmp_path, capsys):

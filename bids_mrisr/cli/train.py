@@ -87,7 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--init-weights", type=Path, default=None,
                         help="regression recipe: fine-tune this checkpoint (e.g. the shipped "
                              "student) instead of starting from random weights; its "
-                             "architecture is kept")
+                             "architecture is kept (with --acquisition-input a blind one "
+                             "gains that input, starting at zero)")
+    parser.add_argument("--acquisition-input", action="store_true",
+                        help="regression recipe: tell the student the thick-slice factor, "
+                             "slice-profile shape and slice width of each simulated scan (at "
+                             "inference: from the header and the scan's spectrum); the shipped "
+                             "student is blind (docs/model-card.md has the measurement)")
     parser.add_argument("--lr", type=float, default=2e-3,
                         help="peak learning rate (after warm-up; cosine decay follows)")
     parser.add_argument("--skip-teacher", action="store_true",
@@ -130,7 +136,7 @@ def _train_regression(args: argparse.Namespace, train: list[np.ndarray], val: li
     the architecture of the ``--init-weights`` checkpoint, already verified)."""
     import dataclasses
 
-    from bids_mrisr.sr.networks.config import ModelConfig
+    from bids_mrisr.sr.networks.config import ACQUISITION_FEATURES, ModelConfig
     from bids_mrisr.sr.training.regression import RegressionRecipe, train_mean_regressor
 
     if init_config is not None:
@@ -138,6 +144,8 @@ def _train_regression(args: argparse.Namespace, train: list[np.ndarray], val: li
     else:
         base = ModelConfig.tiny_student() if tiny else ModelConfig.student_default()
         config = dataclasses.replace(base, prediction_type="mean")
+    if args.acquisition_input:
+        config = dataclasses.replace(config, acquisition_features=ACQUISITION_FEATURES)
     provenance["recipe"] = "regression"
     provenance["command"] = "bids_mrisr train " + " ".join(args.argv)
     recipe = RegressionRecipe(steps=args.student_steps, minutes=args.student_minutes,

@@ -25,8 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from bids_mrisr.sr.acquisition import estimate_acquisition, simulate_thick_axis
+from bids_mrisr.sr.acquisition import (
+    AcquisitionEstimate,
+    estimate_acquisition,
+    simulate_thick_axis,
+)
 from bids_mrisr.sr.degrade import Degradation
+from bids_mrisr.sr.networks.config import acquisition_code
 from bids_mrisr.sr.training.data import PairSampler
 from bids_mrisr.sr.training.losses import mean_regression_loss
 
@@ -77,15 +82,18 @@ def adaptation_sampler(volume: np.ndarray, thick_axis: int, factor: float, conte
 
 def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: float,
                 options: AdaptOptions, progress: Callable[[int, int], None] | None = None,
+                estimate: AcquisitionEstimate | None = None,
                 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Return an adapted copy of ``model`` (a mean regressor) and provenance for the sidecar."""
+    """Return an adapted copy of ``model`` (a mean regressor) and provenance for the sidecar
+    (``estimate``: the scan's noise and profile when already read, else read here)."""
     config = model.config
     if getattr(config, "prediction_type", None) != "mean":
         raise ValueError("adaptation needs a posterior-mean regressor (the shipped student)")
     start = time.perf_counter()
     torch.manual_seed(options.seed)
     ratio = options.thickness_ratio or 1.0
-    acquisition = estimate_acquisition(volume, thick_axis, factor, ratio, options.seed)
+    acquisition = estimate or estimate_acquisition(volume, thick_axis, factor, ratio,
+                                                   options.seed)
     profile = options.profile or acquisition.profile
     sigma = acquisition.noise_sigma if options.match_noise else 0.0
     sampler = adaptation_sampler(volume, thick_axis, factor, config.context_slices,
@@ -95,10 +103,15 @@ def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: f
     adapted = copy.deepcopy(model).to(device).train()
     anchor = [p.detach().clone() for p in model.parameters()]
     held = [sampler.sample(options.batch_size) for _ in range(4)]  # fixed pairs, for the record
+    # A conditioned network is told what the engine will tell it for this scan.
+    told = profile if options.profile or acquisition.misfit else None  # as the engine does
+    code = torch.tensor([acquisition_code(factor, told, options.thickness_ratio)],
+                        device=device).expand(options.batch_size, -1)
 
     def held_loss(net: nn.Module) -> float:
         with torch.no_grad():
-            return float(np.mean([float(mean_regression_loss(net, c.to(device), x.to(device))[0])
+            return float(np.mean([float(mean_regression_loss(net, c.to(device), x.to(device),
+                                                             code)[0])
                                   for c, x in held]))
 
     before = held_loss(adapted.eval())
@@ -108,7 +121,7 @@ def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: f
         for group in opt.param_groups:  # cosine decay to zero: the last steps barely move
             group["lr"] = options.lr * 0.5 * (1 + math.cos(math.pi * step / options.steps))
         cond, x0 = sampler.sample(options.batch_size)
-        loss, _ = mean_regression_loss(adapted, cond.to(device), x0.to(device))
+        loss, _ = mean_regression_loss(adapted, cond.to(device), x0.to(device), code)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -14,12 +14,13 @@ sample), so batching and tiling do not change which noise a slice sees.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,8 +28,11 @@ import torch
 from bids_mrisr.sr import device as devices
 from bids_mrisr.sr import slicing
 from bids_mrisr.sr.diffusion.sampler import CLIP_RESIDUAL, ddim_sample, randn
-from bids_mrisr.sr.networks.config import MEAN_TIMESTEP
+from bids_mrisr.sr.networks.config import MEAN_TIMESTEP, acquisition_code
 from bids_mrisr.sr.options import SRError, SROptions, SRResult
+
+if TYPE_CHECKING:
+    from bids_mrisr.sr.acquisition import AcquisitionEstimate
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +111,12 @@ def run_model(
         )
     prov = dict(ckpt.provenance or {})
     name = prov.get("name") or prov.get("model_name") or Path(ckpt.path).name or ckpt.config.kind
-    model, adaptation = _maybe_adapt(ckpt.model, volume, options, ckpt.sha256, progress)
+    estimate = _estimate_acquisition(ckpt.config, volume, options)
+    model, adaptation = _maybe_adapt(ckpt.model, volume, options, ckpt.sha256, progress,
+                                     estimate)
+    given = options.slice_profile
+    if estimate is not None and estimate.misfit and given is None:
+        options = dataclasses.replace(options, slice_profile=estimate.profile)
     result = run_loaded(
         volume,
         model,
@@ -121,20 +130,45 @@ def run_model(
     )
     if "trained" in prov:
         result.info["WeightsTrained"] = bool(prov["trained"])
+    for entry in result.info.get("AcquisitionInput", []):
+        if entry["SliceProfile"] != "unknown":
+            entry["SliceProfile"] += (" (given)" if given else
+                                      " (estimated from the scan's spectrum)")
     if adaptation is not None:
         result.info["Adaptation"] = adaptation
     return result
 
 
+def _single_thick_axis(options: SROptions) -> int | None:
+    axes = options.blurred_axes or ()
+    return axes[0] if len(axes) == 1 and options.axis_factors is not None else None
+
+
+def _estimate_acquisition(config: Any, volume: np.ndarray, options: SROptions,
+                          ) -> AcquisitionEstimate | None:
+    """The scan's slice-profile shape and noise, read once from its voxels when a conditioned
+    network or adaptation needs them and the user gave no ``--slice-profile`` (about 3 s)."""
+    thick = _single_thick_axis(options)
+    needed = getattr(config, "acquisition_features", 0) or options.adapt_steps > 0
+    if thick is None or not needed or (options.slice_profile and options.adapt_steps <= 0):
+        return None
+    from bids_mrisr.sr.acquisition import estimate_acquisition
+
+    with devices.cpu_threads(options.threads):
+        return estimate_acquisition(volume, thick, options.axis_factors[thick],
+                                    options.slice_thickness_ratio or 1.0, options.seed)
+
+
 def _maybe_adapt(model: torch.nn.Module, volume: np.ndarray, options: SROptions, sha256: str,
                  progress: Callable[[int, int], None] | None,
+                 estimate: AcquisitionEstimate | None = None,
                  ) -> tuple[torch.nn.Module, dict[str, Any] | None]:
     """Fine-tune a copy on the scan's own in-plane detail when asked (``adapt_steps`` > 0) and
     the scan has exactly one thick axis; say why not otherwise."""
     if options.adapt_steps <= 0:
         return model, None
-    axes = options.blurred_axes or ()
-    if len(axes) != 1 or options.axis_factors is None:
+    thick = _single_thick_axis(options)
+    if thick is None:
         reason = "skipped: the input has no single thick axis (isotropic or unknown geometry)"
         log.info("adaptation %s", reason)
         return model, {"Status": reason}
@@ -148,10 +182,10 @@ def _maybe_adapt(model: torch.nn.Module, volume: np.ndarray, options: SROptions,
              "steps on its own in-plane detail", options.adapt_steps)
     with devices.cpu_threads(threads):
         adapted, info = adapt_model(
-            model, volume, axes[0], options.axis_factors[axes[0]],
+            model, volume, thick, options.axis_factors[thick],
             AdaptOptions(steps=options.adapt_steps, seed=options.seed,
                          thickness_ratio=options.slice_thickness_ratio,
-                         profile=options.slice_profile), progress=progress)
+                         profile=options.slice_profile), progress=progress, estimate=estimate)
     log.info("adapted to this scan in %.1f s (%d steps; loss on its own pairs %.4f -> %.4f; "
              "slice profile %s, noise sigma %.4f)", info["Seconds"], info["Steps"],
              info["LossBefore"], info["LossAfter"], info["SliceProfile"], info["NoiseSigma"])
@@ -334,6 +368,7 @@ def run_loaded(
         if progress is not None:
             progress(done, total)
 
+    codes = [_acquisition_input(config, options, thick) for thick in passes]
     # The schedule the network was trained with (saved in model.json; stand-ins: the default).
     schedule = config.noise_schedule() if hasattr(config, "noise_schedule") else None
     current = volume
@@ -352,7 +387,8 @@ def run_loaded(
                             memory_format=torch.channels_last)
                         res, std, gates = _sample_batch(
                             model, cond, sl, p, plan, scale, options, steps, eta, n, k, device,
-                            stats, tick, direct, pass_index=i, schedule=schedule)
+                            stats, tick, direct, pass_index=i, schedule=schedule,
+                            acquisition=None if codes[i] is None else codes[i].to(device))
                         centre = planar[sl.start : sl.stop].numpy()
                         slicing.planar_view(out, axis, thick)[sl.start : sl.stop] += (
                             centre + res / scale)
@@ -405,6 +441,8 @@ def run_loaded(
         "GateSkipThreshold": options.gate_skip_threshold,
         "Threads": nthreads if device.type == "cpu" else None,
     }
+    if any(code is not None for code in codes):
+        info["AcquisitionInput"] = [_describe_acquisition(options, thick) for thick in passes]
     if n > 1:
         info["UncertaintyMeasure"] = "voxel-wise standard deviation over draws (ddof=1)"
     return SRResult(
@@ -414,6 +452,37 @@ def run_loaded(
         uncertainty=unc_out,
         info=info,
     )
+
+
+def _acquisition_input(config: Any, options: SROptions, thick: int | None,
+                       ) -> torch.Tensor | None:
+    """[1, F] acquisition code of one pass for a conditioned network (None: a blind one).
+
+    The factor comes from the header; the profile from ``--slice-profile`` or the scan's
+    spectrum (set by :func:`run_model`), else unknown; the width from ``SliceThickness``."""
+    if not getattr(config, "acquisition_features", 0):
+        return None
+    if thick is None or options.axis_factors is None:
+        code = [0.0] * config.acquisition_features  # unknown geometry: the family's average
+    else:
+        profile = options.slice_profile if _single_thick_axis(options) is not None else None
+        code = acquisition_code(options.axis_factors[thick], profile,
+                                options.slice_thickness_ratio)
+    return torch.tensor([code], dtype=torch.float32)
+
+
+def _describe_acquisition(options: SROptions, thick: int | None) -> dict[str, Any]:
+    """What a conditioned network was told about one pass, for the sidecar."""
+    known = thick is not None and options.axis_factors is not None
+    single = _single_thick_axis(options) is not None
+    return {
+        "Axis": thick,
+        "Factor": round(float(options.axis_factors[thick]), 4) if known else "unknown",
+        "SliceProfile": (options.slice_profile if known and single and options.slice_profile
+                         else "unknown"),
+        "SliceWidth": (f"{options.slice_thickness_ratio:g} x slice spacing"
+                       if known and options.slice_thickness_ratio else "unknown"),
+    }
 
 
 def _active(gates: torch.Tensor, k: int, threshold: float) -> tuple[list[int] | None, int]:
@@ -453,8 +522,11 @@ def _sample_batch(
     direct: bool = False,
     pass_index: int = 0,
     schedule: Any = None,
+    acquisition: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Residual mean (and std over draws) plus fused gates for one batch of slices."""
+    """Residual mean (and std over draws) plus fused gates for one batch of slices;
+    ``acquisition`` [1, F]: the pass's acquisition code (conditioned networks)."""
+    extra = {} if acquisition is None else {"acquisition": acquisition.expand(cond.shape[0], -1)}
     b, _, h, w = cond.shape
     tiles = slicing.plan_tiles(h, w, plan.tile, plan.overlap, plan.halo, plan.align)
     ac = devices.autocast(device)
@@ -491,7 +563,7 @@ def _sample_batch(
             stats["skipped"] += b * skipped
             stats["evaluated"] += b * (k - skipped)
             with ac:
-                return model(x_t, cond, t, gates=g, active_experts=active).float()
+                return model(x_t, cond, t, gates=g, active_experts=active, **extra).float()
         v = torch.zeros_like(x_t)
         for ((wy, wx), (cy, cx), (iy, ix), wt), (g, active, skipped) in zip(
             regions, per_region, strict=True
@@ -499,7 +571,8 @@ def _sample_batch(
             stats["skipped"] += b * skipped
             stats["evaluated"] += b * (k - skipped)
             with ac:
-                vt = model(x_t[:, :, wy, wx], cond[:, :, wy, wx], t, gates=g, active_experts=active)
+                vt = model(x_t[:, :, wy, wx], cond[:, :, wy, wx], t, gates=g,
+                           active_experts=active, **extra)
             v[:, :, cy, cx] += vt[:, :, iy, ix].float() * wt
         return v / wsum
 

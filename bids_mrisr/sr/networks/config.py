@@ -20,6 +20,8 @@ mean, so this is the default output path; draws need a diffusion model."""
 MEAN_TIMESTEP = 999
 """Timestep fed to ``mean`` models: the network's FiLM input is constant, as at t = T-1, where a
 v-prediction model's one-step estimate is also the posterior mean."""
+ACQUISITION_FEATURES = 3
+"""Width of the acquisition code (:func:`acquisition_code`) that conditioned networks take."""
 EXPERT_BIASES = ("none", "edge", "dilated")
 """Optional per-expert inductive biases: ``edge`` adds a fixed Laplacian of the centre condition
 slice as an input channel; ``dilated`` gives the U-Net bottleneck dilated convolutions (wider,
@@ -39,6 +41,12 @@ class ModelConfig:
     time_dim: int = 64
     """Width of the sinusoidal timestep embedding and of the FiLM conditioning MLP."""
     dropout: float = 0.0
+    acquisition_features: int = 0
+    """0: the network is blind to the acquisition. ``ACQUISITION_FEATURES``: it also takes the
+    thick-slice factor, the slice-profile shape and the slice width (:func:`acquisition_code`),
+    which the app reads from the header and the scan, through the same FiLM path as the
+    timestep. Measured reason: one network for every profile blurs less sharply than a box
+    profile needs (a box-only fine-tune gained +0.14 to +0.73 dB on held-out 3x box scans)."""
     stem: int = 2
     """Pixel-unshuffle factor at the U-Net input (FFDNet-style reversible downsampling): the
     network runs on (H/stem, W/stem) sub-images with stem^2 x the channels and pixel-shuffles its
@@ -80,6 +88,8 @@ class ModelConfig:
             problems.append("stem must be >= 1")
         if self.num_res_blocks < 1:
             problems.append("num_res_blocks must be >= 1")
+        if self.acquisition_features not in (0, ACQUISITION_FEATURES):
+            problems.append(f"acquisition_features must be 0 or {ACQUISITION_FEATURES}")
         if self.time_dim < 2 or self.time_dim % 2:
             problems.append("time_dim must be an even number >= 2")
         if self.prediction_type not in PREDICTION_TYPES:
@@ -102,6 +112,8 @@ class ModelConfig:
                 problems.append("window_size and encoder_depth must be >= 0")
             if self.gate_temperature <= 0:
                 problems.append("gate_temperature must be > 0")
+            if self.acquisition_features:
+                problems.append("acquisition conditioning is implemented for the student only")
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
 
@@ -171,3 +183,20 @@ class ModelConfig:
         """For tests."""
         return cls(kind="student", base_width=4, channel_mults=(1, 2), num_res_blocks=1,
                    time_dim=8)
+
+
+def acquisition_code(factor: float, profile: str | None = None,
+                     thickness_ratio: float | None = None) -> list[float]:
+    """The acquisition input of conditioned networks, each entry centred on the typical scan.
+
+    ``[(factor - 3) / 2, profile, (thickness_ratio - 1) / 0.3]`` with profile +1 for a box,
+    -1 for a Gaussian and 0 when unknown; an unknown slice width is 0 (contiguous slices).
+    Training draws unknown entries too, so 0 means "average over what the family holds".
+    """
+    from bids_mrisr.sr.options import PROFILES
+
+    if profile is not None and profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES} or None, got {profile!r}")
+    shape = 0.0 if profile is None else (1.0 if profile == "box" else -1.0)
+    width = 0.0 if thickness_ratio is None else (float(thickness_ratio) - 1.0) / 0.3
+    return [(float(factor) - 3.0) / 2.0, shape, width]

@@ -28,6 +28,7 @@ class StudentDenoiser(nn.Module):
             time_dim=config.time_dim,
             dropout=config.dropout,
             stem=config.stem,
+            acquisition_features=config.acquisition_features,
         )
 
     def route(self, cond: Tensor) -> None:
@@ -42,7 +43,15 @@ class StudentDenoiser(nn.Module):
         gates: Tensor | None = None,
         active_experts: Sequence[int] | None = None,
         return_features: bool = False,
+        acquisition: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """Prediction [B, 1, H, W]; ``gates`` and ``active_experts`` are ignored."""
+        """Prediction [B, 1, H, W]; ``gates`` and ``active_experts`` are ignored;
+        ``acquisition`` [B, F] is the :func:`~bids_mrisr.sr.networks.config.acquisition_code`
+        of each slice's scan (conditioned networks; None: unknown)."""
         t = check_inputs(x_t, cond, t, self.config.in_condition_channels)
-        return self.unet(torch.cat([x_t, cond], dim=1), t, return_features=return_features)
+        if acquisition is not None and acquisition.shape != (x_t.shape[0],
+                                                             self.config.acquisition_features):
+            raise ValueError(f"acquisition must be [B, {self.config.acquisition_features}], "
+                             f"got {tuple(acquisition.shape)}")
+        return self.unet(torch.cat([x_t, cond], dim=1), t, return_features=return_features,
+                         acquisition=acquisition)

@@ -36,6 +36,7 @@ class ConditionalUNet(nn.Module):
         dilated_mid: bool = False,
         dropout: float = 0.0,
         stem: int = 1,
+        acquisition_features: int = 0,
     ) -> None:
         super().__init__()
         widths = [base_width * m for m in channel_mults]
@@ -43,6 +44,13 @@ class ConditionalUNet(nn.Module):
         self.stem = stem
         self.multiple = stem * 2 ** (len(widths) - 1)
         self.time = TimeEmbedding(time_dim)
+        self.acquisition: nn.Linear | None = None
+        if acquisition_features:
+            # Added to the timestep embedding; zero at start, so a blind network's weights
+            # load unchanged and compute exactly what they did (fine-tuning starts there).
+            self.acquisition = nn.Linear(acquisition_features, time_dim)
+            nn.init.zeros_(self.acquisition.weight)
+            nn.init.zeros_(self.acquisition.bias)
         self.in_conv = nn.Conv2d(in_channels * stem * stem, widths[0], 3, padding=1)
 
         self.enc = nn.ModuleList()
@@ -74,15 +82,23 @@ class ConditionalUNet(nn.Module):
         self.out_conv = nn.Conv2d(widths[0], out_channels * stem * stem, 3, padding=1)
 
     def forward(
-        self, x: Tensor, t: Tensor, return_features: bool = False
+        self, x: Tensor, t: Tensor, return_features: bool = False,
+        acquisition: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """x: [B, in_channels, H, W], t: [B] -> [B, out_channels, H, W].
+
+        ``acquisition`` [B, acquisition_features] (conditioned networks only; None: all
+        entries unknown, i.e. zeros).
 
         With ``return_features`` also returns the decoder level outputs, coarse to fine, the
         level at downsampling factor s cropped to ceil(H/s) x ceil(W/s) (the last one is H x W).
         """
         x, size = pad_to_multiple(x, self.multiple)
         temb = self.time(t)
+        if self.acquisition is not None:
+            if acquisition is None:  # every entry unknown
+                acquisition = temb.new_zeros((temb.shape[0], self.acquisition.in_features))
+            temb = temb + self.acquisition(acquisition.to(temb.dtype))
         if self.stem > 1:
             x = F.pixel_unshuffle(x, self.stem)
         h = self.in_conv(x)

@@ -22,12 +22,18 @@ import torch
 from scipy import ndimage
 
 from bids_mrisr.sr.degrade import PROFILES, Degradation, degrade, smooth_bias_field
+from bids_mrisr.sr.networks.config import acquisition_code
 from bids_mrisr.sr.slicing import planar_view
 
 FOREGROUND_THRESHOLD = 0.05
 """Normalised intensity above which a voxel counts as head (not background)."""
 MIN_FOREGROUND = 0.10
 """Crops with less than this fraction of head voxels (i.e. >90% background) are redrawn."""
+UNKNOWN_PROFILE_RATE = 0.2
+"""Share of crops whose acquisition code says "profile unknown" (the app's fallback when the
+scan gives no single thick axis), so that the code's 0 is a trained input."""
+UNKNOWN_WIDTH_RATE = 0.5
+"""Share of crops whose code says "slice width unknown": most scans have no SliceThickness."""
 
 
 def _cubic_weights(frac: np.ndarray) -> np.ndarray:
@@ -162,7 +168,7 @@ class PairSampler:
         self._next_slot = (slot + 1) % len(self.pool)
 
     # --- samples --------------------------------------------------------------------------
-    def _one(self) -> tuple[np.ndarray, np.ndarray]:
+    def _one(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         r = self.rng
         c, m = self.crop, self.m
         hr, cubic, params = self.pool[int(r.integers(len(self.pool)))]
@@ -212,18 +218,31 @@ class PairSampler:
         cond = np.ascontiguousarray(cond * gain, dtype=np.float32)
         target = np.ascontiguousarray(target * gain, dtype=np.float32)
         x0 = (target - cond[m]) * self.scale
-        return cond, x0[None]
+        known_profile = r.random() >= UNKNOWN_PROFILE_RATE
+        known_width = r.random() >= UNKNOWN_WIDTH_RATE
+        code = acquisition_code(params.factor, params.profile if known_profile else None,
+                                params.thickness_ratio if known_width else None)
+        return cond, x0[None], np.asarray(code, dtype=np.float32)
 
-    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``cond [B, 2m+1, crop, crop]`` and ``x0 [B, 1, crop, crop]`` (float32)."""
-        conds, x0s = [], []
+    def sample_with_acquisition(self, batch_size: int,
+                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``cond [B, 2m+1, crop, crop]``, ``x0 [B, 1, crop, crop]`` and the acquisition code
+        of each crop's simulated scan ``[B, ACQUISITION_FEATURES]`` (float32)."""
+        conds, x0s, codes = [], [], []
         for _ in range(batch_size):
             if self._since_refresh >= self.refresh_every:
                 self.refresh()
                 self._since_refresh = 0
-            cond, x0 = self._one()
+            cond, x0, code = self._one()
             conds.append(cond)
             x0s.append(x0)
+            codes.append(code)
             self._since_refresh += 1
             self.samples_drawn += 1
-        return torch.from_numpy(np.stack(conds)), torch.from_numpy(np.stack(x0s))
+        return (torch.from_numpy(np.stack(conds)), torch.from_numpy(np.stack(x0s)),
+                torch.from_numpy(np.stack(codes)))
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cond [B, 2m+1, crop, crop]`` and ``x0 [B, 1, crop, crop]`` (float32)."""
+        cond, x0, _ = self.sample_with_acquisition(batch_size)
+        return cond, x0

@@ -80,7 +80,9 @@ def evaluate_volume(
     was_training = model.training if isinstance(model, torch.nn.Module) else False
     result = run_loaded(
         cubic, model, config,
-        SROptions(steps=steps, seed=seed, planes=tuple(planes), blurred_axes=(axis,)),
+        SROptions(steps=steps, seed=seed, planes=tuple(planes), blurred_axes=(axis,),
+                  axis_factors=tuple(float(factor) if a == axis else 1.0 for a in range(3)),
+                  slice_profile="gaussian"),  # what simulate_lowres simulates
         device=device,
     )
     if was_training:

@@ -104,16 +104,24 @@ MEAN_LOSS = "L1"
 finding), and does not chase the rare large errors at skull and background edges."""
 
 
-def predict_mean(model: nn.Module, cond: torch.Tensor) -> torch.Tensor:
-    """The regressor's call: zeros in the noisy-input channel, the constant timestep."""
+def predict_mean(model: nn.Module, cond: torch.Tensor,
+                 acquisition: torch.Tensor | None = None) -> torch.Tensor:
+    """The regressor's call: zeros in the noisy-input channel, the constant timestep, and the
+    acquisition code where the network takes one (``acquisition`` is ignored otherwise)."""
     b, _, h, w = cond.shape
     t = torch.full((b,), float(MEAN_TIMESTEP), device=cond.device)
-    return model(torch.zeros((b, 1, h, w), device=cond.device, dtype=cond.dtype), cond, t)
+    x_t = torch.zeros((b, 1, h, w), device=cond.device, dtype=cond.dtype)
+    config = getattr(model, "config", None) or getattr(getattr(model, "module", None),
+                                                       "config", None)
+    if acquisition is not None and getattr(config, "acquisition_features", 0):
+        return model(x_t, cond, t, acquisition=acquisition)
+    return model(x_t, cond, t)
 
 
 def mean_regression_loss(model: nn.Module, cond: torch.Tensor, x0: torch.Tensor,
+                         acquisition: torch.Tensor | None = None,
                          ) -> tuple[torch.Tensor, dict[str, float]]:
-    return regression_loss(predict_mean(model, cond), x0)
+    return regression_loss(predict_mean(model, cond, acquisition), x0)
 
 
 def regression_loss(pred: torch.Tensor, x0: torch.Tensor,

@@ -64,7 +64,7 @@ class _Crops(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         sampler = self.sampler(info.id + 1 if info is not None else 0)
         while True:
-            yield sampler.sample(self.batch_size)
+            yield sampler.sample_with_acquisition(self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -134,16 +134,18 @@ def train_mean_regressor(
                 pin_memory=dev.type == "cuda"))
         else:
             sampler = data.sampler()
-            loader = (sampler.sample(recipe.batch_size) for _ in iter(int, 1))
+            loader = (sampler.sample_with_acquisition(recipe.batch_size)
+                      for _ in iter(int, 1))
         autocast = devices.autocast(dev)
         started = time.perf_counter()
 
         def step_fn(_i: int) -> tuple[torch.Tensor, dict[str, float]]:
-            cond, x0 = next(loader)
+            cond, x0, code = next(loader)
             cond = cond.to(dev, non_blocking=True)
             x0 = x0.to(dev, non_blocking=True)
+            code = code.to(dev, non_blocking=True)
             with autocast:
-                pred = predict_mean(net, cond)
+                pred = predict_mean(net, cond, code)
             return regression_loss(pred.float(), x0)
 
         ema, done, used = run_steps(
@@ -186,14 +188,24 @@ def train_mean_regressor(
 
 
 def _warm_start(model: nn.Module, config: ModelConfig, directory: str | Path) -> dict[str, Any]:
-    """Copy a verified checkpoint's weights into ``model``; refuse another architecture."""
+    """Copy a verified checkpoint's weights into ``model``; refuse another architecture.
+
+    A blind checkpoint may start a conditioned network of otherwise the same architecture: the
+    acquisition input starts at zero, so the start computes exactly what the checkpoint did.
+    """
     from bids_mrisr.sr.checkpoint import CheckpointError, load_checkpoint
 
     loaded = load_checkpoint(Path(directory))
-    if loaded.config != config:
+    adds_conditioning = (not loaded.config.acquisition_features and config.acquisition_features
+                         and dataclasses.replace(config, acquisition_features=0)
+                         == loaded.config)
+    if loaded.config != config and not adds_conditioning:
         raise CheckpointError(f"checkpoint {directory}: its network config differs from the "
                               "one being trained; fine-tuning needs the same architecture")
-    model.load_state_dict(loaded.model.state_dict())
-    log.info("fine-tuning from %s (sha256 %s)", directory, loaded.sha256[:12])
+    missing, unexpected = model.load_state_dict(loaded.model.state_dict(), strict=False)
+    if unexpected or any(".acquisition." not in key for key in missing):
+        raise CheckpointError(f"checkpoint {directory}: its weights do not fit the network")
+    log.info("fine-tuning from %s (sha256 %s)%s", directory, loaded.sha256[:12],
+             "; adding acquisition conditioning" if adds_conditioning else "")
     return {"sha256": loaded.sha256, "steps": loaded.provenance.get("steps"),
             "minutes": loaded.provenance.get("minutes")}
