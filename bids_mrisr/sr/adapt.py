@@ -104,7 +104,7 @@ def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: f
     anchor = [p.detach().clone() for p in model.parameters()]
     held = [sampler.sample(options.batch_size) for _ in range(4)]  # fixed pairs, for the record
     # A conditioned network is told what the engine will tell it for this scan.
-    told = profile if options.profile or acquisition.misfit else None  # as the engine does
+    told = options.profile or acquisition.told_profile()  # as the engine does
     code = torch.tensor([acquisition_code(factor, told, options.thickness_ratio)],
                         device=device).expand(options.batch_size, -1)
 

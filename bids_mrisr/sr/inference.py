@@ -115,8 +115,8 @@ def run_model(
     model, adaptation = _maybe_adapt(ckpt.model, volume, options, ckpt.sha256, progress,
                                      estimate)
     given = options.slice_profile
-    if estimate is not None and estimate.misfit and given is None:
-        options = dataclasses.replace(options, slice_profile=estimate.profile)
+    if estimate is not None and given is None:
+        options = dataclasses.replace(options, slice_profile=estimate.told_profile())
     result = run_loaded(
         volume,
         model,
@@ -134,6 +134,9 @@ def run_model(
         if entry["SliceProfile"] != "unknown":
             entry["SliceProfile"] += (" (given)" if given else
                                       " (estimated from the scan's spectrum)")
+        elif estimate is not None and given is None:
+            entry["SliceProfile"] += (f" (the scan's spectrum reads {estimate.profile}, which "
+                                      "is told only when it reads box by a clear margin)")
     if adaptation is not None:
         result.info["Adaptation"] = adaptation
     return result

@@ -110,3 +110,15 @@ def test_run_model_reads_the_profile_from_the_scan_unless_given(tmp_path) -> Non
     assert read.endswith("(estimated from the scan's spectrum)")
     given = run_model(scan, dataclasses.replace(options, slice_profile="gaussian"))
     assert given.info["AcquisitionInput"][0]["SliceProfile"] == "gaussian (given)"
+
+
+def test_only_a_clear_box_reading_is_told() -> None:
+    from bids_mrisr.sr.acquisition import AcquisitionEstimate
+
+    def told(profile: str, misfit: dict[str, float]) -> str | None:
+        return AcquisitionEstimate(profile, 0.01, misfit).told_profile()
+
+    assert told("box", {"gaussian": 0.05, "box": 0.02}) == "box"
+    assert told("box", {"gaussian": 0.0201, "box": 0.02}) is None  # a near-tie names nothing
+    assert told("gaussian", {"gaussian": 0.01, "box": 0.03}) is None  # never beat "unknown"
+    assert told("gaussian", {}) is None  # no head to read
