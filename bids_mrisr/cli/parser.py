@@ -163,10 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--adapt-steps", dest="adapt_steps", type=_positive_int,
                     help="optimisation steps of --adapt auto (default: 300)")
     sr.add_argument("--slice-profile", dest="slice_profile", choices=SLICE_PROFILE_CHOICES,
-                    help="slice-profile shape of the thick slices, simulated by --adapt "
-                         "auto and told to students trained with --acquisition-input: "
-                         "gaussian, box (as a sinc RF pulse gives), or auto: read from each "
-                         "scan's spectrum (default: auto)")
+                    help="slice-profile shape of the thick slices, told to the student "
+                         "and simulated by --adapt auto: gaussian, box (as a sinc RF pulse "
+                         "gives), or auto: read from each scan's spectrum, the student being "
+                         "told box only on a clear reading (default: auto)")
     sr.add_argument("--device", type=_device, help="auto, cpu, cuda or cuda:N (default: auto)")
     sr.add_argument("--seed", type=int,
                     help="random seed; a fixed seed gives identical output (default: 0)")

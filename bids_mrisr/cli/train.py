@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--acquisition-input", action="store_true",
                         help="regression recipe: tell the student the thick-slice factor, "
                              "slice-profile shape and slice width of each simulated scan (at "
-                             "inference: from the header and the scan's spectrum); the shipped "
-                             "student is blind (docs/model-card.md has the measurement)")
+                             "inference: from the header and the scan's spectrum), as the "
+                             "shipped student is (docs/model-card.md)")
     parser.add_argument("--lr", type=float, default=2e-3,
                         help="peak learning rate (after warm-up; cosine decay follows)")
     parser.add_argument("--skip-teacher", action="store_true",

@@ -122,8 +122,8 @@ class _SuperResolveInputSpec(BaseInterfaceInputSpec):
     axis_factors = traits.List(traits.Float, desc="input over target spacing, per axis")
     adapt_steps = traits.Int(desc="per-scan adaptation steps (0: off)")
     slice_thickness_ratio = traits.Float(desc="slice thickness / spacing on the thick axis")
-    slice_profile = traits.Enum(*PROFILES, desc="slice-profile shape simulated by adaptation "
-                                "and told to conditioned students (unset: read from the scan)")
+    slice_profile = traits.Enum(*PROFILES, desc="slice-profile shape told to the student and "
+                                "simulated by adaptation (unset: read from the scan)")
     weights_sha256 = traits.Str(desc="hash of the weights, so new weights invalidate the cache")
     description = traits.Str("super-resolution", usedefault=True, nohash=True)
 
