@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from bids_mrisr.errors import ExitCode, UserError
-from bids_mrisr.sr.options import METHODS, PLANES, PROFILES
+from bids_mrisr.sr.options import METHODS, PLANES, PROFILES, VIEW_COUNTS
 
 MODELS = METHODS  # the CLI's --model names are the engine's methods
 ADAPT_MODES = ("off", "auto")
 SLICE_PROFILE_CHOICES = ("auto", *PROFILES)
+FLIP_VIEW_CHOICES = ("auto", *map(str, VIEW_COUNTS))
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class Settings:
     adapt_steps: int = 300
     slice_profile: str = "auto"
     """Slice-profile shape adaptation simulates; auto: read from each scan's spectrum."""
+    flip_views: str = "auto"
+    """Flip self-ensemble size; auto: 2 for thick-slice inputs, 1 otherwise."""
     verbose: int = 0
     clean_workdir: bool = False
     nipype_plugin: str | None = None
@@ -68,6 +71,9 @@ class Settings:
         if self.slice_profile not in SLICE_PROFILE_CHOICES:
             problems.append(f"slice_profile must be one of {', '.join(SLICE_PROFILE_CHOICES)}, "
                             f"got {self.slice_profile!r}")
+        if self.flip_views not in FLIP_VIEW_CHOICES:
+            problems.append(f"flip_views must be one of {', '.join(FLIP_VIEW_CHOICES)}, "
+                            f"got {self.flip_views!r}")
         if self.adapt_steps < 1:
             problems.append(f"adapt_steps must be >= 1, got {self.adapt_steps}")
         if self.adapt == "auto" and self.model != "student":

@@ -62,6 +62,17 @@ def test_slice_profile_flag_defaults_to_auto_and_checks_its_choices(phantom_data
                  "--slice-profile", "triangle"]) == ExitCode.USAGE
 
 
+def test_flip_views_flag_defaults_to_auto_and_reaches_the_engine(phantom_dataset, tmp_path):
+    from bids_mrisr.workflows.base import sr_options
+
+    settings = _settings(phantom_dataset, tmp_path)
+    assert settings.flip_views == "auto" and sr_options(settings, None, 1).flip_views is None
+    settings = _settings(phantom_dataset, tmp_path, "--flip-views", "4")
+    assert sr_options(settings, None, 1).flip_views == 4
+    assert main([str(phantom_dataset), str(tmp_path / "out"), "participant",
+                 "--flip-views", "3"]) == ExitCode.USAGE
+
+
 def test_toml_config_file_and_flag_precedence(phantom_dataset, tmp_path):
     config = tmp_path / "config.toml"
     config.write_text('model = "interp"\nseed = 3\noutput-resolution = 0.5\n')

@@ -15,6 +15,7 @@ from typing import Any
 from bids_mrisr import __version__
 from bids_mrisr.config import (
     ADAPT_MODES,
+    FLIP_VIEW_CHOICES,
     MODELS,
     SLICE_PROFILE_CHOICES,
     Settings,
@@ -167,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "and simulated by --adapt auto: gaussian, box (as a sinc RF pulse "
                          "gives), or auto: read from each scan's spectrum, the student being "
                          "told box only on a clear reading (default: auto)")
+    sr.add_argument("--flip-views", dest="flip_views", choices=FLIP_VIEW_CHOICES,
+                    help="self-ensemble: average the restorations of 1, 2, 4 or 8 flipped "
+                         "views of each scan (N views take N times as long); auto: 2 for "
+                         "thick-slice inputs, which take seconds, 1 otherwise (default: auto)")
     sr.add_argument("--device", type=_device, help="auto, cpu, cuda or cuda:N (default: auto)")
     sr.add_argument("--seed", type=int,
                     help="random seed; a fixed seed gives identical output (default: 0)")
@@ -291,7 +296,7 @@ def build_settings(argv: list[str]) -> Settings:
                     "use_plugin",
                     "model", "weights", "steps", "num_samples", "output_resolution", "seed",
                     "verbose", "work_dir", "adapt", "adapt_steps", "slice_profile", "planes",
-                    "clean_workdir")
+                    "flip_views", "clean_workdir")
     }
     values = merge(cli_values, toml_values)
 

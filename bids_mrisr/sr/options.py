@@ -20,6 +20,9 @@ PROFILES = ("gaussian", "box")
 """Slice profiles: ``gaussian`` (FWHM = thickness), ``box`` (soft-edged rectangle of width
 thickness, as a sinc-shaped RF pulse gives); ``--slice-profile`` picks one for adaptation."""
 
+VIEW_COUNTS = (1, 2, 4, 8)
+"""Sizes of the flip self-ensemble (``--flip-views``): the mean over this many flipped views."""
+
 
 class SRError(RuntimeError):
     """A super-resolution failure with a message meant for the user (no traceback)."""
@@ -71,3 +74,6 @@ class SROptions:
     ``SliceThickness``); adaptation then simulates that profile (default: 1, contiguous)."""
     slice_profile: str | None = None
     """Slice-profile shape for adaptation (one of ``PROFILES``); None: read from the scan."""
+    flip_views: int | None = None
+    """Self-ensemble size: the mean over this many flipped views of the volume (1, 2, 4 or 8;
+    see ``sr.inference.FLIP_VIEWS``). None: 2 for an input with a single thick axis, else 1."""

@@ -40,6 +40,7 @@ def sr_options(settings: Settings, weights: Path | None, threads: int,
         steps=settings.steps,
         num_samples=settings.num_samples,
         planes=tuple(settings.planes),
+        flip_views=None if settings.flip_views == "auto" else int(settings.flip_views),
         max_memory_gb=settings.memory_per_job(parallel_jobs),
         threads=threads,
     )

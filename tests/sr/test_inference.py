@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from types import SimpleNamespace
 
@@ -322,3 +323,38 @@ def test_default_output_is_the_mean_estimate_and_draws_are_reported_apart() -> N
                          default_steps=3)
     assert several.info["Estimate"] == "mean of 2 draws" and several.info["SamplingSteps"] == 3
     assert several.uncertainty is not None
+
+
+@pytest.mark.parametrize("kind", ["teacher", "student"])
+def test_flip_views_average_the_flipped_restorations(kind: str) -> None:
+    """N views = the mean of restoring each flipped copy and flipping it back (gates too)."""
+    cfg = _cfg(kind)
+    model = LocalStandIn(cfg)
+    vol = _phantom()
+    one = SROptions(method=kind, blurred_axes=(2,), flip_views=1)
+    images, gates = [], []
+    for flips in ((), (0, 1, 2), (0,), (1, 2)):
+        view = np.ascontiguousarray(np.flip(vol, flips)) if flips else vol
+        res = run_loaded(view, model, cfg, one)
+        images.append(np.flip(res.image, flips))
+        gates.append(None if res.gates is None else np.flip(res.gates, [a + 1 for a in flips]))
+    assert not np.allclose(images[0], images[1], atol=1e-3)  # the stand-in is not symmetric
+    for count in (2, 4):
+        res = run_loaded(vol, model, cfg, dataclasses.replace(one, flip_views=count))
+        np.testing.assert_allclose(res.image, np.mean(images[:count], axis=0), atol=1e-5)
+        assert len(res.info["FlipViews"]) == count
+        if kind == "teacher":
+            np.testing.assert_allclose(res.gates, np.mean(gates[:count], axis=0), atol=1e-5)
+
+
+def test_flip_views_default_to_two_for_one_thick_axis_only() -> None:
+    cfg = _cfg("student")
+    model = LocalStandIn(cfg)
+    vol = _phantom()
+    thick = run_loaded(vol, model, cfg, SROptions(blurred_axes=(1,), axis_factors=(1, 3, 1)))
+    assert thick.info["FlipViews"] == [[], [0, 1, 2]]
+    for blurred in (None, (0, 1, 2)):
+        res = run_loaded(vol, model, cfg, SROptions(blurred_axes=blurred))
+        assert res.info["FlipViews"] == [[]]
+    with pytest.raises(SRError, match="flip views must be one of 1, 2, 4, 8, got 3"):
+        run_loaded(vol, model, cfg, SROptions(flip_views=3))

@@ -95,7 +95,8 @@ def test_engine_runs_a_mean_model_once_with_the_thick_axis_along_rows() -> None:
         vol = np.broadcast_to(coord.reshape(shape), (20, 20, 20)).copy()
         model = _RowDiff()
         res = run_loaded(vol, model, _config(),
-                         SROptions(steps=8, num_samples=3, blurred_axes=(thick,)))
+                         SROptions(steps=8, num_samples=3, blurred_axes=(thick,),
+                                   flip_views=1))  # a roll is not flip-symmetric
         assert res.info["Sampler"] == "direct posterior-mean regression"
         assert res.info["SamplingSteps"] == 1 and res.info["NumSamples"] == 1
         assert res.uncertainty is None
