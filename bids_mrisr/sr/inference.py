@@ -509,34 +509,36 @@ def run_loaded(
     )
 
 
+def _told_acquisition(options: SROptions, thick: int | None,
+                      ) -> tuple[float | None, str | None, float | None]:
+    """What a conditioned network is told about one pass (None: unknown): the factor from the
+    header; the profile from ``--slice-profile`` or the scan's spectrum (set by
+    :func:`run_model`), for a single thick axis only; the width from ``SliceThickness``."""
+    if thick is None or options.axis_factors is None:
+        return None, None, None
+    profile = options.slice_profile if _single_thick_axis(options) is not None else None
+    return float(options.axis_factors[thick]), profile, options.slice_thickness_ratio
+
+
 def _acquisition_input(config: Any, options: SROptions, thick: int | None,
                        ) -> torch.Tensor | None:
-    """[1, F] acquisition code of one pass for a conditioned network (None: a blind one).
-
-    The factor comes from the header; the profile from ``--slice-profile`` or the scan's
-    spectrum (set by :func:`run_model`), else unknown; the width from ``SliceThickness``."""
+    """[1, F] acquisition code of one pass for a conditioned network (None: a blind one)."""
     if not getattr(config, "acquisition_features", 0):
         return None
-    if thick is None or options.axis_factors is None:
-        code = [0.0] * config.acquisition_features  # unknown geometry: the family's average
-    else:
-        profile = options.slice_profile if _single_thick_axis(options) is not None else None
-        code = acquisition_code(options.axis_factors[thick], profile,
-                                options.slice_thickness_ratio)
+    factor, profile, ratio = _told_acquisition(options, thick)
+    code = ([0.0] * config.acquisition_features if factor is None  # the family's average
+            else acquisition_code(factor, profile, ratio))
     return torch.tensor([code], dtype=torch.float32)
 
 
 def _describe_acquisition(options: SROptions, thick: int | None) -> dict[str, Any]:
     """What a conditioned network was told about one pass, for the sidecar."""
-    known = thick is not None and options.axis_factors is not None
-    single = _single_thick_axis(options) is not None
+    factor, profile, ratio = _told_acquisition(options, thick)
     return {
         "Axis": thick,
-        "Factor": round(float(options.axis_factors[thick]), 4) if known else "unknown",
-        "SliceProfile": (options.slice_profile if known and single and options.slice_profile
-                         else "unknown"),
-        "SliceWidth": (f"{options.slice_thickness_ratio:g} x slice spacing"
-                       if known and options.slice_thickness_ratio else "unknown"),
+        "Factor": "unknown" if factor is None else round(factor, 4),
+        "SliceProfile": profile or "unknown",
+        "SliceWidth": f"{ratio:g} x slice spacing" if ratio else "unknown",
     }
 
 
