@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -127,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights for an app method (default: the shipped ones)")
     p.add_argument("--extra", action="append", default=[], metavar="LABEL=METHOD:DIR",
                    help="another checkpoint to score through the app, e.g. a baseline U-Net")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD:FLAGS",
+                   help="an app method with its --weights and extra app flags, e.g. "
+                        "'student-1view=student:--flip-views 1'")
     p.add_argument("--adapt-steps", type=int, default=0,
                    help="also score 'student+adapt': the student with --adapt auto and this "
                         "many steps (0: not scored)")
@@ -149,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         label, spec = item.split("=", 1)
         method, directory = spec.split(":", 1)
         runs.append((label, method, directory, ()))
+    for item in args.variant:
+        label, spec = item.split("=", 1)
+        method, flags = spec.split(":", 1)
+        runs.append((label, method, weights.get(method), tuple(shlex.split(flags))))
     scratch = args.keep or Path(tempfile.mkdtemp(prefix="mrisr-quality-"))
     bids, work = scratch / "bids", scratch / "work"
     bids.mkdir(parents=True, exist_ok=True)
