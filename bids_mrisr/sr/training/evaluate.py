@@ -82,7 +82,8 @@ def evaluate_volume(
         cubic, model, config,
         SROptions(steps=steps, seed=seed, planes=tuple(planes), blurred_axes=(axis,),
                   axis_factors=tuple(float(factor) if a == axis else 1.0 for a in range(3)),
-                  slice_profile="gaussian"),  # what simulate_lowres simulates
+                  slice_profile="gaussian",  # what simulate_lowres simulates
+                  flip_views=1),  # the network itself, comparable across checkpoints
         device=device,
     )
     if was_training:
