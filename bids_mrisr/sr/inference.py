@@ -55,9 +55,9 @@ every flip is an equally valid view of the scan; averaging views cancels part of
 own error. The order puts a view and its complement next to each other."""
 AUTO_VIEWS_THICK = 2
 """Views when the input has one thick axis and --flip-views is auto. Such a scan is restored in
-two planes in seconds, and the second view added +0.04 to +0.09 dB over one (student, 3x,
-held-out colin27, seg3d01, philips01, box and Gaussian). Other inputs (isotropic low
-resolution: three passes) keep one view, and their speed."""
+two planes in seconds, and the second view added +0.02 to +0.11 dB (median +0.07) over one
+in all 36 held-out 3x cases of benchmarks/quality.py (shipped student; docs/model-card.md).
+Other inputs (isotropic low resolution: three passes) keep one view, and their speed."""
 
 
 @dataclass
