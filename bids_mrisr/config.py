@@ -51,7 +51,8 @@ class Settings:
     slice_profile: str = "auto"
     """Slice-profile shape adaptation simulates; auto: read from each scan's spectrum."""
     flip_views: str = "auto"
-    """Flip self-ensemble size; auto: 2 for thick-slice inputs, 1 otherwise."""
+    """Flip self-ensemble size; auto: 2 for thick-slice inputs restored by a mean estimate (the
+    student), 1 otherwise."""
     verbose: int = 0
     clean_workdir: bool = False
     nipype_plugin: str | None = None

@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--flip-views", dest="flip_views", choices=FLIP_VIEW_CHOICES,
                     help="self-ensemble: average the restorations of 1, 2, 4 or 8 flipped "
                          "views of each scan (N views take N times as long); auto: 2 for "
-                         "thick-slice inputs, which take seconds, 1 otherwise (default: auto)")
+                         "thick-slice inputs, which the student restores in seconds, 1 for "
+                         "other inputs and for diffusion draws (default: auto)")
     sr.add_argument("--device", type=_device, help="auto, cpu, cuda or cuda:N (default: auto)")
     sr.add_argument("--seed", type=int,
                     help="random seed; a fixed seed gives identical output (default: 0)")

@@ -153,11 +153,16 @@ def run_model(
     return result
 
 
-def flip_views(options: SROptions) -> tuple[tuple[int, ...], ...]:
-    """The flips of the volume whose restorations are averaged (see ``FLIP_VIEWS``)."""
+def flip_views(options: SROptions, one_call: bool = True) -> tuple[tuple[int, ...], ...]:
+    """The flips of the volume whose restorations are averaged (see ``FLIP_VIEWS``).
+
+    ``one_call``: the network runs once per slice (a mean estimate, as the shipped student
+    does); ``auto`` leaves multi-step sampling (draws) at one view, whose cost it would double.
+    """
     count = options.flip_views
     if count is None:
-        count = AUTO_VIEWS_THICK if len(options.blurred_axes or ()) == 1 else 1
+        thick = len(options.blurred_axes or ()) == 1
+        count = AUTO_VIEWS_THICK if thick and one_call else 1
     if count not in VIEW_COUNTS:
         raise SRError(f"flip views must be one of {', '.join(map(str, VIEW_COUNTS))}, "
                       f"got {count}")
@@ -264,14 +269,16 @@ def plan_memory(
     options: SROptions,
     device: torch.device,
     param_bytes: int,
+    views: int = 1,
 ) -> _Plan:
-    """Pick slices per batch and (under a memory budget) an in-plane tile size."""
+    """Pick slices per batch and (under a memory budget) an in-plane tile size (``views``:
+    flipped views of the volume restored one after another)."""
     num, h, w = shape
     bpp = activation_bytes_per_pixel(config)
     if options.max_memory_gb is not None:
         k = config.num_experts if config.kind == "teacher" else 0
         n_vol = 2 + k + (1 if options.num_samples > 1 else 0)  # input, sum, gates, std
-        n_vol += 2 if len(flip_views(options)) > 1 else 0  # a flipped copy, the views' mean
+        n_vol += 2 if views > 1 else 0  # a flipped copy, the views' mean
         fixed = 4 * int(np.prod(volume_shape)) * n_vol + param_bytes + 300 * 2**20  # + runtime
         budget = options.max_memory_gb * 1e9 - fixed
         smallest = bpp * _smallest_window(config) ** 2
@@ -330,7 +337,6 @@ def run_loaded(
         raise SRError("num_samples must be >= 1")
     if options.eta < 0:
         raise SRError("eta must be >= 0")
-    views = flip_views(options)
     if blurred is not None and not blurred:  # already at the target resolution
         if progress is not None:
             progress(1, 1)
@@ -355,6 +361,7 @@ def run_loaded(
         steps = options.steps or default_steps or DEFAULT_STEPS.get(config.kind, 20)
     if steps < 1:
         raise SRError(f"steps must be >= 1, got {steps}")
+    views = flip_views(options, one_call=steps == 1 and n == 1)
     if direct:
         estimate = "posterior mean (direct regression)"
     elif steps == 1 and n == 1:
@@ -378,7 +385,8 @@ def run_loaded(
     for i, thick in enumerate(passes):
         for p in pass_planes[i]:
             planar_shape = tuple(slicing.planar_view(volume, slicing.PLANE_AXES[p], thick).shape)
-            plan = plan_memory(config, planar_shape, volume.shape, options, device, param_bytes)
+            plan = plan_memory(config, planar_shape, volume.shape, options, device, param_bytes,
+                               len(views))
             if tile is not None:
                 _with_tiles(plan, config, tile)
             plans[(i, p)] = plan

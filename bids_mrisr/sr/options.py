@@ -76,4 +76,5 @@ class SROptions:
     """Slice-profile shape for adaptation (one of ``PROFILES``); None: read from the scan."""
     flip_views: int | None = None
     """Self-ensemble size: the mean over this many flipped views of the volume (1, 2, 4 or 8;
-    see ``sr.inference.FLIP_VIEWS``). None: 2 for an input with a single thick axis, else 1."""
+    see ``sr.inference.FLIP_VIEWS``). None: 2 for an input with a single thick axis
+    and a one-call mean estimate, else 1."""

@@ -347,12 +347,17 @@ def test_flip_views_average_the_flipped_restorations(kind: str) -> None:
             np.testing.assert_allclose(res.gates, np.mean(gates[:count], axis=0), atol=1e-5)
 
 
-def test_flip_views_default_to_two_for_one_thick_axis_only() -> None:
+def test_flip_views_default_to_two_for_one_thick_axis_and_a_mean_estimate_only() -> None:
     cfg = _cfg("student")
     model = LocalStandIn(cfg)
     vol = _phantom()
-    thick = run_loaded(vol, model, cfg, SROptions(blurred_axes=(1,), axis_factors=(1, 3, 1)))
+    one_axis = SROptions(blurred_axes=(1,), axis_factors=(1, 3, 1))
+    thick = run_loaded(vol, model, cfg, one_axis)
     assert thick.info["FlipViews"] == [[], [0, 1, 2]]
+    draws = run_loaded(vol, model, cfg, dataclasses.replace(one_axis, steps=2))
+    assert draws.info["FlipViews"] == [[]]  # auto does not double multi-step sampling
+    asked = run_loaded(vol, model, cfg, dataclasses.replace(one_axis, steps=2, flip_views=2))
+    assert len(asked.info["FlipViews"]) == 2
     for blurred in (None, (0, 1, 2)):
         res = run_loaded(vol, model, cfg, SROptions(blurred_axes=blurred))
         assert res.info["FlipViews"] == [[]]
