@@ -162,9 +162,12 @@ def sidecar_path(nifti: Path) -> Path:
 
 
 def _copy_nifti(src: Path, dst: Path) -> Path:
-    """Copy via a temporary file + rename, so an interrupted run never leaves half a volume."""
-    atomic_write_bytes(dst, Path(src).read_bytes())
-    return dst
+    """Copy via a temporary file + rename, so an interrupted run never leaves half a volume;
+    the work directory's uncompressed files are compressed on the way (``.nii.gz`` outputs)."""
+    if Path(src).name.endswith(".gz") == dst.name.endswith(".gz"):
+        atomic_write_bytes(dst, Path(src).read_bytes())
+        return dst
+    return save_nifti(nib.load(str(src)), dst)
 
 
 INTEGER_OUTPUT = np.int16

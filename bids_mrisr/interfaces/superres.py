@@ -76,18 +76,20 @@ def super_resolve_file(
     result.image = None  # type: ignore[assignment]  # now the restored volume's buffer
     if bias_file is not None:
         result.info["BiasFieldRestored"] = True
+    # Work-directory files stay uncompressed: gzip of float32 costs more than a second per
+    # whole head and buys little; the derivatives node writes the compressed output.
     outputs: dict[str, Path | None] = {
-        "out_file": save_nifti(float_image(restored, image), out_dir / "sr.nii.gz"),
+        "out_file": save_nifti(float_image(restored, image), out_dir / "sr.nii"),
         "gates_file": None,
         "std_file": None,
     }
     del restored
     if result.gates is not None:
         gates = np.moveaxis(result.gates, 0, -1)  # (K, X, Y, Z) -> (X, Y, Z, K)
-        outputs["gates_file"] = save_nifti(float_image(gates, image), out_dir / "gates.nii.gz")
+        outputs["gates_file"] = save_nifti(float_image(gates, image), out_dir / "gates.nii")
     if result.uncertainty is not None:
         std = result.uncertainty * np.float32(params.scale)
-        outputs["std_file"] = save_nifti(float_image(std, image), out_dir / "std.nii.gz")
+        outputs["std_file"] = save_nifti(float_image(std, image), out_dir / "std.nii")
     info = dict(result.info)
     if result.expert_names:
         info["ExpertNames"] = list(result.expert_names)
@@ -117,8 +119,6 @@ class _SuperResolveInputSpec(BaseInterfaceInputSpec):
     max_memory_gb = traits.Float(nohash=True, desc="memory budget for tiling")
     threads = traits.Int(nohash=True, desc="CPU threads")
     gate_skip_threshold = traits.Float(desc="experts below this gate over a tile are skipped")
-    blurred_axes = traits.List(traits.Int, desc="target-grid axes the input sampled coarsely, "
-                               "coarsest first (unset: unknown, all planes in one pass)")
     axis_factors = traits.List(traits.Float, desc="input over target spacing, per axis")
     adapt_steps = traits.Int(desc="per-scan adaptation steps (0: off)")
     slice_thickness_ratio = traits.Float(desc="slice thickness / spacing on the thick axis")

@@ -35,7 +35,8 @@ def _slices(volume: np.ndarray) -> list[tuple[str, np.ndarray]]:
     for name, axis in PLANE_AXES:
         for frac in SLICE_FRACTIONS:
             index = int(round(frac * (volume.shape[axis] - 1)))
-            out.append((name, np.take(volume, index, axis=axis).T[::-1]))  # RAS -> radiological
+            plane = volume[(slice(None),) * axis + (index,)]  # a view, not a copy
+            out.append((name, plane.T[::-1]))  # RAS -> radiological
     return out
 
 
@@ -61,7 +62,9 @@ def mosaic(volume: np.ndarray, path: Path, window: tuple[float, float], cmap: st
         ax.set_title(name, color="white", fontsize=8)
     if title:
         fig.suptitle(title, color="white")
-    fig.tight_layout()
+    # Fixed margins: tight_layout measured every label and cost a third of the report's time.
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.92 if title else 0.96,
+                        wspace=0.03, hspace=0.12)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80, facecolor="black")
     plt.close(fig)

@@ -19,8 +19,8 @@ import dataclasses
 
 import numpy as np
 import torch
-from scipy import ndimage
 
+from bids_mrisr.image.spline import cubic_resample_axis
 from bids_mrisr.sr.degrade import PROFILES, Degradation, degrade, smooth_bias_field
 from bids_mrisr.sr.networks.config import acquisition_code
 from bids_mrisr.sr.slicing import planar_view
@@ -36,41 +36,12 @@ UNKNOWN_WIDTH_RATE = 0.5
 """Share of crops whose code says "slice width unknown": most scans have no SliceThickness."""
 
 
-def _cubic_weights(frac: np.ndarray) -> np.ndarray:
-    """Cubic B-spline basis at offsets -1, 0, 1, 2 from floor(x); rows sum to 1. [4, n]"""
-    f = frac.astype(np.float64)
-    w0 = (1 - f) ** 3 / 6
-    w1 = (3 * f**3 - 6 * f**2 + 4) / 6
-    w2 = (-3 * f**3 + 3 * f**2 + 3 * f + 1) / 6
-    w3 = f**3 / 6
-    return np.stack([w0, w1, w2, w3])
-
-
 def cubic_upsample_axis(low: np.ndarray, axis: int, factor: float, n_out: int) -> np.ndarray:
-    """Cubic B-spline interpolation of ``low`` along ``axis`` onto ``n_out`` HR voxels.
-
-    Edge-aligned geometry, as the app's resampler (``image.resample``): HR voxel ``i`` reads
-    low-res coordinate ``(i + 0.5) / factor - 0.5``, with scipy's 'nearest' boundary (same
-    numbers as ``ndimage.affine_transform(order=3, mode='nearest')``). Separable, so only the
-    thick axis is interpolated; in-plane the spline interpolates the samples exactly anyway.
-    """
-    low = np.asarray(low, dtype=np.float32)
-    n_low = low.shape[axis]
-    pad = 12  # as scipy does for mode='nearest': edge-pad, then prefilter with 'mirror'
-    coords = (np.arange(n_out) + 0.5) / factor - 0.5
-    coords = np.clip(coords, -pad + 1, n_low + pad - 3) + pad
-    widths = [(pad, pad) if d == axis else (0, 0) for d in range(low.ndim)]
-    padded = np.pad(low, widths, mode="edge")
-    coef = ndimage.spline_filter1d(padded, order=3, axis=axis, mode="mirror", output=np.float32)
-    base = np.floor(coords).astype(np.int64)
-    weights = _cubic_weights(coords - base).astype(np.float32)
-    shape = [1] * low.ndim
-    shape[axis] = n_out
-    out = np.zeros([n_out if d == axis else s for d, s in enumerate(low.shape)], np.float32)
-    for j, off in enumerate((-1, 0, 1, 2)):
-        idx = np.clip(base + off, 0, n_low + 2 * pad - 1)
-        out += np.take(coef, idx, axis=axis) * weights[j].reshape(shape)
-    return out
+    """Cubic B-spline interpolation of ``low`` along ``axis`` onto ``n_out`` HR voxels, with
+    the app's resampler (``image.spline``): HR voxel ``i`` reads low-res coordinate
+    ``(i + 0.5) / factor - 0.5``. Only the thick axis is interpolated; in-plane the spline
+    interpolates the samples exactly anyway."""
+    return cubic_resample_axis(low, axis, factor, n_out)
 
 
 def simulate_cubic(hr: np.ndarray, params: Degradation, rng: np.random.Generator,
