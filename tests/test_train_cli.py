@@ -68,6 +68,34 @@ def test_train_init_weights_fine_tunes_a_checkpoint(tmp_path, capsys):
     assert state.keys() == first.model.state_dict().keys()
 
 
+def test_train_moe_recipe_writes_a_mean_teacher_and_upcycles_a_student(tmp_path):
+    root = _dataset(tmp_path)
+    common = ["--no-bundled", "--preset", "tiny", "--batch-size", "2", "--crop", "32",
+              "--validation-label", "03"]
+    assert main(["train", str(root), str(tmp_path / "m"), *common, "--recipe", "moe",
+                 "--student-steps", "10", "--router-top-k", "1"]) == 0
+    teacher = load_checkpoint(tmp_path / "m" / "teacher")
+    assert teacher.config.kind == "teacher" and teacher.config.prediction_type == "mean"
+    assert teacher.config.router_top_k == 1 and teacher.config.acquisition_features == 3
+    prov = teacher.provenance
+    assert prov["recipe"] == "moe" and prov["steps"] == 10
+    assert isinstance(prov["gates"]["beats_uniform"], bool)
+    assert not (tmp_path / "m" / "student").exists()
+    # a student's copies start the experts (sparse upcycling)
+    assert main(["train", str(root), str(tmp_path / "s"), *common, "--student-steps",
+                 "5"]) == 0
+    student = load_checkpoint(tmp_path / "s" / "student")
+    assert main(["train", str(root), str(tmp_path / "u"), *common, "--recipe", "moe",
+                 "--student-steps", "0", "--init-weights", str(tmp_path / "s" / "student")]) == 0
+    upcycled = load_checkpoint(tmp_path / "u" / "teacher")
+    assert upcycled.provenance["init_weights"]["sha256"] == student.sha256
+    assert upcycled.config.base_width == student.config.base_width
+    state = upcycled.model.state_dict()
+    for name, tensor in student.model.unet.state_dict().items():
+        if "in_conv.weight" not in name:
+            assert np.array_equal(state[f"experts.1.unet.{name}"].numpy(), tensor.numpy()), name
+
+
 def test_train_init_weights_refuses_what_it_cannot_fine_tune(tmp_path, capsys):
     from bids_mrisr.sr.checkpoint import random_checkpoint
     from bids_mrisr.sr.networks.config import ModelConfig

@@ -66,9 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--recipe", choices=("regression", "diffusion"), default="regression",
+    parser.add_argument("--recipe", choices=("regression", "moe", "diffusion"),
+                        default="regression",
                         help="regression: train the student as a posterior-mean regressor (the "
-                             "shipped recipe); diffusion: teacher then progressive distillation")
+                             "shipped recipe); moe: the MoEDiff-SR teacher's experts and router "
+                             "as a posterior-mean regressor (OUT/teacher, for --model teacher), "
+                             "with the same options; diffusion: teacher then progressive "
+                             "distillation")
+    parser.add_argument("--router-top-k", type=int, default=2,
+                        help="moe recipe: experts each routing token keeps (0: all, dense)")
     parser.add_argument("--student-steps", type=int, default=20000,
                         help="optimisation steps of the regression recipe")
     parser.add_argument("--student-minutes", type=float, default=None,
@@ -82,13 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="DataLoader worker processes that degrade volumes and cut crops "
                              "beside the training step (0: in the training process)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted regression run from "
-                             "OUT/student/train_state.pt")
+                        help="continue an interrupted regression or moe run from "
+                             "OUT/student (or OUT/teacher)/train_state.pt")
     parser.add_argument("--init-weights", type=Path, default=None,
                         help="regression recipe: fine-tune this checkpoint (e.g. the shipped "
                              "student) instead of starting from random weights; its "
                              "architecture is kept (with --acquisition-input a blind one "
-                             "gains that input, starting at zero)")
+                             "gains that input, starting at zero). moe recipe: a MoE teacher "
+                             "to fine-tune, or a student whose copies start every expert")
     parser.add_argument("--acquisition-input", action="store_true",
                         help="regression recipe: tell the student the thick-slice factor, "
                              "slice-profile shape and slice width of each simulated scan (at "
@@ -132,32 +139,45 @@ def _fine_tune_config(directory: Path) -> ModelConfig:
 def _train_regression(args: argparse.Namespace, train: list[np.ndarray], val: list[np.ndarray],
                       provenance: dict, output_dir: Path, tiny: bool, started: float,
                       init_config: ModelConfig | None) -> int:
-    """The shipped recipe: the student as a direct posterior-mean regressor (``init_config``:
-    the architecture of the ``--init-weights`` checkpoint, already verified)."""
+    """The shipped recipe: the student as a direct posterior-mean regressor; with ``--recipe
+    moe`` the MoE teacher the same way (``init_config``: the architecture of the
+    ``--init-weights`` checkpoint, already verified)."""
     import dataclasses
 
     from bids_mrisr.sr.networks.config import ACQUISITION_FEATURES, ModelConfig
     from bids_mrisr.sr.training.regression import RegressionRecipe, train_mean_regressor
 
-    if init_config is not None:
+    kind = "teacher" if args.recipe == "moe" else "student"
+    if init_config is not None and kind == "teacher" and init_config.kind == "student":
+        config = ModelConfig.upcycled_teacher(init_config, router_top_k=args.router_top_k)
+    elif init_config is not None:
         config = init_config
+    elif kind == "teacher":
+        config = ModelConfig.mean_teacher_default()
+        if tiny:
+            config = dataclasses.replace(ModelConfig.tiny_teacher(), prediction_type="mean",
+                                         acquisition_features=ACQUISITION_FEATURES)
+        config = dataclasses.replace(config, router_top_k=args.router_top_k)
     else:
         base = ModelConfig.tiny_student() if tiny else ModelConfig.student_default()
         config = dataclasses.replace(base, prediction_type="mean")
+    if config.kind != kind:
+        raise UserError(f"--init-weights {args.init_weights}: a {config.kind}; --recipe "
+                        f"{args.recipe} trains a {kind}", ExitCode.USAGE)
     if args.acquisition_input:
         config = dataclasses.replace(config, acquisition_features=ACQUISITION_FEATURES)
-    provenance["recipe"] = "regression"
+    provenance["recipe"] = args.recipe
     provenance["command"] = "bids_mrisr train " + " ".join(args.argv)
     recipe = RegressionRecipe(steps=args.student_steps, minutes=args.student_minutes,
                               batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                               crop=args.crop, device=args.device, workers=args.workers)
     sha = train_mean_regressor(
-        train, config, output_dir / "student", recipe,
-        progress=progress_callback("student training", "step"), val_volumes=val or None,
+        train, config, output_dir / kind, recipe,
+        progress=progress_callback(f"{kind} training", "step"), val_volumes=val or None,
         provenance=provenance, resume=args.resume, init_from=args.init_weights)
     if sha is not None:  # rank 0 (or the only process) wrote the checkpoint
-        LOGGER.info("student: sha256 %s; done in %.1f min: use --weights %s/student", sha,
-                    (time.monotonic() - started) / 60, output_dir)
+        LOGGER.info("%s: sha256 %s; done in %.1f min: use --model %s --weights %s/%s", kind,
+                    sha, (time.monotonic() - started) / 60, kind, output_dir, kind)
     return int(ExitCode.OK)
 
 
@@ -179,13 +199,13 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(args.threads)
     started = time.monotonic()
     init_config = None
-    if args.recipe == "regression":
+    if args.recipe in ("regression", "moe"):
         _check_device(args.device)  # before minutes of preprocessing
         if args.init_weights is not None:
             init_config = _fine_tune_config(args.init_weights)
     elif args.init_weights is not None:
-        raise UserError("--init-weights: only the regression recipe fine-tunes a checkpoint",
-                        ExitCode.USAGE)
+        raise UserError("--init-weights: only the regression and moe recipes fine-tune a "
+                        "checkpoint", ExitCode.USAGE)
     found = collect_volumes(
         args.bids_dir.absolute() if args.bids_dir is not None else None,
         expand_labels(args.participant_labels, "sub-"),
@@ -199,7 +219,7 @@ def main(argv: list[str]) -> int:
                   "seed": args.seed}
     teacher_dir = output_dir / "teacher"
     tiny = args.preset == "tiny"
-    if args.recipe == "regression":
+    if args.recipe in ("regression", "moe"):
         return _train_regression(args, train, val, provenance, output_dir, tiny, started,
                                  init_config)
     teacher_config = ModelConfig.tiny_teacher() if tiny else ModelConfig.teacher_default()

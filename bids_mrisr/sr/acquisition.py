@@ -77,6 +77,15 @@ class AcquisitionEstimate:
         return "box" if other - best > DECISIVE_MARGIN * best else None
 
 
+def profile_to_tell(given: str | None, estimate: AcquisitionEstimate | None) -> str | None:
+    """The slice-profile shape a conditioned network is told, by the engine and by adaptation
+    alike: the one the user gave (``--slice-profile``), else the scan's clear reading, else
+    None (unknown)."""
+    if given is not None:
+        return given
+    return estimate.told_profile() if estimate is not None else None
+
+
 def noise_sigma(volume: np.ndarray, thick_axis: int) -> float:
     """Noise std from the in-plane Laplacian's median absolute value inside the head.
 

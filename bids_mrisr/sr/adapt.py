@@ -28,6 +28,7 @@ from torch import nn
 from bids_mrisr.sr.acquisition import (
     AcquisitionEstimate,
     estimate_acquisition,
+    profile_to_tell,
     simulate_thick_axis,
 )
 from bids_mrisr.sr.degrade import Degradation
@@ -104,7 +105,7 @@ def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: f
     anchor = [p.detach().clone() for p in model.parameters()]
     held = [sampler.sample(options.batch_size) for _ in range(4)]  # fixed pairs, for the record
     # A conditioned network is told what the engine will tell it for this scan.
-    told = options.profile or acquisition.told_profile()  # as the engine does
+    told = profile_to_tell(options.profile, acquisition)  # as the engine does
     code = torch.tensor([acquisition_code(factor, told, options.thickness_ratio)],
                         device=device).expand(options.batch_size, -1)
 

@@ -126,8 +126,11 @@ def run_model(
     model, adaptation = _maybe_adapt(ckpt.model, volume, options, ckpt.sha256, progress,
                                      estimate)
     given = options.slice_profile
-    if estimate is not None and given is None:
-        options = dataclasses.replace(options, slice_profile=estimate.told_profile())
+    if estimate is not None:
+        from bids_mrisr.sr.acquisition import profile_to_tell
+
+        options = dataclasses.replace(
+            options, slice_profile=profile_to_tell(options.slice_profile, estimate))
     result = run_loaded(
         volume,
         model,

@@ -16,9 +16,11 @@ from torch import Tensor, nn
 class TokenRouter(nn.Module):
     """Token features [B, D, Ht, Wt] -> routing logits / probabilities [B, K, Ht, Wt]."""
 
-    def __init__(self, embed_dim: int, num_experts: int, temperature: float) -> None:
+    def __init__(self, embed_dim: int, num_experts: int, temperature: float,
+                 top_k: int = 0) -> None:
         super().__init__()
         self.temperature = temperature
+        self.top_k = top_k
         self.norm = nn.LayerNorm(embed_dim)
         self.proj = nn.Linear(embed_dim, embed_dim)
         self.queries = nn.Parameter(torch.randn(num_experts, embed_dim))
@@ -29,8 +31,25 @@ class TokenRouter(nn.Module):
         q = F.normalize(self.queries, dim=-1)
         return torch.einsum("bhwd,kd->bkhw", f, q) / self.temperature
 
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """Routing probabilities from logits: a softmax over experts, then (``top_k`` >= 1)
+        only each token's k most probable experts, renormalised. Gradients reach the kept
+        probabilities, so the router still learns which expert serves a token best."""
+        probs = logits.softmax(dim=1)
+        return keep_top_k(probs, self.top_k)
+
     def forward(self, tokens: Tensor) -> Tensor:
-        return self.logits(tokens).softmax(dim=1)
+        return self.probabilities(self.logits(tokens))
+
+
+def keep_top_k(probs: Tensor, k: int) -> Tensor:
+    """Zero all but the ``k`` largest of each token's probabilities over experts (dim 1) and
+    renormalise; ``k`` = 0 or >= the number of experts leaves ``probs`` as they are."""
+    if k <= 0 or k >= probs.shape[1]:
+        return probs
+    kept = torch.zeros_like(probs).scatter(1, probs.topk(k, dim=1).indices, 1.0)
+    sparse = probs * kept
+    return sparse / sparse.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def upsample_gates(probs: Tensor, stride: int, size: tuple[int, int]) -> Tensor:

@@ -39,20 +39,23 @@ class Expert(nn.Module):
             dilated_mid=bias == "dilated",
             dropout=config.dropout,
             stem=config.stem,
+            acquisition_features=config.acquisition_features,
         )
         if bias == "edge":  # fixed, so not part of the state dict
             kernel = torch.tensor(_LAPLACIAN).view(1, 1, 3, 3)
             self.register_buffer("laplacian", kernel, persistent=False)
 
     def forward(
-        self, x_t: Tensor, cond: Tensor, t: Tensor, return_features: bool = False
+        self, x_t: Tensor, cond: Tensor, t: Tensor, return_features: bool = False,
+        acquisition: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         parts = [x_t, cond]
         if self.bias == "edge":
             centre = cond[:, self.centre : self.centre + 1]
             lap = F.conv2d(F.pad(centre, (1, 1, 1, 1), mode="replicate"), self.laplacian)
             parts.append(lap)
-        return self.unet(torch.cat(parts, dim=1), t, return_features=return_features)
+        return self.unet(torch.cat(parts, dim=1), t, return_features=return_features,
+                         acquisition=acquisition)
 
 
 class MoETeacher(nn.Module):
@@ -71,7 +74,8 @@ class MoETeacher(nn.Module):
             num_heads=config.num_heads,
             window_size=config.window_size,
         )
-        self.router = TokenRouter(config.embed_dim, config.num_experts, config.gate_temperature)
+        self.router = TokenRouter(config.embed_dim, config.num_experts, config.gate_temperature,
+                                  config.router_top_k)
         self.experts = nn.ModuleList(Expert(config, b) for b in config.expert_biases)
 
     @property
@@ -95,7 +99,7 @@ class MoETeacher(nn.Module):
         padded, _ = pad_to_multiple(cond, self.encoder.multiple)
         s = self.token_stride
         logits = crop(self.router.logits(self.encoder(padded)), (-(-H // s), -(-W // s)))
-        return logits if return_logits else logits.softmax(dim=1)
+        return logits if return_logits else self.router.probabilities(logits)
 
     def route(self, cond: Tensor) -> Tensor:
         """Per-pixel gate maps [B, K, H, W], summing to 1 over K at every pixel."""
@@ -110,16 +114,19 @@ class MoETeacher(nn.Module):
         t: Tensor,
         experts: Sequence[int] | None = None,
         return_features: bool = False,
+        acquisition: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, list[list[Tensor]]]:
         """Per-expert predictions stacked as [B, len(experts), H, W] (all experts by default).
 
         With ``return_features`` also returns, per expert, its decoder features (coarse to fine).
+        ``acquisition`` [B, F]: the acquisition code (conditioned teachers; None: unknown).
         """
         t = check_inputs(x_t, cond, t, self.config.in_condition_channels)
         idx = self._expert_indices(experts)
         preds, feats = [], []
         for k in idx:
-            out = self.experts[k](x_t, cond, t, return_features=return_features)
+            out = self.experts[k](x_t, cond, t, return_features=return_features,
+                                  acquisition=acquisition)
             if return_features:
                 out, f = out
                 feats.append(f)
@@ -135,6 +142,7 @@ class MoETeacher(nn.Module):
         gates: Tensor | None = None,
         active_experts: Sequence[int] | None = None,
         return_features: bool = False,
+        acquisition: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Gate-weighted prediction [B, 1, H, W].
 
@@ -152,7 +160,8 @@ class MoETeacher(nn.Module):
                              f"{tuple(x_t.shape)} with {self.config.num_experts} experts")
         g = gates[:, idx]
         g = g / g.sum(dim=1, keepdim=True).clamp_min(1e-12)
-        res = self.expert_outputs(x_t, cond, t, idx, return_features=return_features)
+        res = self.expert_outputs(x_t, cond, t, idx, return_features=return_features,
+                                  acquisition=acquisition)
         preds, feats = res if return_features else (res, None)
         out = (g * preds).sum(dim=1, keepdim=True)
         if not return_features:

@@ -27,7 +27,9 @@ from bids_mrisr.sr.training.data import PairSampler, degradation_family
 from bids_mrisr.sr.training.loop import EMA_DECAY, run_steps, validate
 from bids_mrisr.sr.training.losses import (  # noqa: F401 (mean_regression_loss re-exported)
     MEAN_LOSS,
+    gate_benefit,
     mean_regression_loss,
+    moe_mean_loss,
     predict_mean,
     regression_loss,
 )
@@ -65,6 +67,33 @@ class _Crops(torch.utils.data.IterableDataset):
         sampler = self.sampler(info.id + 1 if info is not None else 0)
         while True:
             yield sampler.sample_with_acquisition(self.batch_size)
+
+
+class _MoEMeanObjective(nn.Module):
+    """The MoE teacher's regression objective behind one ``forward``, so that DDP (which
+    synchronises gradients of what ``forward`` computes) can wrap it like the student."""
+
+    def __init__(self, teacher: nn.Module) -> None:
+        super().__init__()
+        self.teacher = teacher
+
+    def forward(self, cond: torch.Tensor, x0: torch.Tensor, code: torch.Tensor,
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+        return moe_mean_loss(self.teacher, cond, x0, code)
+
+
+GATE_CHECK_BATCHES = 16
+"""Held-out batches on which learned gates are compared with uniform ones (``gate_benefit``)."""
+
+
+def _gate_check(model: nn.Module, volumes: Sequence[np.ndarray], config: ModelConfig,
+                recipe: RegressionRecipe) -> dict[str, Any]:
+    """:func:`gate_benefit` on fixed crops of ``volumes`` (held out where there are any)."""
+    sampler = PairSampler(list(volumes), config.context_slices, config.residual_scale,
+                          crop=recipe.crop, seed=recipe.seed + 1, factor_range=recipe.factor_range)
+    batches = [sampler.sample_with_acquisition(recipe.batch_size)
+               for _ in range(GATE_CHECK_BATCHES)]
+    return gate_benefit(model.eval(), batches)
 
 
 @dataclass(frozen=True)
@@ -112,6 +141,7 @@ def train_mean_regressor(
 
     if config.prediction_type != "mean":
         raise ValueError("the regression path trains prediction_type='mean' models")
+    moe = config.kind == "teacher"
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     rank = distributed.from_environment()
@@ -122,10 +152,10 @@ def train_mean_regressor(
         model = build_model(config)
         start = _warm_start(model, config, init_from) if init_from is not None else None
         model = model.to(dev)
-        net: nn.Module = model
+        net: nn.Module = _MoEMeanObjective(model) if moe else model
         if rank.world_size > 1:
             net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[dev.index] if dev.type == "cuda" else None)
+                net, device_ids=[dev.index] if dev.type == "cuda" else None)
         data = _Crops(volumes, config, recipe.crop, recipe.seed + 104729 * rank.rank,
                       recipe.batch_size, recipe.factor_range)
         if recipe.workers > 0:
@@ -145,6 +175,8 @@ def train_mean_regressor(
             x0 = x0.to(dev, non_blocking=True)
             code = code.to(dev, non_blocking=True)
             with autocast:
+                if moe:
+                    return net(cond, x0, code)
                 pred = predict_mean(net, cond, code)
             return regression_loss(pred.float(), x0)
 
@@ -158,10 +190,19 @@ def train_mean_regressor(
         ema_model = ema.model.to("cpu")
         metrics = validate(ema_model, config, val_volumes, steps=1)
         prov = dict(provenance or {})
+        if moe:  # accepted only if the learned routing beats averaging the same experts
+            gates = _gate_check(ema_model, val_volumes or volumes, config, recipe)
+            prov["gates"] = gates
+            log.info("gates: L1 %.5f learned against %.5f uniform (%s); entropy %.3f of %.3f",
+                     gates["l1_learned_gates"], gates["l1_uniform_gates"],
+                     "better" if gates["beats_uniform"] else "NOT better: the experts are "
+                     "no better than their average", gates["gate_entropy"],
+                     gates["uniform_entropy"])
         prov.update(
             trained=True,
             kind=config.kind,
-            objective=f"posterior-mean regression of the residual ({MEAN_LOSS})",
+            objective=f"posterior-mean regression of the residual ({MEAN_LOSS})"
+                      + (f", MoE top-{config.router_top_k} routing" if moe else ""),
             steps=done,
             minutes=round(used, 3),
             wall_minutes=round((time.perf_counter() - started) / 60, 3),
@@ -196,6 +237,8 @@ def _warm_start(model: nn.Module, config: ModelConfig, directory: str | Path) ->
     from bids_mrisr.sr.checkpoint import CheckpointError, load_checkpoint
 
     loaded = load_checkpoint(Path(directory))
+    if config.kind == "teacher" and loaded.config.kind == "student":
+        return _upcycle(model, config, loaded, directory)
     adds_conditioning = (not loaded.config.acquisition_features and config.acquisition_features
                          and dataclasses.replace(config, acquisition_features=0)
                          == loaded.config)
@@ -209,3 +252,33 @@ def _warm_start(model: nn.Module, config: ModelConfig, directory: str | Path) ->
              "; adding acquisition conditioning" if adds_conditioning else "")
     return {"sha256": loaded.sha256, "steps": loaded.provenance.get("steps"),
             "minutes": loaded.provenance.get("minutes")}
+
+
+def _upcycle(model: nn.Module, config: ModelConfig, loaded: Any, directory: str | Path,
+             ) -> dict[str, Any]:
+    """Start every expert of a MoE mean teacher as a copy of a trained student (the router
+    stays random). An expert with extra input channels (the edge expert's Laplacian) gets the
+    student's input weights for the channels they share and zeros for the rest, so every
+    expert, and hence any mixture of them, starts by computing exactly the student."""
+    from bids_mrisr.sr.checkpoint import CheckpointError
+
+    expected = ModelConfig.upcycled_teacher(loaded.config, config.num_experts,
+                                            config.router_top_k)
+    if config != expected or loaded.config.prediction_type != "mean":
+        raise CheckpointError(f"checkpoint {directory}: a student upcycles only into "
+                              "ModelConfig.upcycled_teacher(its config) (bids_mrisr train "
+                              "--recipe moe --init-weights STUDENT)")
+    source = loaded.model.unet.state_dict()
+    with torch.no_grad():
+        for expert in model.experts:
+            target = expert.unet.state_dict()
+            for key, value in source.items():
+                if target[key].shape == value.shape:
+                    target[key].copy_(value)
+                else:  # in_conv: [out, in * stem^2, 3, 3], extra channels appended
+                    target[key].zero_()
+                    target[key][:, : value.shape[1]].copy_(value)
+    log.info("upcycling %s (sha256 %s) into %d experts", directory, loaded.sha256[:12],
+             config.num_experts)
+    return {"sha256": loaded.sha256, "steps": loaded.provenance.get("steps"),
+            "minutes": loaded.provenance.get("minutes"), "upcycled_experts": config.num_experts}
