@@ -141,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _labelled_spec(item: str) -> tuple[str, str, str]:
+    """``LABEL=METHOD:REST`` (``--extra``, ``--variant``) -> (label, method, rest)."""
+    label, spec = item.split("=", 1)
+    method, rest = spec.split(":", 1)
+    return label, method, rest
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     weights = dict(w.split("=", 1) for w in args.weights)
@@ -149,14 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.adapt_steps > 0:
         runs.append(("student+adapt", "student", weights.get("student"),
                      ("--adapt", "auto", "--adapt-steps", str(args.adapt_steps))))
-    for item in args.extra:
-        label, spec = item.split("=", 1)
-        method, directory = spec.split(":", 1)
-        runs.append((label, method, directory, ()))
-    for item in args.variant:
-        label, spec = item.split("=", 1)
-        method, flags = spec.split(":", 1)
-        runs.append((label, method, weights.get(method), tuple(shlex.split(flags))))
+    runs += [(label, method, directory, ())
+             for label, method, directory in map(_labelled_spec, args.extra)]
+    runs += [(label, method, weights.get(method), tuple(shlex.split(flags)))
+             for label, method, flags in map(_labelled_spec, args.variant)]
     scratch = args.keep or Path(tempfile.mkdtemp(prefix="mrisr-quality-"))
     bids, work = scratch / "bids", scratch / "work"
     bids.mkdir(parents=True, exist_ok=True)
