@@ -49,7 +49,8 @@ def teacher_loss(
     """MoEDiff-SR objective (ARCHITECTURE §3).
 
     * per-expert: ``mean_x sum_k G_k(x) |v_k(x) - v(x)|^2`` with detached gates, so each
-      expert specialises where it is routed without the router dodging this term;
+      expert specialises where it is routed without the router dodging this term (G: the
+      gates inference applies, top-k where the config routes sparsely);
     * ensemble: ``mean |sum_k G_k v_k - v|^2`` (trains experts and router jointly);
     * gating supervision: per-token expert errors (squared error average-pooled at the
       finest patch size onto the token grid), soft target ``softmax(-e_k / tau)`` with tau the
