@@ -81,6 +81,17 @@ def adaptation_sampler(volume: np.ndarray, thick_axis: int, factor: float, conte
                        slice_axis=thick_axis, remap_intensities=False, pool=pool)
 
 
+def _adapted_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """What adaptation trains: the whole student; a MoE mean teacher's experts only, so the
+    routing stays the one training checked against uniform gates on many scans: adaptation
+    changes what each expert does for this scan, not which expert does it."""
+    if not hasattr(model, "experts"):
+        return list(model.parameters())
+    for module in (model.encoder, model.router):
+        module.requires_grad_(False)
+    return list(model.experts.parameters())
+
+
 def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: float,
                 options: AdaptOptions, progress: Callable[[int, int], None] | None = None,
                 estimate: AcquisitionEstimate | None = None,
@@ -103,6 +114,7 @@ def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: f
     device = next(model.parameters()).device
     adapted = copy.deepcopy(model).to(device).train()
     anchor = [p.detach().clone() for p in model.parameters()]
+    trained = _adapted_parameters(adapted)
     held = [sampler.sample(options.batch_size) for _ in range(4)]  # fixed pairs, for the record
     # A conditioned network is told what the engine will tell it for this scan.
     told = profile_to_tell(options.profile, acquisition)  # as the engine does
@@ -117,7 +129,7 @@ def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: f
 
     before = held_loss(adapted.eval())
     adapted.train()
-    opt = torch.optim.Adam(adapted.parameters(), lr=options.lr)
+    opt = torch.optim.Adam(trained, lr=options.lr)
     for step in range(options.steps):
         for group in opt.param_groups:  # cosine decay to zero: the last steps barely move
             group["lr"] = options.lr * 0.5 * (1 + math.cos(math.pi * step / options.steps))

@@ -85,3 +85,22 @@ def test_same_seed_same_adapted_output() -> None:
         res = run_loaded(scan, adapted, adapted.config, SROptions(blurred_axes=(2,)))
         outs.append(res.image)
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_a_mean_teacher_adapts_its_experts_and_keeps_its_router() -> None:
+    torch.manual_seed(0)
+    config = dataclasses.replace(ModelConfig.tiny_teacher(), prediction_type="mean",
+                                 router_top_k=2)
+    teacher = build_model(config).eval()
+    scan = _anisotropic_scan()
+    adapted, info = adapt_model(teacher, scan, 2, 3.0, AdaptOptions(steps=40, crop=32, lr=3e-3,
+                                                                    keep_pretrained=0.0))
+    assert info["LossAfter"] < info["LossBefore"]
+    for name, before in teacher.state_dict().items():
+        after = adapted.state_dict()[name]
+        if name.startswith(("encoder.", "router.")):
+            torch.testing.assert_close(after, before, msg=name)
+    changed = [not torch.equal(p, q) for p, q in zip(teacher.experts.parameters(),
+                                                     adapted.experts.parameters(), strict=True)]
+    assert any(changed)
+    assert all(p.requires_grad for p in teacher.parameters())  # the original is untouched
