@@ -77,8 +77,9 @@ class Settings:
                             f"got {self.flip_views!r}")
         if self.adapt_steps < 1:
             problems.append(f"adapt_steps must be >= 1, got {self.adapt_steps}")
-        if self.adapt == "auto" and self.model != "student":
-            problems.append("--adapt auto needs --model student (the posterior-mean regressor)")
+        if self.adapt == "auto" and self.model == "interp":
+            problems.append("--adapt auto needs a network: --model student (or a teacher "
+                            "trained as a posterior-mean regressor)")
         if self.num_samples < 1:
             problems.append(f"num_samples must be >= 1, got {self.num_samples}")
         if self.output_resolution is not None and self.output_resolution <= 0:

@@ -181,3 +181,24 @@ def test_adapt_auto_fine_tunes_anisotropic_runs_and_skips_isotropic_ones(tmp_pat
     iso = json.loads((out / "sub-02/anat/sub-02_res-1mm_desc-sr_T1w.json").read_text())
     assert "Adaptation" not in iso["SuperResolution"]
     assert "already" in iso["SuperResolution"]["Restored"]  # 1 mm in, 1 mm out
+
+
+def test_adapt_auto_runs_on_a_mean_teacher_and_is_refused_for_interp(tmp_path, capsys):
+    import dataclasses
+
+    config = dataclasses.replace(ModelConfig.tiny_teacher(), prediction_type="mean",
+                                 router_top_k=2)
+    sha = random_checkpoint(tmp_path / "moe", config)
+    bids = make_dataset(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": None})
+    code, out = _run(bids, tmp_path, "teacher", tmp_path / "moe", "--adapt", "auto",
+                     "--adapt-steps", "3")
+    assert code == 0
+    info = json.loads((out / "sub-01/anat/sub-01_res-1mm_desc-sr_T1w.json").read_text())[
+        "SuperResolution"]
+    assert info["Adaptation"]["Status"] == "adapted"
+    assert info["Adaptation"]["StartWeightsSHA256"] == sha
+    assert (out / "sub-01/anat/sub-01_res-1mm_desc-T1wgates_probseg.nii.gz").is_file()
+    code = main([str(bids), str(tmp_path / "out2"), "participant", "--model", "interp",
+                 "--adapt", "auto"])
+    assert code == 64
+    assert "--adapt auto needs a network" in capsys.readouterr().err
