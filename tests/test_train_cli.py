@@ -146,3 +146,13 @@ def test_train_unknown_validation_label_and_bad_option_are_usage_errors(tmp_path
     assert "--validation-label nobody: no such subject" in capsys.readouterr().err
     assert main(["train", str(root), str(out), "--student-steps", "many"]) == 64
     assert not (out / "student").exists()
+
+
+def test_train_moe_recipe_refuses_more_experts_per_token_than_it_has(tmp_path, capsys):
+    root = _dataset(tmp_path)
+    code = main(["train", str(root), str(tmp_path / "m"), "--no-bundled", "--preset", "tiny",
+                 "--recipe", "moe", "--router-top-k", "4"])
+    assert code == 64
+    err = capsys.readouterr().err
+    assert "--recipe moe" in err and "router_top_k" in err and "Traceback" not in err
+    assert not (tmp_path / "m" / "work").exists()  # refused before any preprocessing

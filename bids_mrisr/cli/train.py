@@ -136,18 +136,14 @@ def _fine_tune_config(directory: Path) -> ModelConfig:
     return config
 
 
-def _train_regression(args: argparse.Namespace, train: list[np.ndarray], val: list[np.ndarray],
-                      provenance: dict, output_dir: Path, tiny: bool, started: float,
-                      init_config: ModelConfig | None) -> int:
-    """The shipped recipe: the student as a direct posterior-mean regressor; with ``--recipe
-    moe`` the MoE teacher the same way (``init_config``: the architecture of the
-    ``--init-weights`` checkpoint, already verified)."""
+def _recipe_config(args: argparse.Namespace, kind: str, tiny: bool,
+                   init_config: ModelConfig | None) -> ModelConfig:
+    """The network a regression-style recipe trains: the ``--init-weights`` checkpoint's (a
+    student upcycled into a teacher for ``--recipe moe``), else the default or tiny preset."""
     import dataclasses
 
     from bids_mrisr.sr.networks.config import ACQUISITION_FEATURES, ModelConfig
-    from bids_mrisr.sr.training.regression import RegressionRecipe, train_mean_regressor
 
-    kind = "teacher" if args.recipe == "moe" else "student"
     if init_config is not None and kind == "teacher" and init_config.kind == "student":
         config = ModelConfig.upcycled_teacher(init_config, router_top_k=args.router_top_k)
     elif init_config is not None:
@@ -161,11 +157,33 @@ def _train_regression(args: argparse.Namespace, train: list[np.ndarray], val: li
     else:
         base = ModelConfig.tiny_student() if tiny else ModelConfig.student_default()
         config = dataclasses.replace(base, prediction_type="mean")
+    if args.acquisition_input:
+        config = dataclasses.replace(config, acquisition_features=ACQUISITION_FEATURES)
+    return config
+
+
+def _checked_recipe_config(args: argparse.Namespace, tiny: bool,
+                           init_config: ModelConfig | None) -> ModelConfig:
+    """:func:`_recipe_config`, its problems as usage errors (before any preprocessing)."""
+    kind = "teacher" if args.recipe == "moe" else "student"
+    try:
+        config = _recipe_config(args, kind, tiny, init_config)
+    except ValueError as exc:  # e.g. --router-top-k larger than the number of experts
+        raise UserError(f"--recipe {args.recipe}: {exc}", ExitCode.USAGE) from None
     if config.kind != kind:
         raise UserError(f"--init-weights {args.init_weights}: a {config.kind}; --recipe "
                         f"{args.recipe} trains a {kind}", ExitCode.USAGE)
-    if args.acquisition_input:
-        config = dataclasses.replace(config, acquisition_features=ACQUISITION_FEATURES)
+    return config
+
+
+def _train_regression(args: argparse.Namespace, train: list[np.ndarray], val: list[np.ndarray],
+                      provenance: dict, output_dir: Path, started: float,
+                      config: ModelConfig) -> int:
+    """The shipped recipe: the student as a direct posterior-mean regressor; with ``--recipe
+    moe`` the MoE teacher the same way (``config``: from :func:`_checked_recipe_config`)."""
+    from bids_mrisr.sr.training.regression import RegressionRecipe, train_mean_regressor
+
+    kind = config.kind
     provenance["recipe"] = args.recipe
     provenance["command"] = "bids_mrisr train " + " ".join(args.argv)
     recipe = RegressionRecipe(steps=args.student_steps, minutes=args.student_minutes,
@@ -198,11 +216,14 @@ def main(argv: list[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.monotonic()
-    init_config = None
+    tiny = args.preset == "tiny"
+    regression_config = None
     if args.recipe in ("regression", "moe"):
         _check_device(args.device)  # before minutes of preprocessing
+        init_config = None
         if args.init_weights is not None:
             init_config = _fine_tune_config(args.init_weights)
+        regression_config = _checked_recipe_config(args, tiny, init_config)
     elif args.init_weights is not None:
         raise UserError("--init-weights: only the regression and moe recipes fine-tune a "
                         "checkpoint", ExitCode.USAGE)
@@ -218,10 +239,9 @@ def main(argv: list[str]) -> int:
     provenance = {"training_volumes": train_names, "validation_volumes": val_names,
                   "seed": args.seed}
     teacher_dir = output_dir / "teacher"
-    tiny = args.preset == "tiny"
-    if args.recipe in ("regression", "moe"):
-        return _train_regression(args, train, val, provenance, output_dir, tiny, started,
-                                 init_config)
+    if regression_config is not None:
+        return _train_regression(args, train, val, provenance, output_dir, started,
+                                 regression_config)
     teacher_config = ModelConfig.tiny_teacher() if tiny else ModelConfig.teacher_default()
     student_config = ModelConfig.tiny_student() if tiny else ModelConfig.student_default()
     if not args.skip_teacher:
