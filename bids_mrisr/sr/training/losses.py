@@ -106,14 +106,10 @@ def moe_mean_loss(teacher: nn.Module, cond: Tensor, x0: Tensor,
     student's :data:`MEAN_LOSS`). Each expert learns only where it is routed (detached gates),
     the router is pulled toward the expert that is best on each token, and the routed mixture
     is what is scored."""
-    b, _, H, W = cond.shape
-    t = torch.full((b,), float(MEAN_TIMESTEP), device=cond.device)
-    x_t = torch.zeros((b, 1, H, W), device=cond.device, dtype=cond.dtype)
-    code = acquisition if teacher.config.acquisition_features else None
     logits = teacher.route_tokens(cond, return_logits=True)
-    preds = teacher.expert_outputs(x_t, cond, t, acquisition=code).float()
+    preds = expert_means(teacher, cond, acquisition).float()
     err = (preds - x0).abs()
-    gates, routing = _routing_terms(teacher, logits.float(), err, (H, W))
+    gates, routing = _routing_terms(teacher, logits.float(), err, tuple(cond.shape[-2:]))
     expert = (gates.detach() * err).sum(dim=1).mean()
     ensemble = F.l1_loss((gates * preds).sum(dim=1, keepdim=True), x0)
     loss = (expert + ensemble + gate_weight * routing["gate_kl"]
@@ -132,12 +128,8 @@ def gate_benefit(teacher: nn.Module, batches: list[tuple[Tensor, Tensor, Tensor]
     alone = torch.zeros(K)
     usage = torch.zeros(K)
     for cond, x0, code in batches:
-        b, _, H, W = cond.shape
-        t = torch.full((b,), float(MEAN_TIMESTEP))
         gates = teacher.route(cond)
-        preds = teacher.expert_outputs(torch.zeros((b, 1, H, W)), cond, t,
-                                       acquisition=code if teacher.config.acquisition_features
-                                       else None)
+        preds = expert_means(teacher, cond, code)
         sums["learned"] += float(F.l1_loss((gates * preds).sum(dim=1, keepdim=True), x0))
         sums["uniform"] += float(F.l1_loss(preds.mean(dim=1, keepdim=True), x0))
         sums["entropy"] += float(-(gates * gates.clamp_min(1e-12).log()).sum(dim=1).mean())
@@ -172,14 +164,29 @@ def predict_mean(model: nn.Module, cond: torch.Tensor,
                  acquisition: torch.Tensor | None = None) -> torch.Tensor:
     """The regressor's call: zeros in the noisy-input channel, the constant timestep, and the
     acquisition code where the network takes one (``acquisition`` is ignored otherwise)."""
-    b, _, h, w = cond.shape
-    t = torch.full((b,), float(MEAN_TIMESTEP), device=cond.device)
-    x_t = torch.zeros((b, 1, h, w), device=cond.device, dtype=cond.dtype)
+    x_t, t = _mean_call_inputs(cond)
     config = getattr(model, "config", None) or getattr(getattr(model, "module", None),
                                                        "config", None)
     if acquisition is not None and getattr(config, "acquisition_features", 0):
         return model(x_t, cond, t, acquisition=acquisition)
     return model(x_t, cond, t)
+
+
+def _mean_call_inputs(cond: Tensor) -> tuple[Tensor, Tensor]:
+    """What a mean regressor takes besides its condition: zeros in the noisy-input channel
+    and the constant timestep."""
+    b, _, h, w = cond.shape
+    t = torch.full((b,), float(MEAN_TIMESTEP), device=cond.device)
+    return torch.zeros((b, 1, h, w), device=cond.device, dtype=cond.dtype), t
+
+
+def expert_means(teacher: nn.Module, cond: Tensor, acquisition: Tensor | None = None,
+                 ) -> Tensor:
+    """Each expert's mean estimate [B, K, H, W] of a MoE mean teacher (told ``acquisition``
+    where its experts take the code)."""
+    x_t, t = _mean_call_inputs(cond)
+    code = acquisition if teacher.config.acquisition_features else None
+    return teacher.expert_outputs(x_t, cond, t, acquisition=code)
 
 
 def mean_regression_loss(model: nn.Module, cond: torch.Tensor, x0: torch.Tensor,
