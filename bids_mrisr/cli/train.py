@@ -148,12 +148,11 @@ def _recipe_config(args: argparse.Namespace, kind: str, tiny: bool,
         config = ModelConfig.upcycled_teacher(init_config, router_top_k=args.router_top_k)
     elif init_config is not None:
         config = init_config
-    elif kind == "teacher":
-        config = ModelConfig.mean_teacher_default()
-        if tiny:
-            config = dataclasses.replace(ModelConfig.tiny_teacher(), prediction_type="mean",
-                                         acquisition_features=ACQUISITION_FEATURES)
-        config = dataclasses.replace(config, router_top_k=args.router_top_k)
+    elif kind == "teacher":  # told the acquisition, as the shipped student is
+        base = ModelConfig.tiny_teacher() if tiny else ModelConfig.teacher_default()
+        config = dataclasses.replace(base, prediction_type="mean",
+                                     acquisition_features=ACQUISITION_FEATURES,
+                                     router_top_k=args.router_top_k)
     else:
         base = ModelConfig.tiny_student() if tiny else ModelConfig.student_default()
         config = dataclasses.replace(base, prediction_type="mean")

@@ -172,13 +172,6 @@ class ModelConfig:
         return cls(kind="teacher", base_width=16, channel_mults=(1, 1, 2, 4), num_res_blocks=1)
 
     @classmethod
-    def mean_teacher_default(cls) -> ModelConfig:
-        """The teacher as a posterior-mean regressor (``--recipe moe``): the default experts,
-        told the acquisition as the shipped student is, routed top-2."""
-        return dataclasses.replace(cls.teacher_default(), prediction_type="mean",
-                                   acquisition_features=ACQUISITION_FEATURES, router_top_k=2)
-
-    @classmethod
     def upcycled_teacher(cls, student: ModelConfig, num_experts: int = 3,
                          router_top_k: int = 2) -> ModelConfig:
         """A mean teacher whose experts have ``student``'s architecture, so that each can start
