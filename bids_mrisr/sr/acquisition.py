@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from bids_mrisr.image.spline import cubic_resample_axis
 from bids_mrisr.sr.degrade import (
     Degradation,
     add_rician_noise,
@@ -31,7 +32,6 @@ from bids_mrisr.sr.degrade import (
     slice_profile_kernel,
 )
 from bids_mrisr.sr.options import PROFILES
-from bids_mrisr.sr.training.data import cubic_upsample_axis
 
 HEAD_LEVEL = 0.1
 """Normalised intensity above which a voxel counts as head (background ~0, bright tissue ~1)."""
@@ -117,7 +117,7 @@ def simulate_thick_axis(volume: np.ndarray, axis: int, factor: float, profile: s
                          thickness_ratio=thickness_ratio)
     low, _ = degrade(volume, (1.0, 1.0, 1.0), params, rng)
     low = add_rician_noise(low, matched_noise(sigma, factor, profile, thickness_ratio), rng)
-    return cubic_upsample_axis(low, axis, factor, volume.shape[axis])
+    return cubic_resample_axis(low, axis, factor, volume.shape[axis])
 
 
 def _head_cube(volume: np.ndarray, size: int = SPECTRUM_CUBE) -> np.ndarray:

@@ -11,8 +11,9 @@ import dataclasses
 import numpy as np
 import pytest
 
+from bids_mrisr.image.spline import cubic_resample_axis
 from bids_mrisr.sr.degrade import PROFILES, Degradation, degrade, slice_profile_kernel
-from bids_mrisr.sr.training.data import PairSampler, cubic_upsample_axis
+from bids_mrisr.sr.training.data import PairSampler
 
 FACTORS = (1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
 
@@ -21,7 +22,7 @@ def _up(volume: np.ndarray, params: Degradation) -> tuple[np.ndarray, int]:
     low, _ = degrade(volume, (1.0, 1.0, 1.0), params)
     n = volume.shape[params.axis]
     covered = int(low.shape[params.axis] * params.factor)  # HR extent the slices cover
-    return cubic_upsample_axis(low, params.axis, params.factor, n), covered
+    return cubic_resample_axis(low, params.axis, params.factor, n), covered
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -82,7 +83,7 @@ def test_sampler_bias_field_is_on_target_and_input_alike() -> None:
     assert not np.allclose(hr, vol)  # the field was drawn ...
     # ... and is on both sides: the residual stays small (no smooth field left to guess).
     inner = (slice(4, -4), slice(4, -4), slice(6, 34))
-    no_field = np.abs(cubic_upsample_axis(degrade(vol, (1, 1, 1), dataclasses.replace(
+    no_field = np.abs(cubic_resample_axis(degrade(vol, (1, 1, 1), dataclasses.replace(
         params, bias_strength=0.0))[0], 2, 2.0, 40) - vol)[inner].mean()
     assert np.abs(cubic - hr)[inner].mean() < 1.5 * no_field + 1e-3
 

@@ -36,14 +36,6 @@ UNKNOWN_WIDTH_RATE = 0.5
 """Share of crops whose code says "slice width unknown": most scans have no SliceThickness."""
 
 
-def cubic_upsample_axis(low: np.ndarray, axis: int, factor: float, n_out: int) -> np.ndarray:
-    """Cubic B-spline interpolation of ``low`` along ``axis`` onto ``n_out`` HR voxels, with
-    the app's resampler (``image.spline``): HR voxel ``i`` reads low-res coordinate
-    ``(i + 0.5) / factor - 0.5``. Only the thick axis is interpolated; in-plane the spline
-    interpolates the samples exactly anyway."""
-    return cubic_resample_axis(low, axis, factor, n_out)
-
-
 def simulate_cubic(hr: np.ndarray, params: Degradation, rng: np.random.Generator,
                    bits: int | None = None) -> np.ndarray:
     """Degrade ``hr`` (1 mm grid) with ``params``, quantise, and cubic-upsample it back."""
@@ -52,7 +44,7 @@ def simulate_cubic(hr: np.ndarray, params: Degradation, rng: np.random.Generator
         top = float(np.percentile(low, 99.9)) or 1.0
         levels = 2**bits - 1
         low = (np.round(np.clip(low / top, 0, None) * levels) / levels * top).astype(np.float32)
-    return cubic_upsample_axis(low, params.axis, params.factor, hr.shape[params.axis])
+    return cubic_resample_axis(low, params.axis, params.factor, hr.shape[params.axis])
 
 
 def degradation_family(factor_range: tuple[float, float]) -> dict:

@@ -9,10 +9,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from bids_mrisr.image.spline import cubic_resample_axis
 from bids_mrisr.sr.degrade import Degradation, degrade
 from bids_mrisr.sr.engine import SROptions
 from bids_mrisr.sr.inference import run_loaded
-from bids_mrisr.sr.training.data import FOREGROUND_THRESHOLD, cubic_upsample_axis
+from bids_mrisr.sr.training.data import FOREGROUND_THRESHOLD
 
 
 def psnr(x: np.ndarray, ref: np.ndarray, mask: np.ndarray, peak: float) -> float:
@@ -57,7 +58,7 @@ def simulate_lowres(hr: np.ndarray, factor: float = 3.0, axis: int = 2, seed: in
     """The fixed evaluation degradation, cubic-upsampled back onto the HR grid."""
     params = Degradation(axis=axis, factor=factor, noise_fraction=noise_fraction)
     low, _ = degrade(hr, (1.0, 1.0, 1.0), params, np.random.default_rng(seed))
-    return cubic_upsample_axis(low, axis, factor, hr.shape[axis])
+    return cubic_resample_axis(low, axis, factor, hr.shape[axis])
 
 
 def evaluate_volume(
