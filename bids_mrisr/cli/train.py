@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "slice-profile shape and slice width of each simulated scan (at "
                              "inference: from the header and the scan's spectrum), as the "
                              "shipped student is (docs/model-card.md)")
+    parser.add_argument("--zoom-augment", type=_zoom_floor, default=1.0, metavar="MIN",
+                        help="regression and moe recipes: resample each degraded volume's "
+                             "ground truth by a zoom drawn from [MIN, 1] first (new anatomy "
+                             "scales from the same volumes; 1 = off)")
     parser.add_argument("--lr", type=float, default=2e-3,
                         help="peak learning rate (after warm-up; cosine decay follows)")
     parser.add_argument("--skip-teacher", action="store_true",
@@ -108,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=("default", "tiny"), default="default",
                         help="network sizes: the shipped ones, or tiny ones for smoke tests")
     return parser
+
+
+def _zoom_floor(text: str) -> float:
+    """``--zoom-augment``: a float in [0.5, 1] (below, a head shrinks under a crop's size)."""
+    value = float(text)
+    if not 0.5 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0.5 and 1, got {text}")
+    return value
 
 
 def _check_device(name: str) -> None:
@@ -187,7 +199,8 @@ def _train_regression(args: argparse.Namespace, train: list[np.ndarray], val: li
     provenance["command"] = "bids_mrisr train " + " ".join(args.argv)
     recipe = RegressionRecipe(steps=args.student_steps, minutes=args.student_minutes,
                               batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                              crop=args.crop, device=args.device, workers=args.workers)
+                              crop=args.crop, device=args.device, workers=args.workers,
+                              zoom_range=(args.zoom_augment, 1.0))
     sha = train_mean_regressor(
         train, config, output_dir / kind, recipe,
         progress=progress_callback(f"{kind} training", "step"), val_volumes=val or None,

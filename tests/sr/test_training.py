@@ -11,7 +11,7 @@ from bids_mrisr.sr.diffusion.sampler import ddim_step
 from bids_mrisr.sr.diffusion.schedule import NoiseSchedule, q_sample, v_from_x0_xt
 from bids_mrisr.sr.networks import ModelConfig, build_model
 from bids_mrisr.sr.slicing import planar_view
-from bids_mrisr.sr.training.data import PairSampler
+from bids_mrisr.sr.training.data import PairSampler, zoom_volume
 from bids_mrisr.sr.training.distill import (
     DistillRecipe,
     distill_student,
@@ -53,6 +53,27 @@ def test_pair_sampler_shapes_residual_foreground_determinism():
     for _ in range(3):
         s.sample(4)  # crosses refreshes
     assert s.samples_drawn == 18
+
+
+def test_zoom_augmentation_shrinks_the_anatomy_about_the_volume_centre():
+    vol = head()
+    small = zoom_volume(vol, 0.75)
+    assert small.shape == (30, 33, 27) and small.min() >= 0
+    assert zoom_volume(vol, 1.0) is vol  # off: the volume itself
+    # Edge-aligned geometry: the head's centre of mass keeps its place relative to the grid,
+    # and its extent shrinks by the zoom.
+    for a in range(3):
+        other = tuple(b for b in range(3) if b != a)
+        before, after = vol.sum(axis=other), small.sum(axis=other)
+        com = [(np.arange(len(p)) + 0.5) @ p / p.sum() / len(p) for p in (before, after)]
+        assert abs(com[0] - com[1]) < 0.01
+        width = [(p > 0.05 * p.max()).sum() for p in (before, after)]
+        assert abs(width[1] / width[0] - 0.75) < 0.06
+    sampler = PairSampler([vol], 2, 10.0, crop=16, seed=0, zoom_range=(0.75, 0.75))
+    for hr, cubic, _ in sampler.pool:  # each entry degrades the zoomed truth
+        assert hr.shape == cubic.shape == small.shape
+    plain = PairSampler([vol], 2, 10.0, crop=16, seed=0)
+    assert all(hr.shape == vol.shape for hr, _, _ in plain.pool)
 
 
 class _MidRng:

@@ -20,7 +20,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from bids_mrisr.image.spline import cubic_resample_axis
+from bids_mrisr.image.spline import cubic_resample, cubic_resample_axis
 from bids_mrisr.sr.degrade import PROFILES, Degradation, degrade, smooth_bias_field
 from bids_mrisr.sr.networks.config import acquisition_code
 from bids_mrisr.sr.slicing import planar_view
@@ -36,6 +36,15 @@ UNKNOWN_WIDTH_RATE = 0.5
 """Share of crops whose code says "slice width unknown": most scans have no SliceThickness."""
 
 
+def zoom_volume(hr: np.ndarray, zoom: float) -> np.ndarray:
+    """``hr`` resampled by ``zoom`` along every axis (cubic B-spline; below 1 the anatomy
+    shrinks, as a smaller head or a coarser reference grid would show it)."""
+    if np.isclose(zoom, 1.0):
+        return hr
+    shape = tuple(max(8, int(round(n * zoom))) for n in hr.shape)
+    return np.clip(cubic_resample(hr, (zoom,) * 3, shape), 0, None)
+
+
 def simulate_cubic(hr: np.ndarray, params: Degradation, rng: np.random.Generator,
                    bits: int | None = None) -> np.ndarray:
     """Degrade ``hr`` (1 mm grid) with ``params``, quantise, and cubic-upsample it back."""
@@ -47,9 +56,11 @@ def simulate_cubic(hr: np.ndarray, params: Degradation, rng: np.random.Generator
     return cubic_resample_axis(low, params.axis, params.factor, hr.shape[params.axis])
 
 
-def degradation_family(factor_range: tuple[float, float]) -> dict:
+def degradation_family(factor_range: tuple[float, float],
+                       zoom_range: tuple[float, float] = (1.0, 1.0)) -> dict:
     """The ranges :meth:`PairSampler.random_degradation` draws from (training provenance)."""
-    return {"factor_range": list(factor_range), "profiles": list(PROFILES),
+    return {"factor_range": list(factor_range), "zoom_range": list(zoom_range),
+            "profiles": list(PROFILES),
             "thickness_ratio": [0.8, 1.3], "inplane_sigma_vox": [0, 0.6],
             "noise_fraction": [0, 0.03], "bias_strength_on_both": [0, 0.2],
             "bits": [8, 10, 12, 16], "gamma": [-0.4, 0.4], "gain": [0.85, 1.15],
@@ -72,6 +83,7 @@ class PairSampler:
         slice_axis: int | None = None,
         remap_intensities: bool = True,
         pool: list[tuple[np.ndarray, np.ndarray, Degradation]] | None = None,
+        zoom_range: tuple[float, float] = (1.0, 1.0),
     ) -> None:
         if not volumes:
             raise ValueError("PairSampler needs at least one volume")
@@ -90,6 +102,9 @@ class PairSampler:
         the simulated thick axis."""
         self.remap_intensities = remap_intensities
         """Gamma and gain augmentation (off for adaptation: the scan's own intensities)."""
+        self.zoom_range = (float(zoom_range[0]), float(zoom_range[1]))
+        """Each pool entry's ground truth is first resampled by a zoom drawn from this range:
+        new anatomy scales from the same few volumes ((1, 1): off)."""
         self.rng = np.random.default_rng(seed)
         n_pool = pool_size or max(2, len(self.volumes))
         self.pool: list[tuple[np.ndarray, np.ndarray, Degradation]] = (
@@ -119,6 +134,8 @@ class PairSampler:
         params, bits = self.random_degradation()
         child = np.random.default_rng(int(self.rng.integers(2**63)))
         hr = self.volumes[vol_index]
+        if self.zoom_range != (1.0, 1.0):
+            hr = zoom_volume(hr, float(self.rng.uniform(*self.zoom_range)))
         if params.bias_strength > 0:
             hr = hr * smooth_bias_field(hr.shape, params.bias_strength, child)
         cubic = simulate_cubic(hr, dataclasses.replace(params, bias_strength=0.0), child, bits)
