@@ -161,3 +161,28 @@ def test_upcycled_teacher_starts_as_the_student(tmp_path) -> None:
         expected = predict_mean(student, cond, code)
         got = predict_mean(teacher.eval(), cond, code)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_blind_student_upcycles_into_a_conditioned_teacher(tmp_path) -> None:
+    """As a blind student fine-tunes into a conditioned one, its copies may start a conditioned
+    teacher: the experts' acquisition input starts at zero, so the start is the student."""
+    from bids_mrisr.sr.checkpoint import CheckpointError, save_checkpoint
+    from bids_mrisr.sr.training.losses import predict_mean
+    from bids_mrisr.sr.training.regression import _warm_start
+
+    torch.manual_seed(2)
+    blind = dataclasses.replace(ModelConfig.tiny_student(), prediction_type="mean")
+    student = build_model(blind).eval()
+    save_checkpoint(student, tmp_path / "student", {})
+    config = dataclasses.replace(ModelConfig.upcycled_teacher(blind), acquisition_features=3)
+    teacher = build_model(config)
+    _warm_start(teacher, config, tmp_path / "student")
+    cond = torch.randn(2, config.in_condition_channels, 32, 32)
+    code = torch.tensor([[0.0, 1.0, 0.0], [-0.5, -1.0, 0.3]])
+    with torch.no_grad():
+        expected = predict_mean(student, cond, None)
+        got = predict_mean(teacher.eval(), cond, code)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    other = dataclasses.replace(config, base_width=config.base_width * 2)
+    with pytest.raises(CheckpointError, match="upcycles only"):
+        _warm_start(build_model(other), other, tmp_path / "student")

@@ -263,11 +263,15 @@ def _upcycle(model: nn.Module, config: ModelConfig, loaded: Any, directory: str 
     """Start every expert of a MoE mean teacher as a copy of a trained student (the router
     stays random). An expert with extra input channels (the edge expert's Laplacian) gets the
     student's input weights for the channels they share and zeros for the rest, so every
-    expert, and hence any mixture of them, starts by computing exactly the student."""
+    expert, and hence any mixture of them, starts by computing exactly the student. A blind
+    student may start a conditioned teacher: the experts' acquisition input starts at zero, as
+    in :func:`_warm_start`."""
     from bids_mrisr.sr.checkpoint import CheckpointError
 
     expected = ModelConfig.upcycled_teacher(loaded.config, config.num_experts,
                                             config.router_top_k)
+    if not loaded.config.acquisition_features:
+        config = dataclasses.replace(config, acquisition_features=0)
     if config != expected or loaded.config.prediction_type != "mean":
         raise CheckpointError(f"checkpoint {directory}: a student upcycles only into "
                               "ModelConfig.upcycled_teacher(its config) (bids_mrisr train "
