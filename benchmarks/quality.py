@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -49,6 +49,7 @@ HELD_OUT = ("colin27", "seg3d01", "philips01")
 REALISTIC_NOISE = 0.02
 """Rician sigma as a fraction of the 99.5th percentile: ~SNR 50, a typical 3T T1w."""
 APP_METHODS = ("interp", "student", "teacher")
+ISOTROPIC = "iso"
 
 
 def truth_volume(path: Path) -> tuple[np.ndarray, np.ndarray, float]:
@@ -62,12 +63,19 @@ def truth_volume(path: Path) -> tuple[np.ndarray, np.ndarray, float]:
 
 
 def lowres_image(truth: np.ndarray, affine: np.ndarray, resolution: float,
-                 params: Degradation, seed: int) -> nib.Nifti1Image:
+                 params: Degradation, seed: int, isotropic: bool = False) -> nib.Nifti1Image:
     """The simulated acquisition with the header a scanner would write (slice k centred at
-    truth voxel (k + 0.5) * factor - 0.5 along the thick axis)."""
-    low, _ = degrade(truth, (resolution,) * 3, params, np.random.default_rng(seed))
-    image = nib.Nifti1Image(low.astype(np.float32),
-                            thick_slice_affine(affine, params.axis, params.factor))
+    truth voxel (k + 0.5) * factor - 0.5 along the thick axis). ``isotropic``: every axis is
+    acquired so (e.g. 2 mm isotropic from a 1 mm truth), the noise added once, at the end."""
+    rng = np.random.default_rng(seed)
+    axes = (0, 1, 2) if isotropic else (params.axis,)
+    low = truth
+    for axis in axes:
+        last = axis == axes[-1]
+        step = replace(params, axis=axis, noise_fraction=params.noise_fraction if last else 0.0)
+        low, _ = degrade(low, (resolution,) * 3, step, rng)
+        affine = thick_slice_affine(affine, axis, params.factor)
+    image = nib.Nifti1Image(low.astype(np.float32), affine)
     image.header.set_xyzt_units("mm", "sec")
     return image
 
@@ -101,7 +109,8 @@ def run_app(bids: Path, out: Path, work: Path, label: str, method: str, weights:
     return found[0], seconds
 
 
-def cases(args: argparse.Namespace) -> list[tuple[str, Degradation, str]]:
+def cases(args: argparse.Namespace) -> list[tuple[str, Degradation, bool]]:
+    """(tag, degradation, isotropic): ``--axes iso`` degrades all three axes alike."""
     out = []
     for factor in args.factors:
         for axis in args.axes:
@@ -109,7 +118,8 @@ def cases(args: argparse.Namespace) -> list[tuple[str, Degradation, str]]:
                 for noise in args.noise:
                     tag = f"f{factor:g}a{axis}{profile[0]}n{int(round(noise * 1000))}"
                     out.append((tag.replace(".", "p"), Degradation(
-                        axis=axis, factor=factor, profile=profile, noise_fraction=noise), tag))
+                        axis=0 if axis == ISOTROPIC else int(axis), factor=factor,
+                        profile=profile, noise_fraction=noise), axis == ISOTROPIC))
     return out
 
 
@@ -119,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
         "BIDS_MRISR_TEST_DATA", DEFAULT_DATA)))
     p.add_argument("--subjects", nargs="+", default=list(HELD_OUT))
     p.add_argument("--factors", nargs="+", type=float, default=[2.0, 3.0, 4.0])
-    p.add_argument("--axes", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--axes", nargs="+", choices=("0", "1", "2", ISOTROPIC),
+                   default=["0", "1", "2"],
+                   help="thick axis of each simulated scan; iso: every axis coarse by the "
+                        "factor (e.g. 2 mm isotropic), the output on the truth's grid")
     p.add_argument("--profiles", nargs="+", default=["gaussian", "box"])
     p.add_argument("--noise", nargs="+", type=float, default=[0.0, REALISTIC_NOISE])
     p.add_argument("--methods", nargs="+", default=["interp", "student"],
@@ -175,13 +188,16 @@ def main(argv: list[str] | None = None) -> int:
             if not src:
                 raise SystemExit(f"no T1w for sub-{subject} under {args.data}")
             truth, affine, resolution = truth_volume(src[0])
-            for tag, params, _ in cases(args):
+            for tag, params, isotropic in cases(args):
                 label = f"{subject}{tag}".replace("_", "")
-                image = lowres_image(truth, affine, resolution, params, args.seed)
+                image = lowres_image(truth, affine, resolution, params, args.seed, isotropic)
+                # an isotropic input's finest spacing is coarse: ask for the truth's grid
+                grid = ("--output-resolution", f"{resolution:.6g}") if isotropic else ()
                 anat = bids / f"sub-{label}" / "anat"
                 anat.mkdir(parents=True, exist_ok=True)
                 nib.save(image, str(anat / f"sub-{label}_T1w.nii.gz"))
-                row = {"volume": subject, "case": tag, "degradation": asdict(params),
+                row = {"volume": subject, "case": tag,
+                       "degradation": {**asdict(params), "isotropic": isotropic},
                        "methods": {}}
                 for name, order in (("cubic", 3), ("linear", 1)):
                     start = time.perf_counter()
@@ -191,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 for label_m, method, directory, extra in runs:
                     out = scratch / f"out-{label_m}"
                     path, seconds = run_app(bids, out, work, label, method, directory,
-                                            args.threads, extra)
+                                            args.threads, (*grid, *extra))
                     est = np.asanyarray(nib.load(str(path)).dataobj).astype(np.float32)
                     sidecar = json.loads(path.with_name(
                         path.name.replace(".nii.gz", ".json")).read_text())
