@@ -149,6 +149,9 @@ def test_train_unknown_validation_label_and_bad_option_are_usage_errors(tmp_path
     assert main(["train", str(root), str(out), "--student-steps", "many"]) == 64
     assert main(["train", str(root), str(out), "--zoom-augment", "0.3"]) == 64
     assert "--zoom-augment: must be between 0.5 and 1, got 0.3" in capsys.readouterr().err
+    assert main(["train", str(root), str(out), "--recipe", "diffusion", "--zoom-augment",
+                 "0.8"]) == 64
+    assert "regression and moe recipes only" in capsys.readouterr().err
     assert not (out / "student").exists()
 
 

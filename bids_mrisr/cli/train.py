@@ -239,6 +239,9 @@ def main(argv: list[str]) -> int:
     elif args.init_weights is not None:
         raise UserError("--init-weights: only the regression and moe recipes fine-tune a "
                         "checkpoint", ExitCode.USAGE)
+    elif args.zoom_augment != 1.0 or args.acquisition_input:
+        raise UserError("--zoom-augment and --acquisition-input: regression and moe recipes "
+                        "only (the diffusion recipe would ignore them)", ExitCode.USAGE)
     found = collect_volumes(
         args.bids_dir.absolute() if args.bids_dir is not None else None,
         expand_labels(args.participant_labels, "sub-"),
