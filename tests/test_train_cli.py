@@ -35,6 +35,7 @@ def test_train_regression_recipe_writes_a_mean_student(tmp_path):
     assert prov["training"]["steps"] == 30 and prov["training"]["crop"] == 32  # the recipe
     assert prov["training"]["factor_range"] == [1.5, 5.0]
     assert prov["degradation"]["zoom_range"] == [1.0, 1.0]  # scale augmentation off
+    assert prov["degradation"]["multi_axis_rate"] == 0.0
     assert prov["sampling_steps"] == 1
     assert prov["validation_volumes"] == ["sub-03/anat/sub-03_T1w.nii.gz"]
     assert "--student-steps 30" in prov["command"]
@@ -74,13 +75,15 @@ def test_train_moe_recipe_writes_a_mean_teacher_and_upcycles_a_student(tmp_path)
     common = ["--no-bundled", "--preset", "tiny", "--batch-size", "2", "--crop", "32",
               "--validation-label", "03"]
     assert main(["train", str(root), str(tmp_path / "m"), *common, "--recipe", "moe",
-                 "--student-steps", "10", "--router-top-k", "1", "--zoom-augment", "0.8"]) == 0
+                 "--student-steps", "10", "--router-top-k", "1", "--zoom-augment", "0.8",
+                 "--multi-axis-rate", "0.5"]) == 0
     teacher = load_checkpoint(tmp_path / "m" / "teacher")
     assert teacher.config.kind == "teacher" and teacher.config.prediction_type == "mean"
     assert teacher.config.router_top_k == 1 and teacher.config.acquisition_features == 3
     prov = teacher.provenance
     assert prov["recipe"] == "moe" and prov["steps"] == 10
     assert prov["degradation"]["zoom_range"] == [0.8, 1.0]
+    assert prov["degradation"]["multi_axis_rate"] == 0.5
     assert isinstance(prov["gates"]["beats_uniform"], bool)
     assert not (tmp_path / "m" / "student").exists()
     # a student's copies start the experts (sparse upcycling)
@@ -149,6 +152,8 @@ def test_train_unknown_validation_label_and_bad_option_are_usage_errors(tmp_path
     assert main(["train", str(root), str(out), "--student-steps", "many"]) == 64
     assert main(["train", str(root), str(out), "--zoom-augment", "0.3"]) == 64
     assert "--zoom-augment: must be between 0.5 and 1, got 0.3" in capsys.readouterr().err
+    assert main(["train", str(root), str(out), "--multi-axis-rate", "1.5"]) == 64
+    assert "--multi-axis-rate: must be between 0 and 1, got 1.5" in capsys.readouterr().err
     assert main(["train", str(root), str(out), "--recipe", "diffusion", "--zoom-augment",
                  "0.8"]) == 64
     assert "regression and moe recipes only" in capsys.readouterr().err

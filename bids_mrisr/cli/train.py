@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="regression and moe recipes: resample each degraded volume's "
                              "ground truth by a zoom drawn from [MIN, 1] first (new anatomy "
                              "scales from the same volumes; 1 = off)")
+    parser.add_argument("--multi-axis-rate", type=_rate, default=0.0, metavar="P",
+                        help="regression and moe recipes: share of simulated scans coarse "
+                             "along one or two more axes, kept coarse in the target (how the "
+                             "app restores an isotropic coarse scan, one axis at a time)")
     parser.add_argument("--lr", type=float, default=2e-3,
                         help="peak learning rate (after warm-up; cosine decay follows)")
     parser.add_argument("--skip-teacher", action="store_true",
@@ -119,6 +123,14 @@ def _zoom_floor(text: str) -> float:
     value = float(text)
     if not 0.5 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0.5 and 1, got {text}")
+    return value
+
+
+def _rate(text: str) -> float:
+    """A share in [0, 1]."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
 
 
@@ -200,7 +212,8 @@ def _train_regression(args: argparse.Namespace, train: list[np.ndarray], val: li
     recipe = RegressionRecipe(steps=args.student_steps, minutes=args.student_minutes,
                               batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                               crop=args.crop, device=args.device, workers=args.workers,
-                              zoom_range=(args.zoom_augment, 1.0))
+                              zoom_range=(args.zoom_augment, 1.0),
+                              multi_axis_rate=args.multi_axis_rate)
     sha = train_mean_regressor(
         train, config, output_dir / kind, recipe,
         progress=progress_callback(f"{kind} training", "step"), val_volumes=val or None,
@@ -239,9 +252,10 @@ def main(argv: list[str]) -> int:
     elif args.init_weights is not None:
         raise UserError("--init-weights: only the regression and moe recipes fine-tune a "
                         "checkpoint", ExitCode.USAGE)
-    elif args.zoom_augment != 1.0 or args.acquisition_input:
-        raise UserError("--zoom-augment and --acquisition-input: regression and moe recipes "
-                        "only (the diffusion recipe would ignore them)", ExitCode.USAGE)
+    elif args.zoom_augment != 1.0 or args.multi_axis_rate or args.acquisition_input:
+        raise UserError("--zoom-augment, --multi-axis-rate and --acquisition-input: regression "
+                        "and moe recipes only (the diffusion recipe would ignore them)",
+                        ExitCode.USAGE)
     found = collect_volumes(
         args.bids_dir.absolute() if args.bids_dir is not None else None,
         expand_labels(args.participant_labels, "sub-"),

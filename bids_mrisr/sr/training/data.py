@@ -46,20 +46,44 @@ def zoom_volume(hr: np.ndarray, zoom: float) -> np.ndarray:
 
 
 def simulate_cubic(hr: np.ndarray, params: Degradation, rng: np.random.Generator,
-                   bits: int | None = None) -> np.ndarray:
-    """Degrade ``hr`` (1 mm grid) with ``params``, quantise, and cubic-upsample it back."""
-    low, _ = degrade(hr, (1.0, 1.0, 1.0), params, rng)
+                   bits: int | None = None, also: tuple[int, ...] = ()) -> np.ndarray:
+    """Degrade ``hr`` (1 mm grid) with ``params``, quantise, and cubic-upsample it back.
+
+    ``also``: further axes acquired as coarsely as ``params.axis`` (an isotropic coarse scan),
+    with the noise added once, on the low-resolution voxels, as a scanner does."""
+    low = hr
+    for axis in also:
+        low, _ = degrade(low, (1.0, 1.0, 1.0), dataclasses.replace(
+            params, axis=axis, noise_fraction=0.0, inplane_sigma_vox=0.0), rng)
+    low, _ = degrade(low, (1.0, 1.0, 1.0), params, rng)
     if bits:
         top = float(np.percentile(low, 99.9)) or 1.0
         levels = 2**bits - 1
         low = (np.round(np.clip(low / top, 0, None) * levels) / levels * top).astype(np.float32)
-    return cubic_resample_axis(low, params.axis, params.factor, hr.shape[params.axis])
+    for axis in (params.axis, *also):
+        low = cubic_resample_axis(low, axis, params.factor, hr.shape[axis])
+    return low
+
+
+def coarse_along(hr: np.ndarray, params: Degradation, axes: tuple[int, ...]) -> np.ndarray:
+    """``hr`` acquired coarsely along ``axes`` (``params``' factor and profile, no noise) and
+    cubic-upsampled back: the target of a pass that restores one axis of an isotropic coarse
+    scan while the axes the app restores after it stay as they are."""
+    clean = dataclasses.replace(params, noise_fraction=0.0, bias_strength=0.0,
+                                inplane_sigma_vox=0.0)
+    out = hr
+    for axis in axes:
+        low, _ = degrade(out, (1.0, 1.0, 1.0), dataclasses.replace(clean, axis=axis))
+        out = cubic_resample_axis(low, axis, params.factor, hr.shape[axis])
+    return out
 
 
 def degradation_family(factor_range: tuple[float, float],
-                       zoom_range: tuple[float, float] = (1.0, 1.0)) -> dict:
+                       zoom_range: tuple[float, float] = (1.0, 1.0),
+                       multi_axis_rate: float = 0.0) -> dict:
     """The ranges :meth:`PairSampler.random_degradation` draws from (training provenance)."""
     return {"factor_range": list(factor_range), "zoom_range": list(zoom_range),
+            "multi_axis_rate": multi_axis_rate,
             "profiles": list(PROFILES),
             "thickness_ratio": [0.8, 1.3], "inplane_sigma_vox": [0, 0.6],
             "noise_fraction": [0, 0.03], "bias_strength_on_both": [0, 0.2],
@@ -84,6 +108,7 @@ class PairSampler:
         remap_intensities: bool = True,
         pool: list[tuple[np.ndarray, np.ndarray, Degradation]] | None = None,
         zoom_range: tuple[float, float] = (1.0, 1.0),
+        multi_axis_rate: float = 0.0,
     ) -> None:
         if not volumes:
             raise ValueError("PairSampler needs at least one volume")
@@ -105,6 +130,11 @@ class PairSampler:
         self.zoom_range = (float(zoom_range[0]), float(zoom_range[1]))
         """Each pool entry's ground truth is first resampled by a zoom drawn from this range:
         new anatomy scales from the same few volumes ((1, 1): off)."""
+        self.multi_axis_rate = float(multi_axis_rate)
+        """Share of pool entries coarse along one or two more axes than the restored one, in
+        the input and the target alike (the app restores an isotropic coarse scan one axis at
+        a time: each pass sees the axes restored after it still coarse, and noise that
+        interpolation smoothed in every coarse direction)."""
         self.rng = np.random.default_rng(seed)
         n_pool = pool_size or max(2, len(self.volumes))
         self.pool: list[tuple[np.ndarray, np.ndarray, Degradation]] = (
@@ -138,8 +168,14 @@ class PairSampler:
             hr = zoom_volume(hr, float(self.rng.uniform(*self.zoom_range)))
         if params.bias_strength > 0:
             hr = hr * smooth_bias_field(hr.shape, params.bias_strength, child)
-        cubic = simulate_cubic(hr, dataclasses.replace(params, bias_strength=0.0), child, bits)
-        return hr, cubic, params
+        also: tuple[int, ...] = ()
+        if self.multi_axis_rate and self.rng.random() < self.multi_axis_rate:
+            others = [a for a in range(3) if a != params.axis]
+            count = int(self.rng.integers(1, 3))
+            also = tuple(int(a) for a in self.rng.permutation(others)[:count])
+        cubic = simulate_cubic(hr, dataclasses.replace(params, bias_strength=0.0), child, bits,
+                               also)
+        return (coarse_along(hr, params, also) if also else hr), cubic, params
 
     def refresh(self) -> None:
         """Replace the oldest pool entry with a fresh degradation of a random volume."""

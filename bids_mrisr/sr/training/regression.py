@@ -54,15 +54,17 @@ class _Crops(torch.utils.data.IterableDataset):
 
     def __init__(self, volumes: Sequence[np.ndarray], config: ModelConfig, crop: int, seed: int,
                  batch_size: int, factor_range: tuple[float, float],
-                 zoom_range: tuple[float, float] = (1.0, 1.0)) -> None:
+                 zoom_range: tuple[float, float] = (1.0, 1.0),
+                 multi_axis_rate: float = 0.0) -> None:
         self.args = (list(volumes), config.context_slices, config.residual_scale)
         self.crop, self.seed, self.batch_size = crop, seed, batch_size
         self.factor_range, self.zoom_range = factor_range, zoom_range
+        self.multi_axis_rate = multi_axis_rate
 
     def sampler(self, worker: int = 0) -> PairSampler:
         return PairSampler(*self.args, crop=self.crop, seed=self.seed + 7919 * worker,
                            refresh_every=REFRESH_EVERY, factor_range=self.factor_range,
-                           zoom_range=self.zoom_range)
+                           zoom_range=self.zoom_range, multi_axis_rate=self.multi_axis_rate)
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -112,6 +114,8 @@ class RegressionRecipe:
     factor_range: tuple[float, float] = (1.5, 5.0)
     zoom_range: tuple[float, float] = (1.0, 1.0)
     """Scale augmentation of the ground truth (:class:`PairSampler`); (1, 1) is off."""
+    multi_axis_rate: float = 0.0
+    """Share of draws coarse along more axes than the restored one (:class:`PairSampler`)."""
     device: str = "cpu"
     """``cpu``, ``cuda`` or ``auto`` (bf16 autocast on GPUs)."""
     workers: int = 0
@@ -161,7 +165,8 @@ def train_mean_regressor(
             net = nn.parallel.DistributedDataParallel(
                 net, device_ids=[dev.index] if dev.type == "cuda" else None)
         data = _Crops(volumes, config, recipe.crop, recipe.seed + 104729 * rank.rank,
-                      recipe.batch_size, recipe.factor_range, recipe.zoom_range)
+                      recipe.batch_size, recipe.factor_range, recipe.zoom_range,
+                      recipe.multi_axis_rate)
         if recipe.workers > 0:
             loader = iter(torch.utils.data.DataLoader(
                 data, batch_size=None, num_workers=recipe.workers, persistent_workers=True,
@@ -215,7 +220,8 @@ def train_mean_regressor(
             precision=devices.precision_name(dev),
             ema_decay=EMA_DECAY,
             sampling_steps=1,
-            degradation=degradation_family(recipe.factor_range, recipe.zoom_range),
+            degradation=degradation_family(recipe.factor_range, recipe.zoom_range,
+                                           recipe.multi_axis_rate),
             training={k: list(v) if isinstance(v, tuple) else v
                       for k, v in dataclasses.asdict(recipe).items()},
             # kept at the top level too: readers of earlier checkpoints look for them here
