@@ -363,3 +363,25 @@ def test_flip_views_default_to_two_for_one_thick_axis_and_a_mean_estimate_only()
         assert res.info["FlipViews"] == [[]]
     with pytest.raises(SRError, match="flip views must be one of 1, 2, 4, 8, got 3"):
         run_loaded(vol, model, cfg, SROptions(flip_views=3))
+
+
+def test_inputs_coarse_along_several_axes_use_the_checkpoints_multi_axis_variant(tmp_path):
+    ck = pytest.importorskip("bids_mrisr.sr.checkpoint")
+    from bids_mrisr.sr.inference import MULTI_AXIS_WEIGHTS
+    from bids_mrisr.sr.networks.config import ModelConfig
+
+    vol = _phantom()
+    cfg = dataclasses.replace(ModelConfig.tiny_student(), prediction_type="mean")
+    main_sha = ck.random_checkpoint(tmp_path / "student", cfg, seed=0)
+    single = SROptions(method="student", weights=tmp_path / "student", blurred_axes=(2,),
+                       axis_factors=(1, 1, 2), flip_views=1, device="cpu")
+    iso = dataclasses.replace(single, blurred_axes=(0, 1, 2), axis_factors=(2, 2, 2))
+    # without a variant, every geometry uses the checkpoint itself
+    assert run_model(vol, iso).info["WeightsSHA256"] == main_sha
+    variant_sha = ck.random_checkpoint(tmp_path / "student" / MULTI_AXIS_WEIGHTS, cfg, seed=1)
+    one = run_model(vol, single)
+    assert one.info["WeightsSHA256"] == main_sha and "WeightsVariant" not in one.info
+    several = run_model(vol, iso)
+    assert several.info["WeightsSHA256"] == variant_sha != main_sha
+    assert several.info["WeightsVariant"].startswith(MULTI_AXIS_WEIGHTS)
+    assert several.info["ModelName"] == f"student/{MULTI_AXIS_WEIGHTS}"
