@@ -202,3 +202,31 @@ def test_adapt_auto_runs_on_a_mean_teacher_and_is_refused_for_interp(tmp_path, c
                  "--adapt", "auto"])
     assert code == 64
     assert "--adapt auto needs a network" in capsys.readouterr().err
+
+
+def test_a_multi_axis_variant_is_checked_up_front_and_keys_the_cache(tmp_path, small_dataset,
+                                                                       capsys):
+    from types import SimpleNamespace
+
+    from bids_mrisr.cli.participant import resolve_weights
+    from bids_mrisr.errors import UserError
+    from bids_mrisr.sr.inference import MULTI_AXIS_WEIGHTS
+
+    weights = tmp_path / "student"
+    sha = random_checkpoint(weights, ModelConfig.tiny_student(), seed=0)
+    settings = SimpleNamespace(model="student", device="cpu", weights=weights, adapt="off")
+    assert resolve_weights(settings) == (weights, sha)
+    variant_sha = random_checkpoint(weights / MULTI_AXIS_WEIGHTS, ModelConfig.tiny_student(),
+                                    seed=1)
+    # new weights of the variant alone must invalidate the cached SR results
+    assert resolve_weights(settings) == (weights, f"{sha}+{variant_sha}")
+    random_checkpoint(weights / MULTI_AXIS_WEIGHTS, ModelConfig.tiny_teacher(), seed=1)
+    with pytest.raises(UserError, match="a teacher checkpoint inside a student one"):
+        resolve_weights(settings)
+    random_checkpoint(weights / MULTI_AXIS_WEIGHTS, ModelConfig.tiny_student(), seed=1)
+    (weights / MULTI_AXIS_WEIGHTS / "model.safetensors").write_bytes(b"corrupt")
+    code, out = _run(small_dataset, tmp_path, "student", weights)
+    assert code == 64
+    err = capsys.readouterr().err
+    assert MULTI_AXIS_WEIGHTS in err and "Traceback" not in err
+    assert not (out / "sub-01").exists()  # refused before any work

@@ -48,7 +48,10 @@ def validate_input_dataset(settings: Settings) -> None:
 
 
 def resolve_weights(settings: Settings) -> tuple[Path | None, str | None]:
-    """Check the checkpoint up front, so a bad --weights fails before any work starts."""
+    """Check the checkpoint up front, so a bad --weights fails before any work starts.
+
+    Returns the weights and the cache key of the SR nodes: the checkpoint's sha256, joined by
+    its multi-axis variant's where it has one, so new weights of either invalidate the cache."""
     if settings.model == "interp":
         return None, None
     from bids_mrisr.sr.device import resolve_device
@@ -80,6 +83,18 @@ def resolve_weights(settings: Settings) -> tuple[Path | None, str | None]:
     if settings.adapt == "auto" and config.prediction_type != "mean":
         raise UserError(f"{weights}: --adapt auto needs a posterior-mean regressor checkpoint "
                         "(the shipped student); this one is a diffusion model", ExitCode.USAGE)
+    from bids_mrisr.sr.inference import MULTI_AXIS_WEIGHTS
+
+    variant = Path(weights) / MULTI_AXIS_WEIGHTS
+    if (variant / "model.json").is_file():
+        try:
+            _, variant_config, variant_sha = verify_checkpoint(variant)
+        except SRError as err:
+            raise UserError(str(err), ExitCode.USAGE) from None
+        if variant_config.kind != config.kind:
+            raise UserError(f"{variant}: a {variant_config.kind} checkpoint inside a "
+                            f"{config.kind} one", ExitCode.USAGE)
+        sha256 = f"{sha256}+{variant_sha}"
     return weights, sha256
 
 
