@@ -7,6 +7,7 @@ import logging
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from bids_mrisr import __version__
 from bids_mrisr.bids.derivatives import LOG_DIRNAME, init_derivatives_dataset
@@ -70,12 +71,7 @@ def resolve_weights(settings: Settings) -> tuple[Path | None, str | None]:
             "--weights DIR pointing at a bids_mrisr checkpoint, or use --model interp",
             ExitCode.USAGE,
         )
-    from bids_mrisr.sr.checkpoint import verify_checkpoint
-
-    try:
-        _, config, sha256 = verify_checkpoint(weights)
-    except SRError as err:
-        raise UserError(str(err), ExitCode.USAGE) from None
+    config, sha256 = _verified(weights)
     if config.kind != settings.model:
         raise UserError(
             f"{weights}: is a {config.kind} checkpoint but --model {settings.model} "
@@ -83,19 +79,28 @@ def resolve_weights(settings: Settings) -> tuple[Path | None, str | None]:
     if settings.adapt == "auto" and config.prediction_type != "mean":
         raise UserError(f"{weights}: --adapt auto needs a posterior-mean regressor checkpoint "
                         "(the shipped student); this one is a diffusion model", ExitCode.USAGE)
-    from bids_mrisr.sr.inference import MULTI_AXIS_WEIGHTS
+    from bids_mrisr.sr.inference import multi_axis_variant
 
-    variant = Path(weights) / MULTI_AXIS_WEIGHTS
-    if (variant / "model.json").is_file():
-        try:
-            _, variant_config, variant_sha = verify_checkpoint(variant)
-        except SRError as err:
-            raise UserError(str(err), ExitCode.USAGE) from None
+    variant = multi_axis_variant(weights)
+    if variant is not None:
+        variant_config, variant_sha = _verified(variant)
         if variant_config.kind != config.kind:
             raise UserError(f"{variant}: a {variant_config.kind} checkpoint inside a "
                             f"{config.kind} one", ExitCode.USAGE)
         sha256 = f"{sha256}+{variant_sha}"
     return weights, sha256
+
+
+def _verified(directory: Path) -> tuple[Any, str]:
+    """A checkpoint's config and sha256; a bad one is a usage error before any work starts."""
+    from bids_mrisr.sr.checkpoint import verify_checkpoint
+    from bids_mrisr.sr.engine import SRError
+
+    try:
+        _, config, sha256 = verify_checkpoint(directory)
+    except SRError as err:
+        raise UserError(str(err), ExitCode.USAGE) from None
+    return config, sha256
 
 
 def print_summary(statuses: list[RunStatus]) -> None:

@@ -24,6 +24,8 @@ from bids_mrisr.progress import progress_callback
 from bids_mrisr.training_data import collect_volumes
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from bids_mrisr.sr.networks.config import ModelConfig
 
 LOGGER = logging.getLogger("bids_mrisr")
@@ -101,11 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "slice-profile shape and slice width of each simulated scan (at "
                              "inference: from the header and the scan's spectrum), as the "
                              "shipped student is (docs/model-card.md)")
-    parser.add_argument("--zoom-augment", type=_zoom_floor, default=1.0, metavar="MIN",
+    # a zoom below 0.5 shrinks a head under a crop's size
+    parser.add_argument("--zoom-augment", type=_float_between(0.5, 1.0), default=1.0,
+                        metavar="MIN",
                         help="regression and moe recipes: resample each degraded volume's "
                              "ground truth by a zoom drawn from [MIN, 1] first (new anatomy "
                              "scales from the same volumes; 1 = off)")
-    parser.add_argument("--multi-axis-rate", type=_rate, default=0.0, metavar="P",
+    parser.add_argument("--multi-axis-rate", type=_float_between(0.0, 1.0), default=0.0,
+                        metavar="P",
                         help="regression and moe recipes: share of simulated scans coarse "
                              "along one or two more axes, kept coarse in the target (how the "
                              "app restores an isotropic coarse scan, one axis at a time)")
@@ -118,20 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _zoom_floor(text: str) -> float:
-    """``--zoom-augment``: a float in [0.5, 1] (below, a head shrinks under a crop's size)."""
-    value = float(text)
-    if not 0.5 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0.5 and 1, got {text}")
-    return value
-
-
-def _rate(text: str) -> float:
-    """A share in [0, 1]."""
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
+def _float_between(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a float in [low, high]."""
+    def parse(text: str) -> float:
+        value = float(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {text}")
+        return value
+    return parse
 
 
 def _check_device(name: str) -> None:

@@ -108,12 +108,18 @@ benchmark cases it gains 0.1-1.5 dB over the single-axis weights, which in turn 
 single-axis inputs (docs/model-card.md)."""
 
 
+def multi_axis_variant(weights: Path) -> Path | None:
+    """The checkpoint's multi-axis variant, if it has one."""
+    variant = Path(weights) / MULTI_AXIS_WEIGHTS
+    return variant if (variant / "model.json").is_file() else None
+
+
 def weights_for_geometry(weights: Path, blurred_axes: tuple[int, ...] | None) -> Path:
     """``weights``, or its multi-axis variant where the input is coarse along several axes and
     the checkpoint has one."""
     if blurred_axes is not None and len(blurred_axes) > 1:
-        variant = Path(weights) / MULTI_AXIS_WEIGHTS
-        if (variant / "model.json").is_file():
+        variant = multi_axis_variant(weights)
+        if variant is not None:
             return variant
     return Path(weights)
 
@@ -131,6 +137,7 @@ def run_model(
 
     device = devices.resolve_device(options.device)
     weights = weights_for_geometry(Path(options.weights), options.blurred_axes)
+    use_variant = weights != Path(options.weights)
     try:
         ckpt = load_checkpoint(weights, device)
     except OSError as exc:
@@ -142,7 +149,7 @@ def run_model(
         )
     prov = dict(ckpt.provenance or {})
     name = prov.get("name") or prov.get("model_name") or Path(ckpt.path).name or ckpt.config.kind
-    if weights != Path(options.weights):
+    if use_variant:
         name = f"{Path(options.weights).name}/{MULTI_AXIS_WEIGHTS}"
     estimate = _estimate_acquisition(ckpt.config, volume, options)
     model, adaptation = _maybe_adapt(ckpt.model, volume, options, ckpt.sha256, progress,
@@ -166,7 +173,7 @@ def run_model(
     )
     if "trained" in prov:
         result.info["WeightsTrained"] = bool(prov["trained"])
-    if weights != Path(options.weights):
+    if use_variant:
         result.info["WeightsVariant"] = (f"{MULTI_AXIS_WEIGHTS}: the checkpoint's variant for "
                                          "inputs coarse along several axes")
     for entry in result.info.get("AcquisitionInput", []):
