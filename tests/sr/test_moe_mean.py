@@ -137,11 +137,23 @@ def test_moe_recipe_trains_a_mean_teacher_the_engine_runs(tmp_path) -> None:
     np.testing.assert_allclose(result.gates.sum(axis=0), 1.0, atol=1e-4)
 
 
+def _assert_computes_the_student(teacher, student, config, *, tell_student: bool) -> None:
+    """The upcycled ``teacher``, told two acquisition codes, gives the ``student``'s output
+    (told the same codes, or nothing if it is blind)."""
+    from bids_mrisr.sr.training.losses import predict_mean
+
+    cond = torch.randn(2, config.in_condition_channels, 32, 32)
+    code = torch.tensor([[0.0, 1.0, 0.0], [-0.5, -1.0, 0.3]])
+    with torch.no_grad():
+        expected = predict_mean(student, cond, code if tell_student else None)
+        got = predict_mean(teacher.eval(), cond, code)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_upcycled_teacher_starts_as_the_student(tmp_path) -> None:
     """Every expert starts as a copy of the student (the edge expert's extra input at zero), so
     the routed mixture computes exactly what the student did, whatever the router says."""
     from bids_mrisr.sr.checkpoint import save_checkpoint
-    from bids_mrisr.sr.training.losses import predict_mean
     from bids_mrisr.sr.training.regression import _warm_start
 
     torch.manual_seed(1)
@@ -155,19 +167,13 @@ def test_upcycled_teacher_starts_as_the_student(tmp_path) -> None:
     teacher = build_model(config)
     info = _warm_start(teacher, config, tmp_path / "student")
     assert info["upcycled_experts"] == 3
-    cond = torch.randn(2, config.in_condition_channels, 32, 32)
-    code = torch.tensor([[0.0, 1.0, 0.0], [-0.5, -1.0, 0.3]])
-    with torch.no_grad():
-        expected = predict_mean(student, cond, code)
-        got = predict_mean(teacher.eval(), cond, code)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    _assert_computes_the_student(teacher, student, config, tell_student=True)
 
 
 def test_a_blind_student_upcycles_into_a_conditioned_teacher(tmp_path) -> None:
     """As a blind student fine-tunes into a conditioned one, its copies may start a conditioned
     teacher: the experts' acquisition input starts at zero, so the start is the student."""
     from bids_mrisr.sr.checkpoint import CheckpointError, save_checkpoint
-    from bids_mrisr.sr.training.losses import predict_mean
     from bids_mrisr.sr.training.regression import _warm_start
 
     torch.manual_seed(2)
@@ -177,12 +183,7 @@ def test_a_blind_student_upcycles_into_a_conditioned_teacher(tmp_path) -> None:
     config = dataclasses.replace(ModelConfig.upcycled_teacher(blind), acquisition_features=3)
     teacher = build_model(config)
     _warm_start(teacher, config, tmp_path / "student")
-    cond = torch.randn(2, config.in_condition_channels, 32, 32)
-    code = torch.tensor([[0.0, 1.0, 0.0], [-0.5, -1.0, 0.3]])
-    with torch.no_grad():
-        expected = predict_mean(student, cond, None)
-        got = predict_mean(teacher.eval(), cond, code)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    _assert_computes_the_student(teacher, student, config, tell_student=False)
     other = dataclasses.replace(config, base_width=config.base_width * 2)
     with pytest.raises(CheckpointError, match="upcycles only"):
         _warm_start(build_model(other), other, tmp_path / "student")
