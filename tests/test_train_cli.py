@@ -70,6 +70,39 @@ def test_train_init_weights_fine_tunes_a_checkpoint(tmp_path, capsys):
     assert state.keys() == first.model.state_dict().keys()
 
 
+def test_train_res_blocks_deepens_a_checkpoint_that_starts_computing_the_same(tmp_path,
+                                                                              capsys):
+    import torch
+
+    root = _dataset(tmp_path)
+    common = ["--no-bundled", "--preset", "tiny", "--batch-size", "2", "--crop", "32"]
+    assert main(["train", str(root), str(tmp_path / "a"), *common, "--student-steps", "20"]) == 0
+    assert main(["train", str(root), str(tmp_path / "b"), *common, "--student-steps", "0",
+                 "--init-weights", str(tmp_path / "a" / "student"), "--res-blocks", "2"]) == 0
+    first = load_checkpoint(tmp_path / "a" / "student")
+    deeper = load_checkpoint(tmp_path / "b" / "student")
+    assert first.config.num_res_blocks == 1 and deeper.config.num_res_blocks == 2
+    assert deeper.provenance["init_weights"]["added_res_blocks"] == 1
+    state = deeper.model.state_dict()
+    assert set(first.model.state_dict()) < set(state)
+    for name, tensor in first.model.state_dict().items():
+        assert np.array_equal(tensor.numpy(), state[name].numpy()), name
+    assert not state["unet.enc.0.1.conv2.weight"].any() and state["unet.dec.1.1.conv1.weight"].any()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 24, 28, generator=gen)
+    cond = torch.randn(2, first.config.in_condition_channels, 24, 28, generator=gen)
+    t = torch.zeros(2)
+    with torch.no_grad():
+        assert torch.equal(first.model(x, cond, t), deeper.model(x, cond, t))
+    # shallower than the checkpoint, or for the diffusion recipe: refused before any work
+    assert main(["train", str(root), str(tmp_path / "c"), *common, "--init-weights",
+                 str(tmp_path / "b" / "student"), "--res-blocks", "1"]) == 64
+    assert "--res-blocks 1: fewer than the 2 of --init-weights" in capsys.readouterr().err
+    assert main(["train", str(root), str(tmp_path / "c"), *common, "--recipe", "diffusion",
+                 "--res-blocks", "2"]) == 64
+    assert not (tmp_path / "c").exists()
+
+
 def test_train_moe_recipe_writes_a_mean_teacher_and_upcycles_a_student(tmp_path):
     root = _dataset(tmp_path)
     common = ["--no-bundled", "--preset", "tiny", "--batch-size", "2", "--crop", "32",

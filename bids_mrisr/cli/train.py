@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bids_mrisr.cli.parser import UsageParser, expand_labels, is_within
+from bids_mrisr.cli.parser import UsageParser, _positive_int, expand_labels, is_within
 from bids_mrisr.errors import ExitCode, UserError
 from bids_mrisr.progress import progress_callback
 from bids_mrisr.training_data import collect_volumes
@@ -96,13 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="regression recipe: fine-tune this checkpoint (e.g. the shipped "
                              "student) instead of starting from random weights; its "
                              "architecture is kept (with --acquisition-input a blind one "
-                             "gains that input, starting at zero). moe recipe: a MoE teacher "
+                             "gains that input, starting at zero; --res-blocks may deepen "
+                             "it). moe recipe: a MoE teacher "
                              "to fine-tune, or a student whose copies start every expert")
     parser.add_argument("--acquisition-input", action="store_true",
                         help="regression recipe: tell the student the thick-slice factor, "
                              "slice-profile shape and slice width of each simulated scan (at "
                              "inference: from the header and the scan's spectrum), as the "
                              "shipped student is (docs/model-card.md)")
+    parser.add_argument("--res-blocks", type=_positive_int, default=None, metavar="N",
+                        help="regression recipe: residual blocks per U-Net level (default: the "
+                             "--init-weights checkpoint's, else the preset's). Larger than the "
+                             "checkpoint's deepens it: the new blocks start as the identity, "
+                             "so fine-tuning starts from its quality")
     # a zoom below 0.5 shrinks a head under a crop's size
     parser.add_argument("--zoom-augment", type=_float_between(0.5, 1.0), default=1.0,
                         metavar="MIN",
@@ -181,6 +187,13 @@ def _recipe_config(args: argparse.Namespace, kind: str, tiny: bool,
         config = dataclasses.replace(base, prediction_type="mean")
     if args.acquisition_input:
         config = dataclasses.replace(config, acquisition_features=ACQUISITION_FEATURES)
+    if args.res_blocks is not None:
+        if kind != "student":
+            raise ValueError("--res-blocks deepens the student of the regression recipe")
+        if init_config is not None and args.res_blocks < init_config.num_res_blocks:
+            raise ValueError(f"--res-blocks {args.res_blocks}: fewer than the "
+                             f"{init_config.num_res_blocks} of --init-weights")
+        config = dataclasses.replace(config, num_res_blocks=args.res_blocks)
     return config
 
 
@@ -251,9 +264,11 @@ def main(argv: list[str]) -> int:
     elif args.init_weights is not None:
         raise UserError("--init-weights: only the regression and moe recipes fine-tune a "
                         "checkpoint", ExitCode.USAGE)
-    elif args.zoom_augment != 1.0 or args.multi_axis_rate or args.acquisition_input:
-        raise UserError("--zoom-augment, --multi-axis-rate and --acquisition-input: regression "
-                        "and moe recipes only (the diffusion recipe would ignore them)",
+    elif (args.zoom_augment != 1.0 or args.multi_axis_rate or args.acquisition_input
+          or args.res_blocks is not None):
+        raise UserError("--zoom-augment, --multi-axis-rate, --acquisition-input and "
+                        "--res-blocks: regression and moe recipes only (the diffusion recipe "
+                        "would ignore them)",
                         ExitCode.USAGE)
     found = collect_volumes(
         args.bids_dir.absolute() if args.bids_dir is not None else None,

@@ -241,27 +241,58 @@ def train_mean_regressor(
 def _warm_start(model: nn.Module, config: ModelConfig, directory: str | Path) -> dict[str, Any]:
     """Copy a verified checkpoint's weights into ``model``; refuse another architecture.
 
-    A blind checkpoint may start a conditioned network of otherwise the same architecture: the
-    acquisition input starts at zero, so the start computes exactly what the checkpoint did.
+    Two changes keep the start computing exactly what the checkpoint did, so fine-tuning
+    starts from its quality: a blind checkpoint may start a conditioned network (the
+    acquisition input starts at zero), and a network may be deepened (more residual blocks per
+    level; each new block's last convolution starts at zero, so the block starts as the
+    identity).
     """
     from bids_mrisr.sr.checkpoint import CheckpointError, load_checkpoint
 
     loaded = load_checkpoint(Path(directory))
     if config.kind == "teacher" and loaded.config.kind == "student":
         return _upcycle(model, config, loaded, directory)
-    adds_conditioning = (not loaded.config.acquisition_features and config.acquisition_features
-                         and dataclasses.replace(config, acquisition_features=0)
-                         == loaded.config)
-    if loaded.config != config and not adds_conditioning:
+    adds_conditioning = bool(not loaded.config.acquisition_features
+                             and config.acquisition_features)
+    added_blocks = config.num_res_blocks - loaded.config.num_res_blocks
+    grown = dataclasses.replace(
+        loaded.config, num_res_blocks=config.num_res_blocks,
+        acquisition_features=config.acquisition_features if adds_conditioning
+        else loaded.config.acquisition_features)
+    if grown != config or added_blocks < 0:
         raise CheckpointError(f"checkpoint {directory}: its network config differs from the "
-                              "one being trained; fine-tuning needs the same architecture")
+                              "one being trained; fine-tuning needs the same architecture "
+                              "(or the same one deepened)")
     missing, unexpected = model.load_state_dict(loaded.model.state_dict(), strict=False)
-    if unexpected or any(".acquisition." not in key for key in missing):
+    new_blocks = _blocks_beyond(model, loaded.config.num_res_blocks)
+    if unexpected or any(".acquisition." not in key
+                         and not key.startswith(tuple(f"{n}." for n in new_blocks))
+                         for key in missing):
         raise CheckpointError(f"checkpoint {directory}: its weights do not fit the network")
-    log.info("fine-tuning from %s (sha256 %s)%s", directory, loaded.sha256[:12],
-             "; adding acquisition conditioning" if adds_conditioning else "")
+    with torch.no_grad():
+        for name in new_blocks:
+            conv = model.get_submodule(name).conv2
+            conv.weight.zero_()
+            conv.bias.zero_()
+    log.info("fine-tuning from %s (sha256 %s)%s%s", directory, loaded.sha256[:12],
+             "; adding acquisition conditioning" if adds_conditioning else "",
+             f"; {added_blocks} more residual block(s) per level, starting as the identity"
+             if added_blocks else "")
     return {"sha256": loaded.sha256, "steps": loaded.provenance.get("steps"),
-            "minutes": loaded.provenance.get("minutes")}
+            "minutes": loaded.provenance.get("minutes"),
+            **({"added_res_blocks": added_blocks} if added_blocks else {})}
+
+
+def _blocks_beyond(model: nn.Module, count: int) -> list[str]:
+    """Names of the U-Net's residual blocks past the first ``count`` of each level (the
+    encoder's ``enc.L.i`` and the decoder's ``dec.L.i``, i >= count)."""
+    names = []
+    for name, _ in model.named_modules():
+        parts = name.split(".")
+        if len(parts) >= 3 and parts[-3] in ("enc", "dec") and parts[-1].isdigit() \
+                and int(parts[-1]) >= count:
+            names.append(name)
+    return names
 
 
 def _upcycle(model: nn.Module, config: ModelConfig, loaded: Any, directory: str | Path,
