@@ -14,13 +14,27 @@ simulated acquisition it:
 4. scores it against the truth beside plain cubic resampling (``score_in_head``).
 
 With ``{"steps": 0}`` (no adaptation) and the default setting it reproduces the app's
-``student`` and ``student+adapt`` rows of ``quality.py`` to 0.01 dB. Settings come as JSON:
+``student`` and ``student+adapt`` rows of ``quality.py`` to 0.01 dB (the network is told the
+acquisition as the app tells it). Settings come as JSON:
 ``--settings '{"default": {}, "no-noise": {"match_noise": false}}'``.
+
+A setting's ``"pairs"`` key measures what adaptation could reach with better pairs than the
+scan's own, which only a benchmark can build because they need the truth (in the scan's
+normalised intensities):
+
+- ``scan`` (default): the app's pairs, the scan's in-plane axes degraded;
+- ``truth-thick``: the truth degraded exactly as the scan was, along the real thick axis; the
+  input is the scan itself, so this is the memorisation bound of the test case;
+- ``truth-inplane``: the truth's in-plane axes degraded as the scan was, noise included: the
+  scan's own pairs had its in-plane slices been sharp along the thick axis too;
+- ``blurred-truth-inplane``: the same from the truth first blurred along the thick axis (no
+  noise), which is what the scan's in-plane slices are.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -33,17 +47,54 @@ from quality import DEFAULT_DATA, HELD_OUT, lowres_image, plain_resample, truth_
 from bids_mrisr.image.normalize import Normalisation
 from bids_mrisr.image.preprocess import preprocess_file
 from bids_mrisr.image.reorient import ras_zooms
-from bids_mrisr.interfaces.superres import restore_input_intensities
+from bids_mrisr.image.spline import cubic_resample_axis
+from bids_mrisr.interfaces.superres import bias_on_grid, restore_input_intensities
+from bids_mrisr.sr.acquisition import estimate_acquisition, profile_to_tell
 from bids_mrisr.sr.adapt import AdaptOptions, adapt_model
 from bids_mrisr.sr.checkpoint import load_checkpoint
-from bids_mrisr.sr.degrade import Degradation
+from bids_mrisr.sr.degrade import Degradation, degrade
 from bids_mrisr.sr.geometry import blurred_axes
 from bids_mrisr.sr.inference import run_loaded
 from bids_mrisr.sr.options import SROptions
+from bids_mrisr.sr.training.data import PairSampler
 from bids_mrisr.sr.training.evaluate import score_in_head
 from bids_mrisr.sr.weights import default_weights
 
 HERE = Path(__file__).resolve().parent
+PAIRS = ("scan", "truth-thick", "truth-inplane", "blurred-truth-inplane")
+
+
+def truth_pairs(kind: str, truth: np.ndarray, scan: np.ndarray, params: Degradation,
+                config: object, options: AdaptOptions) -> PairSampler:
+    """Adaptation pairs built from the truth (``truth`` and ``scan`` on one grid, in the scan's
+    normalised intensities); see the module docstring for the kinds."""
+    thick, rng = params.axis, np.random.default_rng(options.seed)
+    common = dict(crop=options.crop, seed=options.seed, remap_intensities=False)
+    if kind == "truth-thick":
+        return PairSampler([truth], config.context_slices, config.residual_scale,
+                           pool=[(truth, scan, params)], **common)
+    source = truth
+    if kind == "blurred-truth-inplane":
+        low, _ = degrade(truth, (1.0, 1.0, 1.0), dataclasses.replace(params, noise_fraction=0.0))
+        source = cubic_resample_axis(low, thick, params.factor, truth.shape[thick])
+    pool = []
+    for axis in (a for a in range(3) if a != thick):
+        inplane = dataclasses.replace(params, axis=axis)
+        low, _ = degrade(source, (1.0, 1.0, 1.0), inplane, rng)
+        cubic = cubic_resample_axis(low, axis, params.factor, source.shape[axis])
+        pool.append((source, np.asarray(cubic, dtype=np.float32), inplane))
+    return PairSampler([source], config.context_slices, config.residual_scale,
+                       slice_axis=thick, pool=pool, **common)
+
+
+def normalised_truth(truth: np.ndarray, volume: np.ndarray, norm: Normalisation,
+                     bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The truth in the scan's normalised intensities (N4 field divided out), and the scan,
+    both cut to the extent they share (as ``score_in_head`` compares them)."""
+    cut = tuple(slice(0, min(a, b)) for a, b in zip(truth.shape, volume.shape, strict=True))
+    mapped = (truth[cut] / bias[cut] - norm.offset) / norm.scale
+    return (np.ascontiguousarray(mapped, dtype=np.float32),
+            np.ascontiguousarray(volume[cut], dtype=np.float32))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,23 +135,39 @@ def main(argv: list[str] | None = None) -> int:
                 zooms = ras_zooms(image)
                 axes = blurred_axes(zooms, pre.resolution)
                 factors = tuple(z / pre.resolution for z in zooms)
+                thick = axes[0]
+                estimate = estimate_acquisition(volume, thick, factors[thick])
                 options = SROptions(blurred_axes=axes, axis_factors=factors,
-                                    threads=args.threads)
+                                    threads=args.threads,
+                                    slice_profile=profile_to_tell(None, estimate))
                 norm = Normalisation.from_json(pre.params_file)
                 cubic = score_in_head(plain_resample(image, resolution, 3), truth)
-                for name, overrides in settings.items():
+                for name, setting in settings.items():
+                    overrides = {k: v for k, v in setting.items() if k != "pairs"}
+                    kind = setting.get("pairs", "scan")
+                    if kind not in PAIRS:
+                        raise SystemExit(f"setting {name}: pairs must be one of {PAIRS}")
                     start = time.perf_counter()
                     model, info = ckpt.model, {}
                     if overrides.get("steps", 1) > 0:
-                        model, info = adapt_model(ckpt.model, volume, axes[0],
-                                                  factors[axes[0]], AdaptOptions(**overrides))
+                        adapt = AdaptOptions(**overrides)
+                        pairs = None
+                        if kind != "scan":
+                            mapped, scan = normalised_truth(
+                                truth, volume, norm, bias_on_grid(pre.bias_field, grid))
+                            pairs = truth_pairs(kind, mapped, scan,
+                                                dataclasses.replace(params, axis=thick),
+                                                ckpt.config, adapt)
+                        model, info = adapt_model(ckpt.model, volume, thick, factors[thick],
+                                                  adapt, estimate=estimate, pairs=pairs)
                     seconds = time.perf_counter() - start
                     result = run_loaded(volume, model, ckpt.config, options)
                     restored = restore_input_intensities(result.image, norm,
                                                          pre.bias_field, grid)
                     scores = score_in_head(restored, truth)
                     row = {"volume": subject, "profile": profile, "setting": name,
-                           "overrides": overrides, "gain_db": scores["psnr"] - cubic["psnr"],
+                           "overrides": overrides, "pairs": kind,
+                           "gain_db": scores["psnr"] - cubic["psnr"],
                            "ssim": scores["ssim"], "cubic": cubic, "adapt_seconds": seconds,
                            "adaptation": info}
                     rows.append(row)

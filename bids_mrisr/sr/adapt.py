@@ -95,9 +95,14 @@ def _adapted_parameters(model: nn.Module) -> list[nn.Parameter]:
 def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: float,
                 options: AdaptOptions, progress: Callable[[int, int], None] | None = None,
                 estimate: AcquisitionEstimate | None = None,
+                pairs: PairSampler | None = None,
                 ) -> tuple[nn.Module, dict[str, Any]]:
     """Return an adapted copy of ``model`` (a mean regressor) and provenance for the sidecar
-    (``estimate``: the scan's noise and profile when already read, else read here)."""
+    (``estimate``: the scan's noise and profile when already read, else read here).
+
+    ``pairs`` replaces the scan's own pairs with ready-made ones, for benchmarks that measure
+    what adaptation could reach with pairs from the truth (``benchmarks/adapt_ablation.py``);
+    the app never passes it."""
     config = model.config
     if getattr(config, "prediction_type", None) != "mean":
         raise ValueError("adaptation needs a posterior-mean regressor (the shipped student)")
@@ -108,9 +113,9 @@ def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: f
                                                    options.seed)
     profile = options.profile or acquisition.profile
     sigma = acquisition.noise_sigma if options.match_noise else 0.0
-    sampler = adaptation_sampler(volume, thick_axis, factor, config.context_slices,
-                                 config.residual_scale, options.crop, options.seed, ratio,
-                                 profile, sigma)
+    sampler = pairs or adaptation_sampler(volume, thick_axis, factor, config.context_slices,
+                                          config.residual_scale, options.crop, options.seed,
+                                          ratio, profile, sigma)
     device = next(model.parameters()).device
     adapted = copy.deepcopy(model).to(device).train()
     anchor = [p.detach().clone() for p in model.parameters()]

@@ -104,3 +104,28 @@ def test_a_mean_teacher_adapts_its_experts_and_keeps_its_router() -> None:
                                                      adapted.experts.parameters(), strict=True)]
     assert any(changed)
     assert all(p.requires_grad for p in teacher.parameters())  # the original is untouched
+
+
+def test_ready_made_pairs_replace_the_scans_own() -> None:
+    """Benchmarks pass pairs built from the truth; adaptation must train and report on them."""
+    from bids_mrisr.sr.degrade import Degradation
+    from bids_mrisr.sr.training.data import PairSampler
+    from bids_mrisr.sr.training.losses import mean_regression_loss
+
+    scan, truth = _anisotropic_scan(), _sharp_phantom((40, 40, 40))
+    model = _student()
+
+    def truth_sampler() -> PairSampler:
+        return PairSampler([truth], model.config.context_slices, model.config.residual_scale,
+                           crop=32, seed=3, remap_intensities=False,
+                           pool=[(truth, scan, Degradation(axis=2, factor=3.0))])
+
+    twin = truth_sampler()
+    with torch.no_grad():
+        expected = np.mean([float(mean_regression_loss(model, *twin.sample(8))[0])
+                            for _ in range(4)])
+    _, info = adapt_model(model, scan, 2, 3.0, AdaptOptions(steps=3, crop=32),
+                          pairs=truth_sampler())
+    own = adapt_model(model, scan, 2, 3.0, AdaptOptions(steps=3, crop=32))[1]
+    assert abs(info["LossBefore"] - round(float(expected), 5)) < 1e-5
+    assert abs(own["LossBefore"] - info["LossBefore"]) > 1e-4  # the scan's pairs differ
