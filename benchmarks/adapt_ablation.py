@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                                     slice_profile=profile_to_tell(None, estimate))
                 norm = Normalisation.from_json(pre.params_file)
                 cubic = score_in_head(plain_resample(image, resolution, 3), truth)
+                mapped = scan = None
                 for name, setting in settings.items():
                     overrides = {k: v for k, v in setting.items() if k != "pairs"}
                     kind = setting.get("pairs", "scan")
@@ -153,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                         adapt = AdaptOptions(**overrides)
                         pairs = None
                         if kind != "scan":
-                            mapped, scan = normalised_truth(
-                                truth, volume, norm, bias_on_grid(pre.bias_field, grid))
+                            if mapped is None:  # once per case
+                                mapped, scan = normalised_truth(
+                                    truth, volume, norm, bias_on_grid(pre.bias_field, grid))
                             pairs = truth_pairs(kind, mapped, scan,
                                                 dataclasses.replace(params, axis=thick),
                                                 ckpt.config, adapt)

@@ -113,9 +113,9 @@ def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: f
                                                    options.seed)
     profile = options.profile or acquisition.profile
     sigma = acquisition.noise_sigma if options.match_noise else 0.0
-    sampler = pairs or adaptation_sampler(volume, thick_axis, factor, config.context_slices,
-                                          config.residual_scale, options.crop, options.seed,
-                                          ratio, profile, sigma)
+    sampler = pairs if pairs is not None else adaptation_sampler(
+        volume, thick_axis, factor, config.context_slices, config.residual_scale, options.crop,
+        options.seed, ratio, profile, sigma)
     device = next(model.parameters()).device
     adapted = copy.deepcopy(model).to(device).train()
     anchor = [p.detach().clone() for p in model.parameters()]
