@@ -47,16 +47,16 @@ from quality import DEFAULT_DATA, HELD_OUT, lowres_image, plain_resample, truth_
 from bids_mrisr.image.normalize import Normalisation
 from bids_mrisr.image.preprocess import preprocess_file
 from bids_mrisr.image.reorient import ras_zooms
-from bids_mrisr.image.spline import cubic_resample_axis
 from bids_mrisr.interfaces.superres import bias_on_grid, restore_input_intensities
 from bids_mrisr.sr.acquisition import estimate_acquisition, profile_to_tell
 from bids_mrisr.sr.adapt import AdaptOptions, adapt_model
 from bids_mrisr.sr.checkpoint import load_checkpoint
-from bids_mrisr.sr.degrade import Degradation, degrade
+from bids_mrisr.sr.degrade import Degradation
 from bids_mrisr.sr.geometry import blurred_axes
 from bids_mrisr.sr.inference import run_loaded
+from bids_mrisr.sr.networks import ModelConfig
 from bids_mrisr.sr.options import SROptions
-from bids_mrisr.sr.training.data import PairSampler
+from bids_mrisr.sr.training.data import PairSampler, simulate_cubic
 from bids_mrisr.sr.training.evaluate import score_in_head
 from bids_mrisr.sr.weights import default_weights
 
@@ -65,7 +65,7 @@ PAIRS = ("scan", "truth-thick", "truth-inplane", "blurred-truth-inplane")
 
 
 def truth_pairs(kind: str, truth: np.ndarray, scan: np.ndarray, params: Degradation,
-                config: object, options: AdaptOptions) -> PairSampler:
+                config: ModelConfig, options: AdaptOptions) -> PairSampler:
     """Adaptation pairs built from the truth (``truth`` and ``scan`` on one grid, in the scan's
     normalised intensities); see the module docstring for the kinds."""
     thick, rng = params.axis, np.random.default_rng(options.seed)
@@ -74,14 +74,12 @@ def truth_pairs(kind: str, truth: np.ndarray, scan: np.ndarray, params: Degradat
         return PairSampler([truth], config.context_slices, config.residual_scale,
                            pool=[(truth, scan, params)], **common)
     source = truth
-    if kind == "blurred-truth-inplane":
-        low, _ = degrade(truth, (1.0, 1.0, 1.0), dataclasses.replace(params, noise_fraction=0.0))
-        source = cubic_resample_axis(low, thick, params.factor, truth.shape[thick])
+    if kind == "blurred-truth-inplane":  # no noise: the scan's own comes with the pairs below
+        source = simulate_cubic(truth, dataclasses.replace(params, noise_fraction=0.0), rng)
     pool = []
     for axis in (a for a in range(3) if a != thick):
         inplane = dataclasses.replace(params, axis=axis)
-        low, _ = degrade(source, (1.0, 1.0, 1.0), inplane, rng)
-        cubic = cubic_resample_axis(low, axis, params.factor, source.shape[axis])
+        cubic = simulate_cubic(source, inplane, rng)
         pool.append((source, np.asarray(cubic, dtype=np.float32), inplane))
     return PairSampler([source], config.context_slices, config.residual_scale,
                        slice_axis=thick, pool=pool, **common)
