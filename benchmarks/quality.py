@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt-steps", type=int, default=0,
                    help="also score 'student+adapt': the student with --adapt auto and this "
                         "many steps (0: not scored)")
+    p.add_argument("--acquisition-type", choices=("2D", "3D"), default=None,
+                   help="write this MRAcquisitionType into each simulated scan's sidecar, as "
+                        "dcm2niix would (the app tells the student a box profile for 2D); "
+                        "default: no sidecar, the app reads the profile from the voxels")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, default=HERE / "results" / "quality.json")
@@ -196,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
                 anat = bids / f"sub-{label}" / "anat"
                 anat.mkdir(parents=True, exist_ok=True)
                 nib.save(image, str(anat / f"sub-{label}_T1w.nii.gz"))
+                if args.acquisition_type:
+                    (anat / f"sub-{label}_T1w.json").write_text(json.dumps(
+                        {"MRAcquisitionType": args.acquisition_type}))
                 row = {"volume": subject, "case": tag,
                        "degradation": {**asdict(params), "isotropic": isotropic},
                        "methods": {}}

@@ -18,6 +18,7 @@ from bids_mrisr.sr.options import METHODS, PLANES, PROFILES, VIEW_COUNTS
 
 MODELS = METHODS  # the CLI's --model names are the engine's methods
 ADAPT_MODES = ("off", "auto")
+CONSISTENCY_MODES = ("auto", "off")
 SLICE_PROFILE_CHOICES = ("auto", *PROFILES)
 FLIP_VIEW_CHOICES = ("auto", *map(str, VIEW_COUNTS))
 
@@ -53,6 +54,9 @@ class Settings:
     flip_views: str = "auto"
     """Flip self-ensemble size; auto: 2 for thick-slice inputs restored by a mean estimate (the
     student), 1 otherwise."""
+    input_consistency: str = "auto"
+    """auto: after the network, one shrunk step toward the scan's own slices where the slice
+    profile is known (sr/consistency.py); off: the network's output as it is."""
     verbose: int = 0
     clean_workdir: bool = False
     nipype_plugin: str | None = None
@@ -67,6 +71,9 @@ class Settings:
             problems.append(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if not set(self.planes) <= set(PLANES) or not self.planes:
             problems.append(f"planes must be among {', '.join(PLANES)}, got {self.planes!r}")
+        if self.input_consistency not in CONSISTENCY_MODES:
+            problems.append(f"input_consistency must be one of {', '.join(CONSISTENCY_MODES)}, "
+                            f"got {self.input_consistency!r}")
         if self.adapt not in ADAPT_MODES:
             problems.append(f"adapt must be one of {', '.join(ADAPT_MODES)}, got {self.adapt!r}")
         if self.slice_profile not in SLICE_PROFILE_CHOICES:

@@ -18,7 +18,9 @@ from bids_mrisr.image.io import save_nifti
 from bids_mrisr.sr.degrade import Degradation, degrade
 
 DEMO_SUBJECT = "demo01"
-DEMO_DEGRADATION = Degradation(axis=2, factor=3.0, noise_fraction=0.01, bias_strength=0.2)
+DEMO_DEGRADATION = Degradation(axis=2, factor=3.0, profile="box", noise_fraction=0.01,
+                              bias_strength=0.2)
+"""A 2D (multi-slice) acquisition, as its sidecar says: slice-selective, box-like profile."""
 
 
 def mni152_t1() -> nib.Nifti1Image:

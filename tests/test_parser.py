@@ -73,6 +73,19 @@ def test_flip_views_flag_defaults_to_auto_and_reaches_the_engine(phantom_dataset
                  "--flip-views", "3"]) == ExitCode.USAGE
 
 
+def test_input_consistency_flag_defaults_to_auto_and_reaches_the_engine(phantom_dataset,
+                                                                        tmp_path):
+    from bids_mrisr.workflows.base import sr_options
+
+    settings = _settings(phantom_dataset, tmp_path)
+    assert settings.input_consistency == "auto"
+    assert sr_options(settings, None, 1).input_consistency is True
+    settings = _settings(phantom_dataset, tmp_path, "--input-consistency", "off")
+    assert sr_options(settings, None, 1).input_consistency is False
+    assert main([str(phantom_dataset), str(tmp_path / "out"), "participant",
+                 "--input-consistency", "on"]) == ExitCode.USAGE
+
+
 def test_toml_config_file_and_flag_precedence(phantom_dataset, tmp_path):
     config = tmp_path / "config.toml"
     config.write_text('model = "interp"\nseed = 3\noutput-resolution = 0.5\n')

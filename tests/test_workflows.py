@@ -67,6 +67,41 @@ def test_sidecar_metadata_is_inherited_through_pybids_and_reaches_the_sr_node(tm
     assert node.inputs.axis_factors == [1.0, 1.0, 3.0]
 
 
+def test_a_2d_acquisition_tells_a_box_profile_unless_the_flag_says_otherwise(tmp_path):
+    import json
+
+    from bids_mrisr.bids.inputs import slice_profile_from_metadata
+    from tests.conftest import make_dataset, phantom_volume, write_volume
+
+    assert slice_profile_from_metadata({"MRAcquisitionType": "2D"}) == "box"
+    assert slice_profile_from_metadata({"MRAcquisitionType": "3D"}) is None
+    assert slice_profile_from_metadata(None) is None
+    bids = make_dataset(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": None,
+                                            "sub-02/anat/sub-02_T1w.nii.gz": None})
+    # sub-01: 1 x 1 x 3 mm, one thick axis; sub-02: 2 mm isotropic, every axis coarse
+    write_volume(bids / "sub-02/anat/sub-02_T1w.nii.gz", phantom_volume((24, 24, 24)),
+                 zooms=(2.0, 2.0, 2.0))
+    for sub in ("01", "02"):
+        (bids / f"sub-{sub}/anat/sub-{sub}_T1w.json").write_text(
+            json.dumps({"MRAcquisitionType": "2D"}))
+    runs = discover_runs(bids)
+
+    def told(*flags: str) -> dict[str, tuple]:
+        settings = build_settings([str(bids), str(tmp_path / "out"), "participant",
+                                   "-w", str(tmp_path / "work"), "--model", "interp", *flags])
+        graph = init_bids_mrisr_wf(runs, settings)._create_flat_graph()
+        return {n._hierarchy.split(".")[1]: (n.inputs.slice_profile,
+                                              n.inputs.slice_profile_source)
+                for n in graph.nodes if n.name == "superres"}
+
+    from nipype.interfaces.base import Undefined
+
+    auto = told()
+    assert auto["sub_01_wf"] == ("box", "from MRAcquisitionType 2D")
+    assert auto["sub_02_wf"] == (Undefined, "given")  # isotropic: no thick axis, no profile
+    assert told("--slice-profile", "gaussian")["sub_01_wf"] == ("gaussian", "given")
+
+
 def test_one_writer_node_per_product(phantom_dataset, tmp_path):
     from bids_mrisr.sr.checkpoint import random_checkpoint
     from bids_mrisr.sr.networks.config import ModelConfig

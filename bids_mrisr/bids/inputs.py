@@ -201,3 +201,20 @@ def looks_skull_stripped(path: Path, sidecar: dict | None = None) -> bool:
         return bool(sidecar["SkullStripped"])
     facts = voxel_facts(path)
     return bool(facts.foreground_ml < 2000.0 and facts.background_fraction > 0.2)
+
+
+SLICE_SELECTIVE = "2D"
+"""BIDS ``MRAcquisitionType`` of a multi-slice acquisition: each slice excited on its own."""
+
+
+def slice_profile_from_metadata(sidecar: dict | None) -> str | None:
+    """The slice-profile shape the sidecar implies for a scan's thick slices (None: no word).
+
+    A 2D acquisition excites each slice with a slice-selective RF pulse designed for a flat top
+    and steep edges (windowed sinc or SLR): a box-like profile, which the student restores
+    better when told so (docs/model-card.md). A 3D acquisition's coarse axis is a Fourier
+    (partition) direction whose point-spread function is neither shape: nothing is implied.
+    """
+    if sidecar and str(sidecar.get("MRAcquisitionType", "")).upper() == SLICE_SELECTIVE:
+        return "box"
+    return None

@@ -15,6 +15,7 @@ from typing import Any
 from bids_mrisr import __version__
 from bids_mrisr.config import (
     ADAPT_MODES,
+    CONSISTENCY_MODES,
     FLIP_VIEW_CHOICES,
     MODELS,
     SLICE_PROFILE_CHOICES,
@@ -168,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "and simulated by --adapt auto: gaussian, box (as a sinc RF pulse "
                          "gives), or auto: read from each scan's spectrum, the student being "
                          "told box only on a clear reading (default: auto)")
+    sr.add_argument("--input-consistency", dest="input_consistency", choices=CONSISTENCY_MODES,
+                    help="auto: after the network, pull the output toward the scan's own "
+                         "slices (one back-projection step, shrunk where the residual is "
+                         "noise), when the slice profile is known (--slice-profile, "
+                         "MRAcquisitionType 2D, or a clear reading of the scan's spectrum); "
+                         "off: the network's output as it is (default: auto)")
     sr.add_argument("--flip-views", dest="flip_views", choices=FLIP_VIEW_CHOICES,
                     help="self-ensemble: average the restorations of 1, 2, 4 or 8 flipped "
                          "views of each scan (N views take N times as long); auto: 2 for "
@@ -297,7 +304,7 @@ def build_settings(argv: list[str]) -> Settings:
                     "use_plugin",
                     "model", "weights", "steps", "num_samples", "output_resolution", "seed",
                     "verbose", "work_dir", "adapt", "adapt_steps", "slice_profile", "planes",
-                    "flip_views", "clean_workdir")
+                    "flip_views", "input_consistency", "clean_workdir")
     }
     values = merge(cli_values, toml_values)
 

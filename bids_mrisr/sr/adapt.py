@@ -52,6 +52,8 @@ class AdaptOptions:
     """Slice thickness / spacing from the header (None: 1, contiguous slices)."""
     profile: str | None = None
     """Slice-profile shape, ``gaussian`` or ``box``; None: estimated from the scan's spectrum."""
+    profile_source: str = "given"
+    """Where a set ``profile`` came from (sidecar text)."""
     match_noise: bool = True
     """Top the simulated thick slices' noise up to the scan's own (estimated in-plane)."""
 
@@ -158,7 +160,7 @@ def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: f
         "LossAfter": round(after, 5),
         "ThickAxis": thick_axis,
         "Factor": round(float(factor), 4),
-        "SliceProfile": profile + (" (given)" if options.profile else
+        "SliceProfile": profile + (f" ({options.profile_source})" if options.profile else
                                    " (estimated from the scan's spectrum)"),
         "SliceWidth": (f"{ratio:g} x slice spacing (from SliceThickness)"
                        if options.thickness_ratio else

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +172,7 @@ def run_model(
         default_steps=_provenance_steps(prov),
         progress=progress,
     )
+    _make_consistent(result, volume, options, estimate)
     if "trained" in prov:
         result.info["WeightsTrained"] = bool(prov["trained"])
     if use_variant:
@@ -178,7 +180,7 @@ def run_model(
                                          "inputs coarse along several axes")
     for entry in result.info.get("AcquisitionInput", []):
         if entry["SliceProfile"] != "unknown":
-            entry["SliceProfile"] += (" (given)" if given else
+            entry["SliceProfile"] += (f" ({options.slice_profile_source})" if given else
                                       " (estimated from the scan's spectrum)")
         elif estimate is not None and given is None:
             entry["SliceProfile"] += (f" (the scan's spectrum reads {estimate.profile}, which "
@@ -186,6 +188,29 @@ def run_model(
     if adaptation is not None:
         result.info["Adaptation"] = adaptation
     return result
+
+
+def _make_consistent(result: SRResult, volume: np.ndarray, options: SROptions,
+                     estimate: AcquisitionEstimate | None) -> None:
+    """Pull the estimate toward the scan's own slices (``sr/consistency.py``) where the
+    acquisition is known: one thick axis, a told slice-profile shape. Records what it did."""
+    thick = _single_thick_axis(options)
+    if not options.input_consistency or thick is None or not options.slice_profile:
+        return
+    from bids_mrisr.sr.acquisition import noise_sigma
+    from bids_mrisr.sr.consistency import project_onto_input
+
+    start = time.perf_counter()
+    with devices.cpu_threads(options.threads):
+        sigma = estimate.noise_sigma if estimate is not None else noise_sigma(volume, thick)
+        result.image, report = project_onto_input(
+            result.image, volume, thick, options.axis_factors[thick], options.slice_profile,
+            sigma, options.slice_thickness_ratio)
+    result.info["InputConsistency"] = {
+        **report.as_sidecar(options.slice_profile, options.slice_thickness_ratio),
+        "NoiseSigma": round(sigma, 5), "Seconds": round(time.perf_counter() - start, 2)}
+    log.info("consistency with the input slices: residual RMS %.4f -> %.4f (%.0f %% of it "
+             "kept)", report.residual_before, report.residual_after, 100 * report.kept_fraction)
 
 
 def flip_views(options: SROptions, one_call: bool = True) -> tuple[tuple[int, ...], ...]:
@@ -251,7 +276,9 @@ def _maybe_adapt(model: torch.nn.Module, volume: np.ndarray, options: SROptions,
             model, volume, thick, options.axis_factors[thick],
             AdaptOptions(steps=options.adapt_steps, seed=options.seed,
                          thickness_ratio=options.slice_thickness_ratio,
-                         profile=options.slice_profile), progress=progress, estimate=estimate)
+                         profile=options.slice_profile,
+                         profile_source=options.slice_profile_source),
+            progress=progress, estimate=estimate)
     log.info("adapted to this scan in %.1f s (%d steps; loss on its own pairs %.4f -> %.4f; "
              "slice profile %s, noise sigma %.4f)", info["Seconds"], info["Steps"],
              info["LossBefore"], info["LossAfter"], info["SliceProfile"], info["NoiseSigma"])

@@ -73,7 +73,15 @@ class SROptions:
     """Slice thickness over slice spacing along the thick axis (from the sidecar's
     ``SliceThickness``); adaptation then simulates that profile (default: 1, contiguous)."""
     slice_profile: str | None = None
-    """Slice-profile shape for adaptation (one of ``PROFILES``); None: read from the scan."""
+    """Slice-profile shape told to a conditioned network and simulated by adaptation (one of
+    ``PROFILES``); None: read from the scan."""
+    slice_profile_source: str = "given"
+    """Where ``slice_profile`` came from, for the sidecar: ``given`` (``--slice-profile``) or
+    the BIDS metadata it was read from."""
+    input_consistency: bool = True
+    """After the network, one shrunk back-projection step toward the scan's own slices
+    (``sr/consistency.py``), for a single thick axis whose slice-profile shape is known (given,
+    from the metadata, or read clearly from the spectrum)."""
     flip_views: int | None = None
     """Self-ensemble size: the mean over this many flipped views of the volume (1, 2, 4 or 8;
     see ``sr.inference.FLIP_VIEWS``). None: 2 for an input with a single thick axis

@@ -13,7 +13,12 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from bids_mrisr.bids.inputs import load_header, looks_skull_stripped
+from bids_mrisr.bids.inputs import (
+    SLICE_SELECTIVE,
+    load_header,
+    looks_skull_stripped,
+    slice_profile_from_metadata,
+)
 from bids_mrisr.bids.layout import AnatRun
 from bids_mrisr.config import Settings
 from bids_mrisr.image.reorient import ras_zooms
@@ -41,6 +46,7 @@ def sr_options(settings: Settings, weights: Path | None, threads: int,
         num_samples=settings.num_samples,
         planes=tuple(settings.planes),
         flip_views=None if settings.flip_views == "auto" else int(settings.flip_views),
+        input_consistency=settings.input_consistency == "auto",
         max_memory_gb=settings.memory_per_job(parallel_jobs),
         threads=threads,
     )
@@ -72,10 +78,10 @@ def init_single_run_wf(run: AnatRun, settings: Settings, options: SROptions,
     ratio = None
     if restore and isinstance(thickness, int | float) and thickness > 0:
         ratio = float(thickness) / grid_zooms[restore[0]]
-    profile = None if settings.slice_profile == "auto" else settings.slice_profile
+    profile, source = told_slice_profile(settings.slice_profile, run, restore)
     run_options = dataclasses.replace(options, blurred_axes=restore, axis_factors=factors,
                                       adapt_steps=adapt_steps, slice_thickness_ratio=ratio,
-                                      slice_profile=profile)
+                                      slice_profile=profile, slice_profile_source=source)
     superres = init_superres_wf(run_options,
                                 weights_sha256, description=f"{run.relpath} ({options.method})")
     outputs = init_outputs_wf(
@@ -99,6 +105,22 @@ def init_single_run_wf(run: AnatRun, settings: Settings, options: SROptions,
                              ("outputnode.std_file", "inputnode.std_file")]),
     ])
     return workflow
+
+
+def told_slice_profile(choice: str, run: AnatRun, restore: tuple[int, ...],
+                       ) -> tuple[str | None, str]:
+    """The slice-profile shape for one run and where it came from: ``--slice-profile`` when
+    given, else what the sidecar's ``MRAcquisitionType`` implies for a single thick axis
+    (2D: box), else None (the engine reads the scan's spectrum)."""
+    if choice != "auto":
+        return choice, "given"
+    implied = slice_profile_from_metadata(run.metadata) if len(restore) == 1 else None
+    if implied is None:
+        return None, "given"
+    LOGGER.info("%s: MRAcquisitionType is %s (slice-selective excitation): the student is told "
+                "a %s slice profile (--slice-profile gaussian to override)", run.relpath,
+                SLICE_SELECTIVE, implied)
+    return implied, f"from MRAcquisitionType {SLICE_SELECTIVE}"
 
 
 def run_work_dir(work_dir: Path, run: AnatRun) -> Path:

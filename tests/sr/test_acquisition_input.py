@@ -110,6 +110,10 @@ def test_run_model_reads_the_profile_from_the_scan_unless_given(tmp_path) -> Non
     assert read.endswith("(estimated from the scan's spectrum)")
     given = run_model(scan, dataclasses.replace(options, slice_profile="gaussian"))
     assert given.info["AcquisitionInput"][0]["SliceProfile"] == "gaussian (given)"
+    from_header = run_model(scan, dataclasses.replace(
+        options, slice_profile="box", slice_profile_source="from MRAcquisitionType 2D"))
+    assert (from_header.info["AcquisitionInput"][0]["SliceProfile"]
+            == "box (from MRAcquisitionType 2D)")
 
 
 def test_only_a_clear_box_reading_is_told() -> None:
