@@ -154,3 +154,14 @@ def test_tissue_priors_come_from_templateflow_when_it_holds_them(tmp_path, monke
     priors = load_priors()
     assert priors.source.startswith(f"TemplateFlow {TEMPLATEFLOW_TEMPLATE}")
     assert priors.gm.shape == (4, 4, 4)
+
+
+def test_provenance_shows_what_the_network_was_told_and_the_consistency_step():
+    from bids_mrisr.reports.html import _provenance_rows
+
+    rows = _provenance_rows({
+        "Model": "student",
+        "AcquisitionInput": [{"Axis": 2, "SliceProfile": "box (from MRAcquisitionType 2D)"}],
+        "InputConsistency": {"KeptFraction": 0.64, "ResidualRMSAfter": 0.004}})
+    assert "<th>AcquisitionInput</th>" in rows and "MRAcquisitionType 2D" in rows
+    assert "<th>InputConsistency</th>" in rows and "KeptFraction" in rows

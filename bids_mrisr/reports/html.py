@@ -200,7 +200,8 @@ def _tissue_table(table: dict[str, Any]) -> str:
 def _provenance_rows(info: dict[str, Any]) -> str:
     keys = ("Model", "ModelName", "WeightsSHA256", "Estimate", "Sampler", "SamplingSteps",
             "NumSamples", "Seed", "Device", "Precision", "RestoredAxes", "Planes", "Seconds",
-            "BiasFieldRestored", "Adaptation", "Restored")
+            "AcquisitionInput", "InputConsistency", "BiasFieldRestored", "Adaptation",
+            "Restored")
     rows = []
     for key in keys:
         if key in info:
