@@ -55,8 +55,8 @@ class Settings:
     """Flip self-ensemble size; auto: 2 for thick-slice inputs restored by a mean estimate (the
     student), 1 otherwise."""
     input_consistency: str = "auto"
-    """auto: after the network, one shrunk step toward the scan's own slices where the slice
-    profile is known (sr/consistency.py); off: the network's output as it is."""
+    """auto: after the network, one shrunk step toward the scan's own slices for an input with
+    one thick axis (sr/consistency.py); off: the network's output as it is."""
     verbose: int = 0
     clean_workdir: bool = False
     nipype_plugin: str | None = None

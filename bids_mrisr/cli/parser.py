@@ -170,11 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "gives), or auto: read from each scan's spectrum, the student being "
                          "told box only on a clear reading (default: auto)")
     sr.add_argument("--input-consistency", dest="input_consistency", choices=CONSISTENCY_MODES,
-                    help="auto: after the network, pull the output toward the scan's own "
-                         "slices (one back-projection step, shrunk where the residual is "
-                         "noise), when the slice profile is known (--slice-profile, "
-                         "MRAcquisitionType 2D, or a clear reading of the scan's spectrum); "
-                         "off: the network's output as it is (default: auto)")
+                    help="auto: after the network, pull the output of an input with one "
+                         "thick axis toward the scan's own slices (one back-projection step "
+                         "with the told slice profile, else a box-heavy mixture, shrunk where "
+                         "the residual is noise); off: the network's output as it is "
+                         "(default: auto)")
     sr.add_argument("--flip-views", dest="flip_views", choices=FLIP_VIEW_CHOICES,
                     help="self-ensemble: average the restorations of 1, 2, 4 or 8 flipped "
                          "views of each scan (N views take N times as long); auto: 2 for "

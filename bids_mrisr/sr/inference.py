@@ -192,10 +192,10 @@ def run_model(
 
 def _make_consistent(result: SRResult, volume: np.ndarray, options: SROptions,
                      estimate: AcquisitionEstimate | None) -> None:
-    """Pull the estimate toward the scan's own slices (``sr/consistency.py``) where the
-    acquisition is known: one thick axis, a told slice-profile shape. Records what it did."""
+    """Pull the estimate toward the scan's own slices (``sr/consistency.py``) for an input with
+    one thick axis, with the told slice-profile shape (unknown: the mixture). Records it."""
     thick = _single_thick_axis(options)
-    if not options.input_consistency or thick is None or not options.slice_profile:
+    if not options.input_consistency or thick is None:
         return
     from bids_mrisr.sr.acquisition import noise_sigma
     from bids_mrisr.sr.consistency import project_onto_input

@@ -80,8 +80,7 @@ class SROptions:
     the BIDS metadata it was read from."""
     input_consistency: bool = True
     """After the network, one shrunk back-projection step toward the scan's own slices
-    (``sr/consistency.py``), for a single thick axis whose slice-profile shape is known (given,
-    from the metadata, or read clearly from the spectrum)."""
+    (``sr/consistency.py``), for an input with a single thick axis."""
     flip_views: int | None = None
     """Self-ensemble size: the mean over this many flipped views of the volume (1, 2, 4 or 8;
     see ``sr.inference.FLIP_VIEWS``). None: 2 for an input with a single thick axis

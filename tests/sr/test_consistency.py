@@ -12,13 +12,16 @@ from bids_mrisr.sr.checkpoint import save_checkpoint
 from bids_mrisr.sr.consistency import input_slices, project_onto_input, reacquire
 from bids_mrisr.sr.degrade import Degradation, degrade
 from bids_mrisr.sr.inference import run_model
+from bids_mrisr.sr.networks import build_model
 from bids_mrisr.sr.options import SROptions
-from tests.sr.test_acquisition_input import _conditioned_student
+from tests.sr.test_acquisition_input import _conditioned_student, _config
 from tests.sr.test_regression import _sharp_phantom
 
 
-def _scan(truth: np.ndarray, factor: float, noise: float = 0.0, seed: int = 0) -> np.ndarray:
-    """A box-profile thick-slice scan of ``truth`` along axis 2, cubic-upsampled onto its grid."""
+def _scan(truth: np.ndarray, factor: float, noise: float = 0.0, seed: int = 0,
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """A box-profile thick-slice scan of ``truth`` along axis 2, cubic-upsampled onto its grid,
+    and its slices."""
     params = Degradation(axis=2, factor=factor, profile="box", noise_fraction=noise)
     low, _ = degrade(truth, (1.0, 1.0, 1.0), params, np.random.default_rng(seed))
     return cubic_resample_axis(low, 2, factor, truth.shape[2]), low
@@ -59,7 +62,20 @@ def test_the_truth_stays_put_and_noise_is_mostly_shrunk_away() -> None:
     assert _error(shrunk, truth) < 0.6 * _error(unshrunk, truth)
 
 
-def test_the_engine_steps_only_where_the_profile_is_known(tmp_path) -> None:
+def test_an_unknown_shape_is_simulated_as_the_box_heavy_mixture() -> None:
+    from bids_mrisr.sr.consistency import UNKNOWN_BOX_WEIGHT
+
+    truth = _sharp_phantom((24, 24, 36))
+    box, gaussian = (reacquire(truth, 2, 3.0, shape, None) for shape in ("box", "gaussian"))
+    mixed = reacquire(truth, 2, 3.0, None, None)
+    assert np.allclose(mixed, UNKNOWN_BOX_WEIGHT * box + (1 - UNKNOWN_BOX_WEIGHT) * gaussian,
+                       atol=1e-6)
+    assert not np.allclose(box, gaussian, atol=1e-3)  # the two shapes do differ here
+    with pytest.raises(ValueError, match="profile"):
+        reacquire(truth, 2, 3.0, "triangle", None)
+
+
+def test_the_engine_steps_for_one_thick_axis_with_the_told_or_mixed_profile(tmp_path) -> None:
     truth = _sharp_phantom((48, 48, 48))
     scan, _ = _scan(truth, 3.0)
     save_checkpoint(_conditioned_student(), tmp_path / "ck")
@@ -72,6 +88,12 @@ def test_the_engine_steps_only_where_the_profile_is_known(tmp_path) -> None:
                                               input_consistency=False))
     assert "InputConsistency" not in off.info
     assert not np.allclose(told.image, off.image)
+    read = run_model(scan, options).info  # this phantom's spectrum reads box clearly
+    assert read["AcquisitionInput"][0]["SliceProfile"].startswith("box (estimated")
+    assert read["InputConsistency"]["SliceProfile"] == "box"
+    save_checkpoint(build_model(_config(0)).eval(), tmp_path / "blind")  # reads no spectrum
+    unknown = run_model(scan, dataclasses.replace(options, weights=tmp_path / "blind")).info
+    assert unknown["InputConsistency"]["SliceProfile"] == "unknown: 0.75 box + 0.25 Gaussian"
     iso = run_model(scan, dataclasses.replace(options, slice_profile="box", blurred_axes=(0, 2),
                                               axis_factors=(3.0, 1.0, 3.0)))
     assert "InputConsistency" not in iso.info  # several coarse axes: not one thick axis
