@@ -10,7 +10,7 @@ where it stands above the noise (an edge the network placed wrongly) it is kept.
 The step needs the slice-profile shape: with the wrong one it moves the estimate away from
 the truth (−0.09 to −0.30 dB measured). Where the shape is not known, the acquisition is
 simulated with a 3:1 mixture of the box and Gaussian profiles (``UNKNOWN_BOX_WEIGHT``), which
-lost at most 0.01 dB on Gaussian scans and gained on box ones. Through the app, over 36
+lost at most 0.02 dB on Gaussian scans and gained on box ones. Through the app, over 36
 held-out 3x cases: −0.01 to +0.38 dB (median +0.014), where an unshrunk step had lost up to
 0.6 dB with 2 % Rician noise (docs/model-card.md).
 """
