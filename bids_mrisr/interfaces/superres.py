@@ -125,8 +125,8 @@ class _SuperResolveInputSpec(BaseInterfaceInputSpec):
     slice_profile = traits.Enum(*PROFILES, desc="slice-profile shape told to the student and "
                                 "simulated by adaptation (unset: read from the scan)")
     slice_profile_source = traits.Str(desc="where slice_profile came from (sidecar text)")
-    input_consistency = traits.Bool(desc="one shrunk step toward the input's own slices where "
-                                    "the slice profile is known")
+    input_consistency = traits.Bool(desc="one shrunk step toward the input's own slices for "
+                                    "an input with one thick axis")
     flip_views = traits.Int(desc="flipped views averaged (1, 2, 4 or 8; unset: 2 for one "
                             "thick axis, else 1)")
     weights_sha256 = traits.Str(desc="hash of the weights, so new weights invalidate the cache")

@@ -68,15 +68,13 @@ def reacquire(estimate: np.ndarray, axis: int, factor: float, profile: str | Non
               ratio: float | None) -> np.ndarray:
     """The estimate put through the thick-slice acquisition (profile, then one sample per
     slice), as the training pairs were made; ``profile`` None: the unknown-shape mixture."""
-    if profile is None:
-        box, gaussian = (subsample_axis(slice_profile_blur(estimate, axis, factor, shape,
-                                                           ratio or 1.0), axis, factor)
-                         for shape in ("box", "gaussian"))
-        return UNKNOWN_BOX_WEIGHT * box + (1 - UNKNOWN_BOX_WEIGHT) * gaussian
-    if profile not in PROFILES:
+    if profile is not None and profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES} or None, got {profile!r}")
-    blurred = slice_profile_blur(estimate, axis, factor, profile, ratio or 1.0)
-    return subsample_axis(blurred, axis, factor)
+    weights = ({profile: 1.0} if profile else
+               {"box": UNKNOWN_BOX_WEIGHT, "gaussian": 1.0 - UNKNOWN_BOX_WEIGHT})
+    return sum(weight * subsample_axis(slice_profile_blur(estimate, axis, factor, shape,
+                                                          ratio or 1.0), axis, factor)
+               for shape, weight in weights.items())
 
 
 def project_onto_input(estimate: np.ndarray, volume: np.ndarray, axis: int, factor: float,
