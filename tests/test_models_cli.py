@@ -204,13 +204,13 @@ def test_adapt_auto_runs_on_a_mean_teacher_and_is_refused_for_interp(tmp_path, c
     assert "--adapt auto needs a network" in capsys.readouterr().err
 
 
-def test_a_multi_axis_variant_is_checked_up_front_and_keys_the_cache(tmp_path, small_dataset,
+def test_weights_variants_are_checked_up_front_and_key_the_cache(tmp_path, small_dataset,
                                                                        capsys):
     from types import SimpleNamespace
 
     from bids_mrisr.cli.participant import resolve_weights
     from bids_mrisr.errors import UserError
-    from bids_mrisr.sr.inference import MULTI_AXIS_WEIGHTS
+    from bids_mrisr.sr.inference import BOX_WEIGHTS, MULTI_AXIS_WEIGHTS
 
     weights = tmp_path / "student"
     sha = random_checkpoint(weights, ModelConfig.tiny_student(), seed=0)
@@ -230,3 +230,7 @@ def test_a_multi_axis_variant_is_checked_up_front_and_keys_the_cache(tmp_path, s
     err = capsys.readouterr().err
     assert MULTI_AXIS_WEIGHTS in err and "Traceback" not in err
     assert not (out / "sub-01").exists()  # refused before any work
+    (weights / MULTI_AXIS_WEIGHTS / "model.safetensors").unlink()
+    (weights / MULTI_AXIS_WEIGHTS / "model.json").unlink()
+    box_sha = random_checkpoint(weights / BOX_WEIGHTS, ModelConfig.tiny_student(), seed=2)
+    assert resolve_weights(settings) == (weights, f"{sha}+{box_sha}")

@@ -109,7 +109,7 @@ def test_train_moe_recipe_writes_a_mean_teacher_and_upcycles_a_student(tmp_path)
               "--validation-label", "03"]
     assert main(["train", str(root), str(tmp_path / "m"), *common, "--recipe", "moe",
                  "--student-steps", "10", "--router-top-k", "1", "--zoom-augment", "0.8",
-                 "--multi-axis-rate", "0.5"]) == 0
+                 "--multi-axis-rate", "0.5", "--profiles", "box"]) == 0
     teacher = load_checkpoint(tmp_path / "m" / "teacher")
     assert teacher.config.kind == "teacher" and teacher.config.prediction_type == "mean"
     assert teacher.config.router_top_k == 1 and teacher.config.acquisition_features == 3
@@ -117,6 +117,7 @@ def test_train_moe_recipe_writes_a_mean_teacher_and_upcycles_a_student(tmp_path)
     assert prov["recipe"] == "moe" and prov["steps"] == 10
     assert prov["degradation"]["zoom_range"] == [0.8, 1.0]
     assert prov["degradation"]["multi_axis_rate"] == 0.5
+    assert prov["degradation"]["profiles"] == ["box"] and prov["training"]["profiles"] == ["box"]
     assert isinstance(prov["gates"]["beats_uniform"], bool)
     assert not (tmp_path / "m" / "student").exists()
     # a student's copies start the experts (sparse upcycling)
@@ -190,6 +191,11 @@ def test_train_unknown_validation_label_and_bad_option_are_usage_errors(tmp_path
     assert main(["train", str(root), str(out), "--recipe", "diffusion", "--zoom-augment",
                  "0.8"]) == 64
     assert "regression and moe recipes only" in capsys.readouterr().err
+    assert main(["train", str(root), str(out), "--recipe", "diffusion", "--profiles",
+                 "box"]) == 64
+    assert "regression and moe recipes only" in capsys.readouterr().err
+    assert main(["train", str(root), str(out), "--profiles", "lorentzian"]) == 64
+    assert "invalid choice: 'lorentzian'" in capsys.readouterr().err
     assert not (out / "student").exists()
 
 

@@ -52,7 +52,8 @@ def resolve_weights(settings: Settings) -> tuple[Path | None, str | None]:
     """Check the checkpoint up front, so a bad --weights fails before any work starts.
 
     Returns the weights and the cache key of the SR nodes: the checkpoint's sha256, joined by
-    its multi-axis variant's where it has one, so new weights of either invalidate the cache."""
+    its variants' (multi-axis, box) where it has them, so new weights of any invalidate the
+    cache."""
     if settings.model == "interp":
         return None, None
     from bids_mrisr.sr.device import resolve_device
@@ -79,10 +80,12 @@ def resolve_weights(settings: Settings) -> tuple[Path | None, str | None]:
     if settings.adapt == "auto" and config.prediction_type != "mean":
         raise UserError(f"{weights}: --adapt auto needs a posterior-mean regressor checkpoint "
                         "(the shipped student); this one is a diffusion model", ExitCode.USAGE)
-    from bids_mrisr.sr.inference import multi_axis_variant
+    from bids_mrisr.sr.inference import VARIANTS, weights_variant
 
-    variant = multi_axis_variant(weights)
-    if variant is not None:
+    for name in VARIANTS:
+        variant = weights_variant(weights, name)
+        if variant is None:
+            continue
         variant_config, variant_sha = _verified(variant)
         if variant_config.kind != config.kind:
             raise UserError(f"{variant}: a {variant_config.kind} checkpoint inside a "

@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="regression and moe recipes: share of simulated scans coarse "
                              "along one or two more axes, kept coarse in the target (how the "
                              "app restores an isotropic coarse scan, one axis at a time)")
+    parser.add_argument("--profiles", nargs="+", choices=("gaussian", "box"),
+                        default=["gaussian", "box"], metavar="SHAPE",
+                        help="regression and moe recipes: slice-profile shapes to simulate "
+                             "(gaussian, box; one shape trains a network for scans told that "
+                             "shape, e.g. the student's box variant)")
     parser.add_argument("--lr", type=float, default=2e-3,
                         help="peak learning rate (after warm-up; cosine decay follows)")
     parser.add_argument("--skip-teacher", action="store_true",
@@ -225,7 +230,8 @@ def _train_regression(args: argparse.Namespace, train: list[np.ndarray], val: li
                               batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                               crop=args.crop, device=args.device, workers=args.workers,
                               zoom_range=(args.zoom_augment, 1.0),
-                              multi_axis_rate=args.multi_axis_rate)
+                              multi_axis_rate=args.multi_axis_rate,
+                              profiles=tuple(dict.fromkeys(args.profiles)))
     sha = train_mean_regressor(
         train, config, output_dir / kind, recipe,
         progress=progress_callback(f"{kind} training", "step"), val_volumes=val or None,
@@ -265,9 +271,9 @@ def main(argv: list[str]) -> int:
         raise UserError("--init-weights: only the regression and moe recipes fine-tune a "
                         "checkpoint", ExitCode.USAGE)
     elif (args.zoom_augment != 1.0 or args.multi_axis_rate or args.acquisition_input
-          or args.res_blocks is not None):
-        raise UserError("--zoom-augment, --multi-axis-rate, --acquisition-input and "
-                        "--res-blocks: regression and moe recipes only (the diffusion recipe "
+          or args.res_blocks is not None or set(args.profiles) != {"gaussian", "box"}):
+        raise UserError("--zoom-augment, --multi-axis-rate, --acquisition-input, --res-blocks "
+                        "and --profiles: regression and moe recipes only (the diffusion recipe "
                         "would ignore them)",
                         ExitCode.USAGE)
     found = collect_volumes(

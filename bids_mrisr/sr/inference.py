@@ -107,11 +107,20 @@ coarse and noise that interpolation smoothed in every coarse direction; the vari
 on such passes (``bids_mrisr train --multi-axis-rate``). Measured on the held-out 2x isotropic
 benchmark cases it gains 0.1-1.5 dB over the single-axis weights, which in turn stay better on
 single-axis inputs (docs/model-card.md)."""
+BOX_WEIGHTS = "box"
+"""Sub-folder of a checkpoint with its variant for inputs with one thick axis whose slice
+profile is told ``box`` (``--slice-profile box``, a ``2D`` sidecar, or a clear reading of the
+scan's spectrum). Box slices alias more and gain least; the variant is the checkpoint fine-tuned
+on box profiles only (``bids_mrisr train --profiles box``), so one shape no longer shares the
+network's capacity with the other (docs/model-card.md)."""
+VARIANTS = (MULTI_AXIS_WEIGHTS, BOX_WEIGHTS)
+_VARIANT_USE = {MULTI_AXIS_WEIGHTS: "inputs coarse along several axes",
+                BOX_WEIGHTS: "inputs with one thick axis told a box slice profile"}
 
 
-def multi_axis_variant(weights: Path) -> Path | None:
-    """The checkpoint's multi-axis variant, if it has one."""
-    variant = Path(weights) / MULTI_AXIS_WEIGHTS
+def weights_variant(weights: Path, name: str) -> Path | None:
+    """The checkpoint's variant ``name`` (one of :data:`VARIANTS`), if it has one."""
+    variant = Path(weights) / name
     return variant if (variant / "model.json").is_file() else None
 
 
@@ -119,10 +128,26 @@ def weights_for_geometry(weights: Path, blurred_axes: tuple[int, ...] | None) ->
     """``weights``, or its multi-axis variant where the input is coarse along several axes and
     the checkpoint has one."""
     if blurred_axes is not None and len(blurred_axes) > 1:
-        variant = multi_axis_variant(weights)
+        variant = weights_variant(weights, MULTI_AXIS_WEIGHTS)
         if variant is not None:
             return variant
     return Path(weights)
+
+
+def _load(weights: Path, device: torch.device, method: str) -> Any:
+    """A verified checkpoint of the requested kind, its problems as :class:`SRError`."""
+    from bids_mrisr.sr.checkpoint import load_checkpoint  # its errors are SRErrors already
+
+    try:
+        ckpt = load_checkpoint(weights, device)
+    except OSError as exc:
+        raise SRError(f"cannot read weights from {weights}: {exc}") from exc
+    if ckpt.config.kind != method:
+        raise SRError(
+            f"the checkpoint in {weights} holds a {ckpt.config.kind} model but "
+            f"--method {method} was requested"
+        )
+    return ckpt
 
 
 def run_model(
@@ -134,33 +159,27 @@ def run_model(
             f"no trained weights are available for the {options.method} model yet; "
             "pass --weights DIR pointing at a bids_mrisr checkpoint"
         )
-    from bids_mrisr.sr.checkpoint import load_checkpoint  # its errors are SRErrors already
-
     device = devices.resolve_device(options.device)
     weights = weights_for_geometry(Path(options.weights), options.blurred_axes)
-    use_variant = weights != Path(options.weights)
-    try:
-        ckpt = load_checkpoint(weights, device)
-    except OSError as exc:
-        raise SRError(f"cannot read weights from {weights}: {exc}") from exc
-    if ckpt.config.kind != options.method:
-        raise SRError(
-            f"the checkpoint in {weights} holds a {ckpt.config.kind} model but "
-            f"--method {options.method} was requested"
-        )
-    prov = dict(ckpt.provenance or {})
-    name = prov.get("name") or prov.get("model_name") or Path(ckpt.path).name or ckpt.config.kind
-    if use_variant:
-        name = f"{Path(options.weights).name}/{MULTI_AXIS_WEIGHTS}"
+    ckpt = _load(weights, device, options.method)
     estimate = _estimate_acquisition(ckpt.config, volume, options)
-    model, adaptation = _maybe_adapt(ckpt.model, volume, options, ckpt.sha256, progress,
-                                     estimate)
-    given = options.slice_profile
+    asked, given = options, options.slice_profile
     if estimate is not None:
         from bids_mrisr.sr.acquisition import profile_to_tell
 
         options = dataclasses.replace(
             options, slice_profile=profile_to_tell(options.slice_profile, estimate))
+    box = weights_variant(Path(options.weights), BOX_WEIGHTS)
+    if (weights == Path(options.weights) and box is not None and options.slice_profile == "box"
+            and _single_thick_axis(options) is not None):
+        weights = box
+        ckpt = _load(weights, device, options.method)
+    variant = weights.name if weights != Path(options.weights) else None
+    prov = dict(ckpt.provenance or {})
+    name = prov.get("name") or prov.get("model_name") or Path(ckpt.path).name or ckpt.config.kind
+    if variant is not None:
+        name = f"{Path(options.weights).name}/{variant}"
+    model, adaptation = _maybe_adapt(ckpt.model, volume, asked, ckpt.sha256, progress, estimate)
     result = run_loaded(
         volume,
         model,
@@ -175,9 +194,9 @@ def run_model(
     _make_consistent(result, volume, options, estimate)
     if "trained" in prov:
         result.info["WeightsTrained"] = bool(prov["trained"])
-    if use_variant:
-        result.info["WeightsVariant"] = (f"{MULTI_AXIS_WEIGHTS}: the checkpoint's variant for "
-                                         "inputs coarse along several axes")
+    if variant is not None:
+        result.info["WeightsVariant"] = f"{variant}: the checkpoint's variant for " \
+                                        f"{_VARIANT_USE[variant]}"
     for entry in result.info.get("AcquisitionInput", []):
         if entry["SliceProfile"] != "unknown":
             entry["SliceProfile"] += (f" ({options.slice_profile_source})" if given else

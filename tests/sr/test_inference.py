@@ -385,3 +385,32 @@ def test_inputs_coarse_along_several_axes_use_the_checkpoints_multi_axis_variant
     assert several.info["WeightsSHA256"] == variant_sha != main_sha
     assert several.info["WeightsVariant"].startswith(MULTI_AXIS_WEIGHTS)
     assert several.info["ModelName"] == f"student/{MULTI_AXIS_WEIGHTS}"
+
+
+def test_a_scan_told_box_slices_uses_the_checkpoints_box_variant(tmp_path):
+    ck = pytest.importorskip("bids_mrisr.sr.checkpoint")
+    from bids_mrisr.sr.inference import BOX_WEIGHTS, MULTI_AXIS_WEIGHTS
+    from bids_mrisr.sr.networks.config import ModelConfig
+
+    vol = _phantom()
+    cfg = dataclasses.replace(ModelConfig.tiny_student(), prediction_type="mean")
+    main_sha = ck.random_checkpoint(tmp_path / "student", cfg, seed=0)
+    box = SROptions(method="student", weights=tmp_path / "student", blurred_axes=(2,),
+                    axis_factors=(1, 1, 3), flip_views=1, device="cpu", slice_profile="box",
+                    input_consistency=False)
+    # without a variant, a box scan uses the checkpoint itself
+    assert run_model(vol, box).info["WeightsSHA256"] == main_sha
+    box_sha = ck.random_checkpoint(tmp_path / "student" / BOX_WEIGHTS, cfg, seed=1)
+    told = run_model(vol, box)
+    assert told.info["WeightsSHA256"] == box_sha != main_sha
+    assert told.info["ModelName"] == f"student/{BOX_WEIGHTS}"
+    assert told.info["WeightsVariant"].startswith(f"{BOX_WEIGHTS}: ")
+    for profile in ("gaussian", None):  # another shape, or none told: the main weights
+        other = run_model(vol, dataclasses.replace(box, slice_profile=profile))
+        assert other.info["WeightsSHA256"] == main_sha and "WeightsVariant" not in other.info
+    # several coarse axes: the multi-axis variant where there is one, never the box one
+    iso = dataclasses.replace(box, blurred_axes=(0, 1, 2), axis_factors=(2, 2, 2))
+    assert run_model(vol, iso).info["WeightsSHA256"] == main_sha
+    multi_sha = ck.random_checkpoint(tmp_path / "student" / MULTI_AXIS_WEIGHTS, cfg, seed=2)
+    assert run_model(vol, iso).info["WeightsSHA256"] == multi_sha
+    assert run_model(vol, box).info["WeightsSHA256"] == box_sha

@@ -14,7 +14,13 @@ from bids_mrisr.sr.diffusion.sampler import ddim_step
 from bids_mrisr.sr.diffusion.schedule import NoiseSchedule, q_sample, v_from_x0_xt
 from bids_mrisr.sr.networks import ModelConfig, build_model
 from bids_mrisr.sr.slicing import planar_view
-from bids_mrisr.sr.training.data import PairSampler, coarse_along, simulate_cubic, zoom_volume
+from bids_mrisr.sr.training.data import (
+    PairSampler,
+    coarse_along,
+    degradation_family,
+    simulate_cubic,
+    zoom_volume,
+)
 from bids_mrisr.sr.training.distill import (
     DistillRecipe,
     distill_student,
@@ -99,6 +105,21 @@ def test_multi_axis_pairs_match_the_apps_one_axis_at_a_time_restoration():
     sampler = PairSampler([vol], 2, 10.0, crop=16, seed=0, multi_axis_rate=1.0)
     for hr, _, _ in sampler.pool:
         assert hr.shape == vol.shape and np.abs(hr - vol).mean() > 0.005  # coarse target
+
+
+def test_pair_sampler_draws_only_the_profiles_it_is_given():
+    vol = head()
+    boxes = PairSampler([vol], 1, 5.0, crop=16, seed=0, pool_size=12, profiles=("box",))
+    assert {params.profile for _, _, params in boxes.pool} == {"box"}
+    for _ in range(5):
+        boxes.refresh()
+    assert {params.profile for _, _, params in boxes.pool} == {"box"}
+    both = PairSampler([vol], 1, 5.0, crop=16, seed=0, pool_size=12)
+    assert {params.profile for _, _, params in both.pool} == {"box", "gaussian"}
+    assert degradation_family((1.5, 5.0), profiles=("box",))["profiles"] == ["box"]
+    for bad in ((), ("box", "lorentzian")):
+        with pytest.raises(ValueError, match="profiles must be a non-empty subset"):
+            PairSampler([vol], 1, 5.0, crop=16, profiles=bad)
 
 
 class _MidRng:

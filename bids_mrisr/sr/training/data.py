@@ -80,11 +80,12 @@ def coarse_along(hr: np.ndarray, params: Degradation, axes: tuple[int, ...]) -> 
 
 def degradation_family(factor_range: tuple[float, float],
                        zoom_range: tuple[float, float] = (1.0, 1.0),
-                       multi_axis_rate: float = 0.0) -> dict:
+                       multi_axis_rate: float = 0.0,
+                       profiles: tuple[str, ...] = PROFILES) -> dict:
     """The ranges :meth:`PairSampler.random_degradation` draws from (training provenance)."""
     return {"factor_range": list(factor_range), "zoom_range": list(zoom_range),
             "multi_axis_rate": multi_axis_rate,
-            "profiles": list(PROFILES),
+            "profiles": list(profiles),
             "thickness_ratio": [0.8, 1.3], "inplane_sigma_vox": [0, 0.6],
             "noise_fraction": [0, 0.03], "bias_strength_on_both": [0, 0.2],
             "bits": [8, 10, 12, 16], "gamma": [-0.4, 0.4], "gain": [0.85, 1.15],
@@ -109,6 +110,7 @@ class PairSampler:
         pool: list[tuple[np.ndarray, np.ndarray, Degradation]] | None = None,
         zoom_range: tuple[float, float] = (1.0, 1.0),
         multi_axis_rate: float = 0.0,
+        profiles: tuple[str, ...] = PROFILES,
     ) -> None:
         if not volumes:
             raise ValueError("PairSampler needs at least one volume")
@@ -135,6 +137,13 @@ class PairSampler:
         the input and the target alike (the app restores an isotropic coarse scan one axis at
         a time: each pass sees the axes restored after it still coarse, and noise that
         interpolation smoothed in every coarse direction)."""
+        unknown = sorted(set(profiles) - set(PROFILES))
+        if not profiles or unknown:
+            raise ValueError(f"profiles must be a non-empty subset of {PROFILES}, got "
+                             f"{tuple(profiles)}")
+        self.profiles = tuple(profiles)
+        """Slice-profile shapes drawn (all of them by default; one shape trains a network
+        that the app runs only for scans told that shape)."""
         self.rng = np.random.default_rng(seed)
         n_pool = pool_size or max(2, len(self.volumes))
         self.pool: list[tuple[np.ndarray, np.ndarray, Degradation]] = (
@@ -151,7 +160,7 @@ class PairSampler:
         params = Degradation(
             axis=int(r.integers(0, 3)),
             factor=float(r.uniform(*self.factor_range)),
-            profile=str(r.choice(PROFILES)),
+            profile=str(r.choice(self.profiles)),
             thickness_ratio=float(r.uniform(0.8, 1.3)),
             inplane_sigma_vox=float(r.uniform(0.0, 0.6)) if r.random() < 0.5 else 0.0,
             noise_fraction=float(r.uniform(0.0, 0.03)) if r.random() < 0.8 else 0.0,

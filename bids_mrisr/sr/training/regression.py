@@ -23,6 +23,7 @@ from torch import nn
 from bids_mrisr.sr.checkpoint import save_checkpoint
 from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.networks.factory import build_model
+from bids_mrisr.sr.options import PROFILES
 from bids_mrisr.sr.training.data import PairSampler, degradation_family
 from bids_mrisr.sr.training.loop import EMA_DECAY, run_steps, validate
 from bids_mrisr.sr.training.losses import (  # noqa: F401 (mean_regression_loss re-exported)
@@ -55,16 +56,17 @@ class _Crops(torch.utils.data.IterableDataset):
     def __init__(self, volumes: Sequence[np.ndarray], config: ModelConfig, crop: int, seed: int,
                  batch_size: int, factor_range: tuple[float, float],
                  zoom_range: tuple[float, float] = (1.0, 1.0),
-                 multi_axis_rate: float = 0.0) -> None:
+                 multi_axis_rate: float = 0.0, profiles: tuple[str, ...] = PROFILES) -> None:
         self.args = (list(volumes), config.context_slices, config.residual_scale)
         self.crop, self.seed, self.batch_size = crop, seed, batch_size
         self.factor_range, self.zoom_range = factor_range, zoom_range
-        self.multi_axis_rate = multi_axis_rate
+        self.multi_axis_rate, self.profiles = multi_axis_rate, profiles
 
     def sampler(self, worker: int = 0) -> PairSampler:
         return PairSampler(*self.args, crop=self.crop, seed=self.seed + 7919 * worker,
                            refresh_every=REFRESH_EVERY, factor_range=self.factor_range,
-                           zoom_range=self.zoom_range, multi_axis_rate=self.multi_axis_rate)
+                           zoom_range=self.zoom_range, multi_axis_rate=self.multi_axis_rate,
+                           profiles=self.profiles)
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -94,7 +96,8 @@ def _gate_check(model: nn.Module, volumes: Sequence[np.ndarray], config: ModelCo
                 recipe: RegressionRecipe) -> dict[str, Any]:
     """:func:`gate_benefit` on fixed crops of ``volumes`` (held out where there are any)."""
     sampler = PairSampler(list(volumes), config.context_slices, config.residual_scale,
-                          crop=recipe.crop, seed=recipe.seed + 1, factor_range=recipe.factor_range)
+                          crop=recipe.crop, seed=recipe.seed + 1, factor_range=recipe.factor_range,
+                          profiles=recipe.profiles)
     batches = [sampler.sample_with_acquisition(recipe.batch_size)
                for _ in range(GATE_CHECK_BATCHES)]
     return gate_benefit(model.eval(), batches)
@@ -116,6 +119,8 @@ class RegressionRecipe:
     """Scale augmentation of the ground truth (:class:`PairSampler`); (1, 1) is off."""
     multi_axis_rate: float = 0.0
     """Share of draws coarse along more axes than the restored one (:class:`PairSampler`)."""
+    profiles: tuple[str, ...] = PROFILES
+    """Slice-profile shapes drawn (:class:`PairSampler`)."""
     device: str = "cpu"
     """``cpu``, ``cuda`` or ``auto`` (bf16 autocast on GPUs)."""
     workers: int = 0
@@ -166,7 +171,7 @@ def train_mean_regressor(
                 net, device_ids=[dev.index] if dev.type == "cuda" else None)
         data = _Crops(volumes, config, recipe.crop, recipe.seed + 104729 * rank.rank,
                       recipe.batch_size, recipe.factor_range, recipe.zoom_range,
-                      recipe.multi_axis_rate)
+                      recipe.multi_axis_rate, recipe.profiles)
         if recipe.workers > 0:
             loader = iter(torch.utils.data.DataLoader(
                 data, batch_size=None, num_workers=recipe.workers, persistent_workers=True,
@@ -221,7 +226,7 @@ def train_mean_regressor(
             ema_decay=EMA_DECAY,
             sampling_steps=1,
             degradation=degradation_family(recipe.factor_range, recipe.zoom_range,
-                                           recipe.multi_axis_rate),
+                                           recipe.multi_axis_rate, recipe.profiles),
             training={k: list(v) if isinstance(v, tuple) else v
                       for k, v in dataclasses.asdict(recipe).items()},
             # kept at the top level too: readers of earlier checkpoints look for them here
