@@ -90,8 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="DataLoader worker processes that degrade volumes and cut crops "
                              "beside the training step (0: in the training process)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted regression or moe run from "
-                             "OUT/student (or OUT/teacher)/train_state.pt")
+                        help="continue an interrupted regression or moe run, or the next "
+                             "sitting of a campaign, from OUT/student (or "
+                             "OUT/teacher)/train_state.pt: weights, optimiser, EMA, step, "
+                             "schedule and (with --workers 0 on one process) the crop "
+                             "sampler, exactly")
+    parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
+                        help="regression and moe recipes: end this sitting after MINUTES, "
+                             "saving the resumable state and a snapshot of the weights; the "
+                             "learning-rate schedule keeps following --student-steps, so "
+                             "sittings resumed with --resume add up to one run (Ctrl-C or "
+                             "SIGTERM also save the state)")
+    parser.add_argument("--base-width", type=_positive_int, default=None, metavar="C",
+                        help="regression recipe, new networks: channels of the student's "
+                             "first U-Net level (the shipped student has 16; 32 is about 4x "
+                             "the parameters and compute)")
     parser.add_argument("--init-weights", type=Path, default=None,
                         help="regression recipe: fine-tune this checkpoint (e.g. the shipped "
                              "student) instead of starting from random weights; its "
@@ -192,6 +205,11 @@ def _recipe_config(args: argparse.Namespace, kind: str, tiny: bool,
         config = dataclasses.replace(base, prediction_type="mean")
     if args.acquisition_input:
         config = dataclasses.replace(config, acquisition_features=ACQUISITION_FEATURES)
+    if args.base_width is not None:
+        if kind != "student" or init_config is not None:
+            raise ValueError("--base-width sets the width of a new student (not with "
+                             "--init-weights)")
+        config = dataclasses.replace(config, base_width=args.base_width)
     if args.res_blocks is not None:
         if kind != "student":
             raise ValueError("--res-blocks deepens the student of the regression recipe")
@@ -231,11 +249,19 @@ def _train_regression(args: argparse.Namespace, train: list[np.ndarray], val: li
                               crop=args.crop, device=args.device, workers=args.workers,
                               zoom_range=(args.zoom_augment, 1.0),
                               multi_axis_rate=args.multi_axis_rate,
-                              profiles=tuple(dict.fromkeys(args.profiles)))
-    sha = train_mean_regressor(
-        train, config, output_dir / kind, recipe,
-        progress=progress_callback(f"{kind} training", "step"), val_volumes=val or None,
-        provenance=provenance, resume=args.resume, init_from=args.init_weights)
+                              profiles=tuple(dict.fromkeys(args.profiles)),
+                              stop_minutes=args.stop_after)
+    try:
+        sha = train_mean_regressor(
+            train, config, output_dir / kind, recipe,
+            progress=progress_callback(f"{kind} training", "step"), val_volumes=val or None,
+            provenance=provenance, resume=args.resume, init_from=args.init_weights)
+    except ValueError as exc:  # e.g. a saved state of another network
+        raise UserError(f"--resume: {exc}", ExitCode.USAGE) from None
+    except KeyboardInterrupt:
+        LOGGER.error("interrupted; the training state is saved in %s: add --resume to "
+                     "continue", output_dir / kind)
+        return 130
     if sha is not None:  # rank 0 (or the only process) wrote the checkpoint
         LOGGER.info("%s: sha256 %s; done in %.1f min: use --model %s --weights %s/%s", kind,
                     sha, (time.monotonic() - started) / 60, kind, output_dir, kind)
@@ -271,10 +297,11 @@ def main(argv: list[str]) -> int:
         raise UserError("--init-weights: only the regression and moe recipes fine-tune a "
                         "checkpoint", ExitCode.USAGE)
     elif (args.zoom_augment != 1.0 or args.multi_axis_rate or args.acquisition_input
-          or args.res_blocks is not None or set(args.profiles) != {"gaussian", "box"}):
-        raise UserError("--zoom-augment, --multi-axis-rate, --acquisition-input, --res-blocks "
-                        "and --profiles: regression and moe recipes only (the diffusion recipe "
-                        "would ignore them)",
+          or args.res_blocks is not None or set(args.profiles) != {"gaussian", "box"}
+          or args.base_width is not None or args.stop_after is not None):
+        raise UserError("--zoom-augment, --multi-axis-rate, --acquisition-input, --res-blocks, "
+                        "--profiles, --base-width and --stop-after: regression and moe recipes "
+                        "only (the diffusion recipe would ignore them)",
                         ExitCode.USAGE)
     found = collect_volumes(
         args.bids_dir.absolute() if args.bids_dir is not None else None,

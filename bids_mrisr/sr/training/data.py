@@ -16,6 +16,7 @@ smooth correction it cannot see in a crop.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,9 +147,13 @@ class PairSampler:
         that the app runs only for scans told that shape)."""
         self.rng = np.random.default_rng(seed)
         n_pool = pool_size or max(2, len(self.volumes))
+        self._recipes: list[tuple[int, dict[str, Any]] | None] = [None] * (
+            len(pool) if pool is not None else n_pool)
+        """Per pool slot: the volume and the generator state it was degraded from, so that
+        :meth:`load_state_dict` can rebuild the pool exactly without storing it."""
         self.pool: list[tuple[np.ndarray, np.ndarray, Degradation]] = (
             list(pool) if pool is not None else
-            [self._make_entry(i % len(self.volumes)) for i in range(n_pool)])
+            [self._recorded_entry(k, k % len(self.volumes)) for k in range(n_pool)])
         self._since_refresh = 0
         self._next_slot = 0
         self.samples_drawn = 0
@@ -186,11 +191,41 @@ class PairSampler:
                                also)
         return (coarse_along(hr, params, also) if also else hr), cubic, params
 
+    def _recorded_entry(self, slot: int, vol_index: int,
+                        ) -> tuple[np.ndarray, np.ndarray, Degradation]:
+        self._recipes[slot] = (vol_index, self.rng.bit_generator.state)
+        return self._make_entry(vol_index)
+
     def refresh(self) -> None:
         """Replace the oldest pool entry with a fresh degradation of a random volume."""
         slot = self._next_slot
-        self.pool[slot] = self._make_entry(int(self.rng.integers(len(self.volumes))))
+        self.pool[slot] = self._recorded_entry(slot, int(self.rng.integers(len(self.volumes))))
         self._next_slot = (slot + 1) % len(self.pool)
+
+    # --- exact resumption -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that decides the next crops, small enough for a training state file:
+        the pool is stored as the recipes that made it, not as volumes."""
+        if any(r is None for r in self._recipes):
+            raise ValueError("a ready-made pool cannot be saved")
+        return {"rng": self.rng.bit_generator.state, "since_refresh": self._since_refresh,
+                "next_slot": self._next_slot, "samples_drawn": self.samples_drawn,
+                "recipes": [[v, st] for v, st in self._recipes],  # type: ignore[misc]
+                "volumes": len(self.volumes)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Rebuild the pool from its recipes and continue the draws where they stopped."""
+        if state["volumes"] != len(self.volumes) or len(state["recipes"]) != len(self.pool):
+            raise ValueError(f"the saved sampler had {state['volumes']} volumes and a pool of "
+                             f"{len(state['recipes'])}; this one has {len(self.volumes)} and "
+                             f"{len(self.pool)} (resume with the same training data)")
+        for slot, (vol_index, rng_state) in enumerate(state["recipes"]):
+            self.rng.bit_generator.state = rng_state
+            self.pool[slot] = self._recorded_entry(slot, int(vol_index))
+        self.rng.bit_generator.state = state["rng"]
+        self._since_refresh = int(state["since_refresh"])
+        self._next_slot = int(state["next_slot"])
+        self.samples_drawn = int(state["samples_drawn"])
 
     # --- samples --------------------------------------------------------------------------
     def _one(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -267,11 +267,12 @@ def distill_student(
                 tot = budget_total or total * rounds
                 progress(min(base + i, tot), tot)
 
-        ema, done, used = run_steps(
+        run = run_steps(
             student, step_fn, minutes=round_minutes, steps=steps_per_round, lr=lr,
             progress=round_progress, extra_params=list(projector.parameters()),
             label=f"distill round {r + 1}/{rounds} ({n_teacher}->{n_student} steps)",
         )
+        ema, done, used = run.ema, run.steps, run.minutes
         done_total += done
         used_total += used
         history.append({"round": r, "teacher_steps": n_teacher, "student_steps": n_student,

@@ -67,6 +67,55 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+@dataclass
+class RunResult:
+    """What :func:`run_steps` did: the EMA to save, the step reached, and the compute."""
+
+    ema: EMA
+    steps: int
+    minutes: float
+    """Cumulative optimisation minutes over every sitting of a resumed run."""
+    finished: bool
+    """False when the sitting ended (``stop_minutes`` or a signal) before the step budget."""
+    sittings: list[dict[str, Any]]
+    """One entry per sitting: steps from/to, minutes, threads (the campaign's compute record)."""
+
+
+class SamplerState:
+    """Hooks through which the training state carries the data sampler's own state."""
+
+    def __init__(self, get: Callable[[], dict[str, Any]],
+                 set: Callable[[dict[str, Any]], None]) -> None:  # noqa: A002
+        self.get, self.set = get, set
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag that the loop reads between two steps, so the state it then
+    saves is a whole step's (a signal mid-step would otherwise split optimiser and EMA)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._request)
+        return self
+
+    def _request(self, signum: int, _frame: Any) -> None:
+        self.signal = signum
+
+    def __exit__(self, *_exc: object) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def run_steps(
     model: nn.Module,
     step_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
@@ -81,11 +130,17 @@ def run_steps(
     save_every: int = 1000,
     resume: bool = False,
     is_main: bool = True,
-) -> tuple[EMA, int, float]:
-    """Optimise ``model`` with ``step_fn(i) -> (loss, stats)``; return (EMA, steps, minutes).
+    sampler_state: SamplerState | None = None,
+    stop_minutes: float | None = None,
+) -> RunResult:
+    """Optimise ``model`` with ``step_fn(i) -> (loss, stats)``.
 
-    With ``state_file``, the model, optimiser, EMA and step count are saved every
-    ``save_every`` steps (by the main process), and ``resume`` continues from that file.
+    With ``state_file``, everything that decides the next step (model, optimiser, EMA, step,
+    schedule, torch RNG and, through ``sampler_state``, the data sampler) is saved every
+    ``save_every`` steps, at the end of a sitting and on SIGINT/SIGTERM; ``resume`` continues
+    from it, so that a stopped and resumed run equals an uninterrupted one. ``stop_minutes``
+    ends this sitting (state saved, ``finished`` False) without touching the schedule: a
+    campaign spread over many sittings follows one step budget.
     """
     if steps is None and minutes is None:
         raise ValueError("give a step budget (steps=) or a time budget (minutes=)")
@@ -98,52 +153,92 @@ def run_steps(
     start = time.perf_counter()
     running: dict[str, float] = {}
     i = 0
+    spent = 0.0
+    sittings: list[dict[str, Any]] = []
     if resume and state_file is not None and Path(state_file).is_file():
-        i, spent = _load_state(Path(state_file), model, opt, ema)
+        saved = _load_state(Path(state_file), model, opt, ema, sampler_state)
+        i, spent, sittings = saved["step"], saved["seconds"], saved["sittings"]
+        total, warmup = saved.get("total") or total, saved.get("warmup") or warmup
         start -= spent
-        log.info("%s: resumed from %s at step %d", label, state_file, i)
+        log.info("%s: resumed from %s at step %d (%.1f min of earlier compute)", label,
+                 state_file, i, spent / 60)
+    sitting = {"from_step": i, "threads": torch.get_num_threads(),
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    sitting_start = time.perf_counter()
+
+    def save() -> None:
+        if state_file is not None and is_main:
+            record = dict(sitting, to_step=i,
+                          minutes=round((time.perf_counter() - sitting_start) / 60, 3))
+            _save_state(Path(state_file), model, opt, ema, i, time.perf_counter() - start,
+                        total=total, warmup=warmup, sittings=[*sittings, record],
+                        sampler_state=sampler_state)
+
+    finished = True
     model.train()
-    while True:
-        if total is not None and i >= total:
-            break
-        elapsed = time.perf_counter() - start
-        if minutes is not None and elapsed >= minutes * 60 and i > 0:
-            break
-        # Under a time cap the schedule follows whichever budget runs out first, so the
-        # learning rate has decayed when the clock stops (a machine slower than the first
-        # steps' timing otherwise stops mid-schedule).
-        sched_total = total or est_total
-        sched_step = i
-        if minutes is not None and i >= warmup:
-            sched_step = max(i, int(sched_total * elapsed / (minutes * 60)))
-        for group in opt.param_groups:
-            group["lr"] = lr_at(sched_step, sched_total, lr, warmup)
-        loss, stats = step_fn(i)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{label}: non-finite loss at step {i}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-        opt.step()
-        ema.update(model)
-        for k, v in stats.items():
-            running[k] = v if k not in running else 0.98 * running[k] + 0.02 * v
-        i += 1
-        if total is None and i == TIMING_STEPS:
-            per_step = (time.perf_counter() - start) / i
-            total = max(i, int(minutes * 60 / per_step))
-            warmup = min(warmup, max(1, total // 20))
-            log.info("%s: %.3f s/step, budget of %.1f min -> %d steps", label, per_step,
-                     minutes, total)
-        if progress is not None:
-            progress(i, _expected_total(i, total or est_total, minutes,
-                                        time.perf_counter() - start))
-        if state_file is not None and is_main and i % save_every == 0:
-            _save_state(Path(state_file), model, opt, ema, i, time.perf_counter() - start)
-        if i % LOG_EVERY == 0 or i == total:
-            text = " ".join(f"{k}={v:.4g}" for k, v in running.items())
-            log.info("%s step %d/%s %s", label, i, total or "?", text)
-    return ema, i, (time.perf_counter() - start) / 60.0
+    with _StopRequest() as stop:
+        while True:
+            if total is not None and i >= total:
+                break
+            elapsed = time.perf_counter() - start
+            if minutes is not None and elapsed >= minutes * 60 and i > 0:
+                break
+            if stop.signal is not None or (
+                    stop_minutes is not None
+                    and time.perf_counter() - sitting_start >= stop_minutes * 60):
+                finished = False
+                save()
+                log.info("%s: sitting ended at step %d (%s); state saved to %s", label, i,
+                         "signal" if stop.signal is not None else f"{stop_minutes:g} min",
+                         state_file)
+                break
+            _train_step(model, opt, ema, params, step_fn, i, total or est_total, warmup, lr,
+                        minutes, elapsed, running, label)
+            i += 1
+            if total is None and i == TIMING_STEPS:
+                per_step = (time.perf_counter() - start) / i
+                total = max(i, int(minutes * 60 / per_step))
+                warmup = min(warmup, max(1, total // 20))
+                log.info("%s: %.3f s/step, budget of %.1f min -> %d steps", label, per_step,
+                         minutes, total)
+            if progress is not None:
+                progress(i, _expected_total(i, total or est_total, minutes,
+                                            time.perf_counter() - start))
+            if i % save_every == 0:
+                save()
+            if i % LOG_EVERY == 0 or i == total:
+                text = " ".join(f"{k}={v:.4g}" for k, v in running.items())
+                log.info("%s step %d/%s %s", label, i, total or "?", text)
+    sittings.append(dict(sitting, to_step=i,
+                         minutes=round((time.perf_counter() - sitting_start) / 60, 3)))
+    if stop.signal is not None:
+        raise KeyboardInterrupt(f"signal {stop.signal} at step {i}; state saved")
+    return RunResult(ema, i, (time.perf_counter() - start) / 60.0, finished, sittings)
+
+
+def _train_step(model: nn.Module, opt: torch.optim.Optimizer, ema: EMA,
+                params: Sequence[nn.Parameter], step_fn: Callable, i: int, total: int,
+                warmup: int, lr: float, minutes: float | None, elapsed: float,
+                running: dict[str, float], label: str) -> None:
+    """One optimisation step at the scheduled learning rate."""
+    # Under a time cap the schedule follows whichever budget runs out first, so the
+    # learning rate has decayed when the clock stops (a machine slower than the first
+    # steps' timing otherwise stops mid-schedule).
+    sched_step = i
+    if minutes is not None and i >= warmup:
+        sched_step = max(i, int(total * elapsed / (minutes * 60)))
+    for group in opt.param_groups:
+        group["lr"] = lr_at(sched_step, total, lr, warmup)
+    loss, stats = step_fn(i)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{label}: non-finite loss at step {i}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+    opt.step()
+    ema.update(model)
+    for k, v in stats.items():
+        running[k] = v if k not in running else 0.98 * running[k] + 0.02 * v
 
 
 def _expected_total(step: int, total: int, minutes: float | None, elapsed: float) -> int:
@@ -155,22 +250,44 @@ def _expected_total(step: int, total: int, minutes: float | None, elapsed: float
 
 
 def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, ema: EMA, step: int,
-                seconds: float) -> None:
+                seconds: float, *, total: int | None = None, warmup: int | None = None,
+                sittings: list[dict[str, Any]] | None = None,
+                sampler_state: SamplerState | None = None) -> None:
     """Everything needed to continue: written to a temporary file, then renamed (atomic)."""
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
              "ema": ema.model.state_dict(), "ema_updates": ema.updates, "step": step,
-             "seconds": seconds}
+             "seconds": seconds, "total": total, "warmup": warmup,
+             "sittings": list(sittings or []), "torch_rng": torch.get_rng_state(),
+             "sampler": sampler_state.get() if sampler_state is not None else None}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+def read_state_step(path: Path) -> int:
+    """The step a saved training state reached (0 where there is none)."""
+    if not Path(path).is_file():
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+
+
 def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, ema: EMA,
-                ) -> tuple[int, float]:
+                sampler_state: SamplerState | None = None) -> dict[str, Any]:
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: the saved state is of another network than the one being "
+                         "trained (same --preset/--base-width/--acquisition-input needed to "
+                         f"resume): {str(exc).splitlines()[0]}") from None
     opt.load_state_dict(state["optimizer"])
     ema.model.load_state_dict(state["ema"])
     ema.updates = int(state["ema_updates"])
-    return int(state["step"]), float(state["seconds"])
+    if state.get("torch_rng") is not None:
+        torch.set_rng_state(state["torch_rng"])
+    if sampler_state is not None and state.get("sampler") is not None:
+        sampler_state.set(state["sampler"])
+    return {"step": int(state["step"]), "seconds": float(state["seconds"]),
+            "total": state.get("total"), "warmup": state.get("warmup"),
+            "sittings": list(state.get("sittings") or [])}
 
 
 def validate(
@@ -244,8 +361,9 @@ def _train_direct(
             return teacher_loss(model, x_t, cond, t, v)
         return student_loss(model, x_t, cond, t, v)
 
-    ema, done, used = run_steps(model, step_fn, minutes=recipe.minutes, steps=recipe.steps,
-                                lr=recipe.lr, progress=progress, label=kind)
+    run = run_steps(model, step_fn, minutes=recipe.minutes, steps=recipe.steps, lr=recipe.lr,
+                    progress=progress, label=kind)
+    ema, done, used = run.ema, run.steps, run.minutes
     metrics = validate(ema.model, config, val_volumes, sampling_steps)
     prov = dict(provenance or {})
     prov.update(

@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,7 +25,13 @@ from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.networks.factory import build_model
 from bids_mrisr.sr.options import PROFILES
 from bids_mrisr.sr.training.data import PairSampler, degradation_family
-from bids_mrisr.sr.training.loop import EMA_DECAY, run_steps, validate
+from bids_mrisr.sr.training.loop import (
+    EMA_DECAY,
+    SamplerState,
+    read_state_step,
+    run_steps,
+    validate,
+)
 from bids_mrisr.sr.training.losses import (  # noqa: F401 (mean_regression_loss re-exported)
     MEAN_LOSS,
     gate_benefit,
@@ -34,6 +40,9 @@ from bids_mrisr.sr.training.losses import (  # noqa: F401 (mean_regression_loss 
     predict_mean,
     regression_loss,
 )
+
+if TYPE_CHECKING:
+    from bids_mrisr.sr.training.distributed import Rank
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +137,9 @@ class RegressionRecipe:
     threads: int | None = None
     save_every: int = 1000
     """Steps between resumable states (``train_state.pt``)."""
+    stop_minutes: float | None = None
+    """End this sitting after so many minutes (state and a snapshot of the weights saved; the
+    schedule keeps following ``steps``): one sitting of a campaign resumed with ``resume``."""
 
 
 def train_mean_regressor(
@@ -169,17 +181,9 @@ def train_mean_regressor(
         if rank.world_size > 1:
             net = nn.parallel.DistributedDataParallel(
                 net, device_ids=[dev.index] if dev.type == "cuda" else None)
-        data = _Crops(volumes, config, recipe.crop, recipe.seed + 104729 * rank.rank,
-                      recipe.batch_size, recipe.factor_range, recipe.zoom_range,
-                      recipe.multi_axis_rate, recipe.profiles)
-        if recipe.workers > 0:
-            loader = iter(torch.utils.data.DataLoader(
-                data, batch_size=None, num_workers=recipe.workers, persistent_workers=True,
-                pin_memory=dev.type == "cuda"))
-        else:
-            sampler = data.sampler()
-            loader = (sampler.sample_with_acquisition(recipe.batch_size)
-                      for _ in iter(int, 1))
+        state_file = out_dir / STATE_FILE
+        loader, sampler_state = _loader(volumes, config, recipe, rank, dev,
+                                        read_state_step(state_file) if resume else 0)
         autocast = devices.autocast(dev)
         started = time.perf_counter()
 
@@ -194,11 +198,13 @@ def train_mean_regressor(
                 pred = predict_mean(net, cond, code)
             return regression_loss(pred.float(), x0)
 
-        ema, done, used = run_steps(
+        run = run_steps(
             model, step_fn, minutes=recipe.minutes, steps=recipe.steps, lr=recipe.lr,
             progress=progress if rank.is_main else None,
-            label=f"{config.kind} (mean regression)", state_file=out_dir / STATE_FILE,
-            resume=resume, is_main=rank.is_main, save_every=recipe.save_every)
+            label=f"{config.kind} (mean regression)", state_file=state_file,
+            resume=resume, is_main=rank.is_main, save_every=recipe.save_every,
+            sampler_state=sampler_state, stop_minutes=recipe.stop_minutes)
+        ema, done, used = run.ema, run.steps, run.minutes
         if not rank.is_main:
             return None
         ema_model = ema.model.to("cpu")
@@ -220,6 +226,10 @@ def train_mean_regressor(
             steps=done,
             minutes=round(used, 3),
             wall_minutes=round((time.perf_counter() - started) / 60, 3),
+            finished=run.finished,
+            compute={"optimisation_minutes": round(used, 3), "steps": done,
+                     "crops": done * recipe.batch_size * rank.world_size,
+                     "sittings": run.sittings},
             processes=rank.world_size,
             device=str(dev),
             precision=devices.precision_name(dev),
@@ -239,8 +249,35 @@ def train_mean_regressor(
             log.info("held-out: cubic %.2f dB, model %.2f dB (%+.2f dB)", metrics["psnr_cubic"],
                      metrics["psnr_model"], metrics["gain_db"])
         sha = save_checkpoint(ema_model, out_dir, prov)
-        (out_dir / STATE_FILE).unlink(missing_ok=True)
+        if run.finished:  # a sitting that stopped early keeps its state for --resume
+            state_file.unlink(missing_ok=True)
+        else:
+            log.info("snapshot of the weights at step %d saved; continue with --resume", done)
         return sha
+
+
+def _loader(volumes: Sequence[np.ndarray], config: ModelConfig, recipe: RegressionRecipe,
+            rank: Rank, dev: torch.device, resumed_step: int,
+            ) -> tuple[Iterator[tuple[torch.Tensor, ...]], SamplerState | None]:
+    """Batches of (cond, x0, acquisition code) and, in-process, the sampler's state hooks.
+
+    In one process (``workers == 0``, one rank: the CPU campaign) the sampler's state travels
+    with the training state, so a resumed run draws exactly the crops an uninterrupted one
+    would. DataLoader workers and other ranks cannot hand theirs back: a resumed run reseeds
+    them from the step it resumes at (the same distribution of crops, not the same crops).
+    """
+    exact = recipe.workers == 0 and rank.world_size == 1
+    data = _Crops(volumes, config, recipe.crop,
+                  recipe.seed + 104729 * rank.rank + 15485863 * resumed_step * (not exact),
+                  recipe.batch_size, recipe.factor_range, recipe.zoom_range,
+                  recipe.multi_axis_rate, recipe.profiles)
+    if recipe.workers > 0:
+        return iter(torch.utils.data.DataLoader(
+            data, batch_size=None, num_workers=recipe.workers, persistent_workers=True,
+            pin_memory=dev.type == "cuda")), None
+    sampler = data.sampler()
+    batches = (sampler.sample_with_acquisition(recipe.batch_size) for _ in iter(int, 1))
+    return batches, SamplerState(sampler.state_dict, sampler.load_state_dict) if exact else None
 
 
 def _warm_start(model: nn.Module, config: ModelConfig, directory: str | Path) -> dict[str, Any]:

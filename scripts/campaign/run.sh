@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One sitting of the student training campaign (docs/training.md, "The campaign").
+#
+# The campaign trains the candidate default student (base width 32, about 0.45 M parameters,
+# told the acquisition) on a single 150,000-step schedule spread over many CPU sittings. Each
+# sitting resumes exactly where the last one stopped (weights, optimiser, EMA, step, schedule and
+# crop sampler from out/student/train_state.pt, the one file committed), runs for MINUTES
+# (default 60), then saves the state and a snapshot of the weights (out/student/model.*, not
+# committed) for benchmarks/quality.py. Ctrl-C or SIGTERM also save the state.
+#
+# Volumes: training bc01 peds01 stroke01 (T1w, T2w) uih01 uih02 of ds-real plus the bundled
+# MNI152 and pydeface mean head; colin27 is the trainer's validation helper. forrest01 and adi01
+# are the test set and never enter training; colin27, seg3d01 and philips01 choose the model.
+set -euo pipefail
+cd "$(dirname "$0")"
+DATA=${BIDS_MRISR_TEST_DATA:-../../../shared/data/ds-real}
+MINUTES=${1:-60}
+exec "${PYTHON:-../../.venv/bin/python}" -m bids_mrisr.cli.run train "$DATA" out \
+    --participant-label bc01 peds01 stroke01 uih01 uih02 --validation-label colin27 \
+    --batch-size 16 --student-steps 150000 --threads "${THREADS:-2}" \
+    --acquisition-input --base-width 32 --seed 0 \
+    --stop-after "$MINUTES" --resume
