@@ -45,8 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = UsageParser(
         formatter_class=_RealDefaults,
         prog="bids_mrisr train",
-        description="Train the MoEDiff-SR teacher on local high-resolution data and distil the "
-                    "student. Writes OUT/teacher and OUT/student checkpoints for --weights.",
+        description="Train super-resolution networks on local high-resolution data. The "
+                    "default recipe (regression) trains the student only and writes "
+                    "OUT/student; --recipe moe trains the MoEDiff-SR teacher (OUT/teacher); "
+                    "--recipe diffusion trains a diffusion teacher, then distils a student "
+                    "(both). Use the folder with --weights.",
     )
     parser.add_argument("bids_dir", type=Path, nargs="?",
                         help="BIDS dataset with high-resolution T1w/T2w runs (optional with "
@@ -60,13 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="runs coarser than this (mm) cannot serve as ground truth")
     parser.add_argument("--no-bundled", action="store_true",
                         help="do not add nilearn's MNI152 T1 and pydeface's mean head")
-    parser.add_argument("--teacher-minutes", type=float, default=20.0)
+    parser.add_argument("--teacher-minutes", type=float, default=20.0,
+                        help="diffusion recipe: time budget of the teacher")
     parser.add_argument("--distill-minutes", type=float, default=15.0,
                         help="total time for all distillation rounds")
     parser.add_argument("--teacher-steps", type=int, default=8,
                         help="DDIM steps of the teacher that round 0 of distillation halves")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="crops per optimisation step (per process under torchrun)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the initial weights and of the simulated acquisitions")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--recipe", choices=("regression", "moe", "diffusion"),
                         default="regression",
