@@ -61,6 +61,23 @@ def test_nothing_selected_is_18(phantom_dataset):
     assert err.value.code == ExitCode.NOTHING_SELECTED
 
 
+def test_a_mistyped_label_gets_the_nearest_one_and_the_labels_that_exist(phantom_dataset,
+                                                                          caplog):
+    with caplog.at_level(logging.WARNING), pytest.raises(UserError):
+        discover_runs(phantom_dataset, ("001",))
+    assert "001 (did you mean 01?)" in caplog.text
+    assert "it has: 01, 02" in caplog.text
+
+
+def test_main_help_lists_the_subcommands_and_exit_codes(capsys):
+    from bids_mrisr.cli.parser import build_parser
+
+    text = build_parser().format_help()
+    for word in ("bids_mrisr train", "bids_mrisr demo", "bids_mrisr slurm", "64 usage error",
+                 "130 interrupted"):
+        assert word in " ".join(text.split()), word
+
+
 def test_no_anatomical_runs_is_66(tmp_path):
     from tests.conftest import make_dataset
 

@@ -110,7 +110,10 @@ def discover_runs(
     known_subjects = set(layout.get_subjects())
     missing = [label for label in participant_labels if label not in known_subjects]
     if missing:
-        LOGGER.warning("participant label(s) not in the dataset: %s", ", ".join(missing))
+        LOGGER.warning("participant label(s) not in the dataset: %s (it has: %s)",
+                       ", ".join(_with_suggestion(label, known_subjects) for label in missing),
+                       ", ".join(sorted(known_subjects)[:20])
+                       + (", ..." if len(known_subjects) > 20 else ""))
     filters = bids_filters or {}
     runs: list[AnatRun] = []
     for suffix in SUPPORTED_SUFFIXES:
@@ -172,3 +175,11 @@ def output_name_clashes(runs: list[AnatRun]) -> dict[str, str]:
             clashes[run.relpath] = (f"is the same run as {others} (one output name for both); "
                                     "remove one, or select one with --bids-filter-file")
     return clashes
+
+
+def _with_suggestion(label: str, known: set[str]) -> str:
+    """``label`` with the nearest existing label, where one is close (a typo's fix)."""
+    import difflib
+
+    near = difflib.get_close_matches(label, sorted(known), n=1, cutoff=0.6)
+    return f"{label} (did you mean {near[0]}?)" if near else label

@@ -68,14 +68,26 @@ def _mem_gb(text: str) -> float:
     return value / 1024 if match.group(2).lower() == "m" else value
 
 
+EXIT_CODE_HELP = (
+    (ExitCode.OK, "success"), (ExitCode.FAILURE, "some runs failed, the others were written"),
+    (ExitCode.INVALID_BIDS, "invalid BIDS input"), (ExitCode.UNKNOWN_LEVEL, "unknown level"),
+    (ExitCode.NOTHING_SELECTED, "the filters selected nothing"), (ExitCode.USAGE, "usage error"),
+    (ExitCode.BAD_DATA, "every selected input is unusable"), (ExitCode.NO_INPUT, "no T1w/T2w"),
+    (ExitCode.CANT_CREATE, "cannot create output"), (ExitCode.IO_ERROR, "input/output error"),
+    (130, "interrupted (Ctrl-C)"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = UsageParser(
         prog="bids_mrisr",
         description=(
             "Super-resolve the T1w and T2w runs of a BIDS dataset (MoEDiff-SR teacher or its "
-            "distilled student) and write BIDS-Derivatives. Also: 'bids_mrisr train --help', "
-            "'bids_mrisr demo --help'."
+            "distilled student) and write BIDS-Derivatives. Subcommands: 'bids_mrisr train' "
+            "(train networks on local data), 'bids_mrisr demo' (the whole product on an "
+            "embedded dataset), 'bids_mrisr slurm' (a SLURM job array); each has --help."
         ),
+        epilog="exit codes: " + "; ".join(
+            f"{int(code)} {text}" for code, text in EXIT_CODE_HELP) + " (docs/usage.md)",
     )
     parser.add_argument("bids_dir", type=Path, help="the root of the input BIDS dataset")
     parser.add_argument("output_dir", type=Path, help="where the derivatives are written")
@@ -146,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--weights", type=Path, metavar="DIR",
                     help="checkpoint directory (default: the shipped weights)")
     sr.add_argument("--steps", type=_positive_int,
-                    help="DDIM sampling steps (default: the checkpoint's; teacher 20, student 2)")
+                    help="diffusion checkpoints only: DDIM sampling steps of one draw "
+                         "(default: their mean estimate); the shipped student runs one pass")
     sr.add_argument("--num-samples", dest="num_samples", type=_positive_int,
                     help="stochastic draws; N > 1 also writes a voxel-wise uncertainty map "
                          "(default: 1)")

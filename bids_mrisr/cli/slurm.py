@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--script-dir", type=Path, default=Path("."),
                         help="where the two scripts and the logs/ folder of the tasks are "
                              "written (default: here)")
-    parser.add_argument("--job-name", default="bids_mrisr")
+    parser.add_argument("--job-name", default="bids_mrisr",
+                        help="SLURM job name of the array and the group job (default: "
+                             "bids_mrisr)")
     return parser
 
 
