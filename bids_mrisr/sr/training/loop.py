@@ -394,13 +394,3 @@ def train_teacher(volumes: Sequence[np.ndarray], config: ModelConfig, out_dir: s
     """Train the MoEDiff-SR teacher; save its EMA weights to ``out_dir``; return the sha256."""
     return _train_direct("teacher", volumes, config, out_dir, recipe, progress=progress,
                          val_volumes=val_volumes, provenance=provenance, sampling_steps=20)
-
-
-def train_student_direct(volumes: Sequence[np.ndarray], config: ModelConfig,
-                         out_dir: str | Path, recipe: DiffusionRecipe, *,
-                         progress: Progress = None,
-                         val_volumes: Sequence[np.ndarray] | None = None,
-                         provenance: dict | None = None) -> str:
-    """Baseline: a student trained with plain v-prediction, no teacher (2 sampling steps)."""
-    return _train_direct("student", volumes, config, out_dir, recipe, progress=progress,
-                         val_volumes=val_volumes, provenance=provenance, sampling_steps=2)
