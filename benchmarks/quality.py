@@ -1,7 +1,7 @@
 """Quality benchmark: what users get, against plain cubic resampling of the same input.
 
-For each held-out real volume and each simulated acquisition (thick-slice factor, axis, slice
-profile, noise) this script:
+For each real volume of the chosen set and each simulated acquisition (thick-slice factor,
+axis, slice profile, noise) this script:
 
 1. makes the ground truth: the raw scan, reoriented to RAS+ and (if needed) resampled to an
    isotropic grid of its finest spacing, in the scanner's own intensities;
@@ -11,7 +11,14 @@ profile, noise) this script:
    preprocessing included, one shared work dir so preprocessing runs once per input);
 4. scores every output against the truth inside the head mask (PSNR and SSIM, peak = the
    truth's 99.9th percentile in the mask), beside plain cubic and linear resampling of the raw
-   low-resolution file onto the same grid (no N4, no normalisation).
+   low-resolution file onto the same grid (no N4, no normalisation). Voxels that depend on a
+   slice the source data filled in (``INTERPOLATED_SLICES``) are left out of the scores.
+
+Two sets of volumes (``--set``): VALIDATION_SET chose every model and setting so far, so its
+figures are validation figures; TEST_SET is scored once per shipped model and reported as is.
+A volume in the training data of a run's weights (``provenance.training_volumes`` of the
+checkpoint's ``model.json`` and of its variants) is flagged "seen in training" and left out of
+the summaries.
 
 Results go to a JSON file (every case, every method, seconds per app call, the engine's own
 seconds and the adaptation's from the sidecar) and a table is printed. Run
@@ -36,16 +43,38 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from bids_mrisr.demo import thick_slice_affine
 from bids_mrisr.image.resample import resample_to_resolution
 from bids_mrisr.sr.degrade import Degradation, degrade
-from bids_mrisr.sr.training.evaluate import score_in_head as score
+from bids_mrisr.sr.inference import VARIANTS
+from bids_mrisr.sr.training.evaluate import psnr, score_in_head, ssim
+from bids_mrisr.sr.weights import default_weights
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "ds-real"
-HELD_OUT = ("colin27", "seg3d01", "philips01")
-"""Never used in training (docs/model-card.md lists the training volumes)."""
+VALIDATION_SET = ("colin27", "seg3d01", "philips01")
+"""Never used in training; they chose every model and setting so far, so figures on them are
+validation figures (docs/model-card.md)."""
+TEST_SET = ("adi01", "forrest01")
+"""Scored once per shipped model and reported as is. forrest01 is in the shipped student's
+training data: such cases are flagged from the weights' provenance, not from this list."""
+SETS = {"validation": VALIDATION_SET, "test": TEST_SET, "all": VALIDATION_SET + TEST_SET}
+SET_HEADERS = {"validation": "VALIDATION (these volumes chose the model)",
+               "test": "TEST (scored once per shipped model, reported as is)",
+               "other": "OTHER (in neither set)"}
+HELD_OUT = VALIDATION_SET
+"""Never used in training (the default of adapt_ablation.py); kept for old imports."""
+INTERPOLATED_SLICES: dict[str, tuple[tuple[int, int], ...]] = {"adi01": ((2, 114),)}
+"""(array axis of the stored NIfTI, 0-based index) of slices the source data filled in (the
+mean of their neighbours: a DICOM instance is missing; ds-real README, the sidecar's Note).
+Voxels of the truth grid they influence are left out of the scores."""
+INFLUENCE = 1e-3
+"""A truth voxel whose resampling weight on a filled slice exceeds this is left out of PSNR; a
+voxel whose SSIM window puts more than this weight on such voxels is left out of SSIM."""
+SSIM_SIGMA = 1.5
+"""The SSIM window of ``bids_mrisr.sr.training.evaluate.ssim`` (its default)."""
 REALISTIC_NOISE = 0.02
 """Rician sigma as a fraction of the 99.5th percentile: ~SNR 50, a typical 3T T1w."""
 APP_METHODS = ("interp", "student", "teacher")
@@ -54,12 +83,108 @@ ISOTROPIC = "iso"
 
 def truth_volume(path: Path) -> tuple[np.ndarray, np.ndarray, float]:
     """RAS+, isotropic at the finest spacing, raw intensities (float32)."""
-    image = nib.as_closest_canonical(nib.load(str(path)))
+    return _truth_grid(nib.load(str(path)))
+
+
+def _truth_grid(image: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray, float]:
+    image = nib.as_closest_canonical(image)
     zooms = [float(z) for z in image.header.get_zooms()[:3]]
     resolution = min(zooms)
     data = np.asanyarray(image.dataobj).astype(np.float32)
     data, affine = resample_to_resolution(data, image.affine, resolution)
     return data, affine, resolution
+
+
+def truth_valid(path: Path, slices: tuple[tuple[int, int], ...]) -> np.ndarray | None:
+    """Boolean mask on :func:`truth_volume`'s grid: False where a voxel's value draws more than
+    :data:`INFLUENCE` of its weight from one of ``slices`` ((stored axis, index) of the file);
+    None when there are none. The flags go through the same reorientation and resampling."""
+    if not slices:
+        return None
+    image = nib.load(str(path))
+    flags = np.zeros(image.shape[:3], dtype=np.float32)
+    for axis, index in slices:
+        flags[(slice(None),) * axis + (index,)] = 1.0
+    flagged = nib.Nifti1Image(flags, image.affine, image.header)
+    flagged.header.set_data_dtype(np.float32)
+    flagged.header.set_slope_inter(1.0, 0.0)
+    return np.abs(_truth_grid(flagged)[0]) <= INFLUENCE
+
+
+def score(estimate: np.ndarray, truth: np.ndarray,
+          valid: np.ndarray | None = None) -> dict[str, float]:
+    """``score_in_head`` (PSNR/SSIM in the truth's head mask); with ``valid`` (on the truth's
+    grid), PSNR leaves out the invalid voxels and SSIM the voxels whose window reaches them
+    (weight > :data:`INFLUENCE`). Head mask and peak are those of ``score_in_head``."""
+    if valid is None:
+        return score_in_head(estimate, truth)
+    shape = tuple(min(a, b) for a, b in zip(estimate.shape, truth.shape, strict=True))
+    crop = tuple(slice(0, n) for n in shape)
+    est = np.asarray(estimate[crop], dtype=np.float32)
+    ref = np.asarray(truth[crop], dtype=np.float32)
+    ok = np.asarray(valid[crop], dtype=bool)
+    top = float(np.percentile(ref, 99.9))
+    head = ndimage.binary_fill_holes(ndimage.binary_opening(ref > 0.05 * top, iterations=2))
+    reach = ndimage.gaussian_filter((~ok).astype(np.float32), SSIM_SIGMA, mode="nearest")
+    return {"psnr": psnr(est, ref, head & ok, top),
+            "ssim": ssim(est, ref, head & (reach <= INFLUENCE), top)}
+
+
+def set_of(subject: str) -> str:
+    """'validation', 'test' or 'other'."""
+    if subject in VALIDATION_SET:
+        return "validation"
+    return "test" if subject in TEST_SET else "other"
+
+
+def select_subjects(choice: str, subjects: list[str] | None) -> list[str]:
+    """``--subjects`` if given, else the ``--set``; validation first, then test, then others
+    (the table prints one section per set)."""
+    chosen = list(dict.fromkeys(subjects if subjects else SETS[choice]))
+    order = ("validation", "test", "other")
+    return sorted(chosen, key=lambda s: order.index(set_of(s)))
+
+
+def run_weights(method: str, directory: str | None) -> Path | None:
+    """The checkpoint an app method runs with: the given one, else the app's default
+    (``interp`` has none)."""
+    if directory:
+        return Path(directory)
+    return None if method == "interp" else default_weights(method)
+
+
+def training_volumes(weights: Path | None) -> list[str] | None:
+    """``provenance.training_volumes`` of a checkpoint and of its variants (any of them may
+    run); [] without weights, None when no ``model.json`` lists them (unknown)."""
+    if weights is None:
+        return []
+    found: list[str] | None = None
+    for directory in (Path(weights), *(Path(weights) / v for v in VARIANTS)):
+        meta = directory / "model.json"
+        if not meta.is_file():
+            continue
+        volumes = json.loads(meta.read_text()).get("provenance", {}).get("training_volumes")
+        if volumes is not None:
+            found = sorted({*(found or []), *volumes})
+    return found
+
+
+def _volume_key(name: str) -> str:
+    """'sub-x/anat/sub-x_T1w.nii.gz' and 'sub-x_T1w' -> 'sub-x_T1w'."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    for ext in (".nii.gz", ".nii"):
+        if base.endswith(ext):
+            return base[: -len(ext)]
+    return base
+
+
+def seen_in_training(source: Path, subject: str, volumes: list[str] | None) -> bool | None:
+    """Whether ``source`` (or its whole subject, where the provenance names only subjects) is
+    among ``volumes``; None when they are unknown."""
+    if volumes is None:
+        return None
+    keys = {_volume_key(v) for v in volumes}
+    return bool(keys & {_volume_key(source.name), f"sub-{subject}", subject})
 
 
 def lowres_image(truth: np.ndarray, affine: np.ndarray, resolution: float,
@@ -127,7 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=Path(os.environ.get(
         "BIDS_MRISR_TEST_DATA", DEFAULT_DATA)))
-    p.add_argument("--subjects", nargs="+", default=list(HELD_OUT))
+    p.add_argument("--set", dest="volume_set", choices=tuple(SETS), default="validation",
+                   help=f"volumes to score: validation ({', '.join(VALIDATION_SET)}; they "
+                        f"chose the model), test ({', '.join(TEST_SET)}; scored once per "
+                        "shipped model) or all")
+    p.add_argument("--subjects", nargs="+", default=None,
+                   help="these subjects instead of --set's")
     p.add_argument("--factors", nargs="+", type=float, default=[2.0, 3.0, 4.0])
     p.add_argument("--axes", nargs="+", choices=("0", "1", "2", ISOTROPIC),
                    default=["0", "1", "2"],
@@ -177,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
              for label, method, directory in map(_labelled_spec, args.extra)]
     runs += [(label, method, weights.get(method), tuple(shlex.split(flags)))
              for label, method, flags in map(_labelled_spec, args.variant)]
+    subjects = select_subjects(args.volume_set, args.subjects)
+    trained_on = {label: training_volumes(run_weights(method, directory))
+                  for label, method, directory, _ in runs}
     scratch = args.keep or Path(tempfile.mkdtemp(prefix="mrisr-quality-"))
     bids, work = scratch / "bids", scratch / "work"
     bids.mkdir(parents=True, exist_ok=True)
@@ -184,14 +317,21 @@ def main(argv: list[str] | None = None) -> int:
         {"Name": "bids_mrisr quality benchmark", "BIDSVersion": "1.10.0"}))
     results = []
     header = f"{'volume':<10} {'case':<14} {'method':<14} {'PSNR':>7} {'gain':>7} {'SSIM':>7} " \
-             f"{'s':>6}"
-    print(header)
+             f"{'s':>6}  note"
+    section = None
     try:
-        for subject in args.subjects:
+        for subject in subjects:
             src = sorted((args.data / f"sub-{subject}" / "anat").glob(f"sub-{subject}*_T1w.nii*"))
             if not src:
                 raise SystemExit(f"no T1w for sub-{subject} under {args.data}")
+            if set_of(subject) != section:
+                section = set_of(subject)
+                print(f"\n{SET_HEADERS[section]}\n{header}", flush=True)
             truth, affine, resolution = truth_volume(src[0])
+            filled = INTERPOLATED_SLICES.get(subject, ())
+            valid = truth_valid(src[0], filled)
+            seen = {label: seen_in_training(src[0], subject, volumes)
+                    for label, volumes in trained_on.items()}
             for tag, params, isotropic in cases(args):
                 label = f"{subject}{tag}".replace("_", "")
                 image = lowres_image(truth, affine, resolution, params, args.seed, isotropic)
@@ -203,14 +343,18 @@ def main(argv: list[str] | None = None) -> int:
                 if args.acquisition_type:
                     (anat / f"sub-{label}_T1w.json").write_text(json.dumps(
                         {"MRAcquisitionType": args.acquisition_type}))
-                row = {"volume": subject, "case": tag,
+                row = {"volume": subject, "set": set_of(subject), "case": tag,
                        "degradation": {**asdict(params), "isotropic": isotropic},
-                       "methods": {}}
+                       "seen_in_training": seen, "methods": {}}
+                if valid is not None:
+                    row["left_out"] = {"filled_slices": [list(f) for f in filled],
+                                       "truth_voxels": int((~valid).sum())}
                 for name, order in (("cubic", 3), ("linear", 1)):
                     start = time.perf_counter()
                     est = plain_resample(image, resolution, order)
-                    row["methods"][name] = {**score(est, truth),
-                                            "seconds": time.perf_counter() - start}
+                    row["methods"][name] = {**score(est, truth, valid),
+                                            "seconds": time.perf_counter() - start,
+                                            "seen_in_training": False}
                 for label_m, method, directory, extra in runs:
                     out = scratch / f"out-{label_m}"
                     path, seconds = run_app(bids, out, work, label, method, directory,
@@ -220,41 +364,78 @@ def main(argv: list[str] | None = None) -> int:
                         path.name.replace(".nii.gz", ".json")).read_text())
                     info = sidecar.get("SuperResolution", {})
                     row["methods"][label_m] = {
-                        **score(est, truth), "seconds": seconds,
+                        **score(est, truth, valid), "seconds": seconds,
                         "sr_seconds": info.get("Seconds"),
-                        "adapt_seconds": info.get("Adaptation", {}).get("Seconds")}
+                        "adapt_seconds": info.get("Adaptation", {}).get("Seconds"),
+                        "seen_in_training": seen[label_m]}
                 base = row["methods"]["cubic"]["psnr"]
                 for name, m in row["methods"].items():
                     m["gain_db"] = m["psnr"] - base
-                    print(f"{subject:<10} {tag:<14} {name:<14} {m['psnr']:7.2f} "
-                          f"{m['gain_db']:+7.2f} {m['ssim']:7.4f} {m['seconds']:6.1f}",
-                          flush=True)
+                    print(row_line(row, name), flush=True)
                 results.append(row)
                 args.output.parent.mkdir(parents=True, exist_ok=True)
-                args.output.write_text(json.dumps(_report(args, results), indent=2))
+                args.output.write_text(json.dumps(_report(args, subjects, trained_on, results),
+                                                  indent=2))
     finally:
         if args.keep is None:
             shutil.rmtree(scratch, ignore_errors=True)
-    _summary(results)
+    print("\n" + "\n".join(summary_lines(results)))
     return 0
 
 
-def _report(args: argparse.Namespace, results: list[dict]) -> dict:
+def _note(seen: bool | None, row: dict) -> str:
+    notes = ["seen in training"] if seen else ["training data unknown"] if seen is None else []
+    if "left_out" in row:
+        notes.append("filled slice masked")
+    return "; ".join(notes)
+
+
+def row_line(row: dict, name: str) -> str:
+    """One printed row of the table (flags in the last column)."""
+    m = row["methods"][name]
+    return (f"{row['volume']:<10} {row['case']:<14} {name:<14} {m['psnr']:7.2f} "
+            f"{m['gain_db']:+7.2f} {m['ssim']:7.4f} {m['seconds']:6.1f}  "
+            f"{_note(m.get('seen_in_training'), row)}").rstrip()
+
+
+def _report(args: argparse.Namespace, subjects: list[str], trained_on: dict,
+            results: list[dict]) -> dict:
     return {"command": " ".join(sys.argv), "machine": platform.platform(),
-            "cpus": os.cpu_count(), "threads": args.threads, "cases": results}
+            "cpus": os.cpu_count(), "threads": args.threads,
+            "sets": {"validation": list(VALIDATION_SET), "test": list(TEST_SET)},
+            "subjects": {s: set_of(s) for s in subjects},
+            "training_volumes": trained_on, "cases": results}
 
 
-def _summary(results: list[dict]) -> None:
-    """Median and worst gain over cubic per method, over all cases."""
-    if not results:
-        return
-    print("\nmethod        median gain   worst gain   median SSIM-cubic SSIM   median s")
-    for name in results[0]["methods"]:
-        gains = [r["methods"][name]["gain_db"] for r in results]
-        dssim = [r["methods"][name]["ssim"] - r["methods"]["cubic"]["ssim"] for r in results]
-        secs = [r["methods"][name]["seconds"] for r in results]
-        print(f"{name:<14} {np.median(gains):+9.2f} {min(gains):+12.2f} "
-              f"{np.median(dssim):+22.4f} {np.median(secs):10.1f}")
+def summary_lines(results: list[dict]) -> list[str]:
+    """Per set (validation, test, other), median and worst gain over cubic per method; cases
+    whose volume a method's weights were trained on are left out (and counted)."""
+    lines: list[str] = []
+    for name_set in ("validation", "test", "other"):
+        rows = [r for r in results if r.get("set", set_of(r["volume"])) == name_set]
+        if not rows:
+            continue
+        volumes = ", ".join(dict.fromkeys(r["volume"] for r in rows))
+        lines += [f"{SET_HEADERS[name_set]}: {volumes}; {len(rows)} cases",
+                  "method        median gain   worst gain  worst case              "
+                  "median SSIM-cubic SSIM   median s  left out"]
+        for name in rows[0]["methods"]:
+            kept = [r for r in rows if not r["methods"][name].get("seen_in_training")]
+            seen = len(rows) - len(kept)
+            out = f"{seen} seen in training" if seen else ""
+            if not kept:
+                lines.append(f"{name:<14} {'-':>9} {'-':>12}  {'-':<23} {'-':>22} {'-':>10}  "
+                             f"{out}")
+                continue
+            gains = [r["methods"][name]["gain_db"] for r in kept]
+            worst = kept[int(np.argmin(gains))]
+            dssim = [r["methods"][name]["ssim"] - r["methods"]["cubic"]["ssim"] for r in kept]
+            secs = [r["methods"][name]["seconds"] for r in kept]
+            lines.append(f"{name:<14} {np.median(gains):+9.2f} {min(gains):+12.2f}  "
+                         f"{worst['volume'] + ' ' + worst['case']:<23} "
+                         f"{np.median(dssim):+22.4f} {np.median(secs):10.1f}  {out}".rstrip())
+        lines.append("")
+    return lines[:-1]
 
 
 if __name__ == "__main__":
