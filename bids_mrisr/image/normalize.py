@@ -32,8 +32,12 @@ class Normalisation:
     def apply(self, data: np.ndarray) -> np.ndarray:
         return ((np.asarray(data, dtype=np.float32) - self.offset) / self.scale).astype(np.float32)
 
-    def invert(self, data: np.ndarray) -> np.ndarray:
-        return (np.asarray(data, dtype=np.float32) * self.scale + self.offset).astype(np.float32)
+    def invert(self, data: np.ndarray, *, in_place: bool = False) -> np.ndarray:
+        """``raw = normalised * scale + offset``; ``in_place`` reuses a float32 ``data`` buffer."""
+        raw = np.asarray(data, dtype=np.float32) if in_place else np.array(data, dtype=np.float32)
+        raw *= self.scale
+        raw += self.offset
+        return raw
 
     def to_json(self, path: Path) -> Path:
         Path(path).write_text(json.dumps(asdict(self), indent=2))

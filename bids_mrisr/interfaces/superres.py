@@ -45,9 +45,7 @@ def restore_input_intensities(estimate: np.ndarray, params: Normalisation,
     normalisation, multiply the N4 bias field (on ``grid``) back in, and never go below the
     input's range. Cubic and SR overshoot at edges; the normalisation's offset is the input's
     0.5th percentile, so magnitude images (>= 0) are clipped at 0."""
-    restored = np.asarray(estimate, dtype=np.float32)
-    restored *= params.scale
-    restored += params.offset
+    restored = params.invert(estimate, in_place=True)
     if bias_file is not None:
         if grid is None:
             raise ValueError("the bias field needs the target grid it is resampled onto")
