@@ -213,7 +213,7 @@ def plain_resample(image: nib.Nifti1Image, resolution: float, order: int) -> np.
 
 
 def run_app(bids: Path, out: Path, work: Path, label: str, method: str, weights: str | None,
-            threads: int, extra: tuple[str, ...] = ()) -> tuple[Path, float]:
+            threads: int, extra: tuple[str, ...] = (), suffix: str = "T1w") -> tuple[Path, float]:
     """One participant-level run of the installed app; returns its output and wall time."""
     cmd = [sys.executable, "-c", "import sys; from bids_mrisr.cli.run import main; "
            "sys.exit(main())", str(bids), str(out), "participant",
@@ -227,7 +227,7 @@ def run_app(bids: Path, out: Path, work: Path, label: str, method: str, weights:
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    found = sorted((out / f"sub-{label}" / "anat").glob("*_T1w.nii.gz"))
+    found = sorted((out / f"sub-{label}" / "anat").glob(f"*_{suffix}.nii.gz"))
     found = [p for p in found if "_desc-sr_" in p.name]
     if len(found) != 1:
         raise RuntimeError(f"expected one SR output for sub-{label}, found {found}")
@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"volumes to score: validation ({', '.join(VALIDATION_SET)}; they "
                         f"chose the model), test ({', '.join(TEST_SET)}; scored once per "
                         "shipped model) or all")
+    p.add_argument("--contrast", choices=("T1w", "T2w"), default="T1w",
+                   help="which 1 mm scan of each subject is the truth (T2w: only stroke01 has "
+                        "one, and it is in the student's training data)")
     p.add_argument("--subjects", nargs="+", default=None,
                    help="these subjects instead of --set's")
     p.add_argument("--factors", nargs="+", type=float, default=[2.0, 3.0, 4.0])
@@ -321,9 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     section = None
     try:
         for subject in subjects:
-            src = sorted((args.data / f"sub-{subject}" / "anat").glob(f"sub-{subject}*_T1w.nii*"))
+            anat_in = args.data / f"sub-{subject}" / "anat"
+            src = sorted(anat_in.glob(f"sub-{subject}*_{args.contrast}.nii*"))
             if not src:
-                raise SystemExit(f"no T1w for sub-{subject} under {args.data}")
+                raise SystemExit(f"no {args.contrast} for sub-{subject} under {args.data}")
             if set_of(subject) != section:
                 section = set_of(subject)
                 print(f"\n{SET_HEADERS[section]}\n{header}", flush=True)
@@ -339,11 +343,12 @@ def main(argv: list[str] | None = None) -> int:
                 grid = ("--output-resolution", f"{resolution:.6g}") if isotropic else ()
                 anat = bids / f"sub-{label}" / "anat"
                 anat.mkdir(parents=True, exist_ok=True)
-                nib.save(image, str(anat / f"sub-{label}_T1w.nii.gz"))
+                nib.save(image, str(anat / f"sub-{label}_{args.contrast}.nii.gz"))
                 if args.acquisition_type:
-                    (anat / f"sub-{label}_T1w.json").write_text(json.dumps(
+                    (anat / f"sub-{label}_{args.contrast}.json").write_text(json.dumps(
                         {"MRAcquisitionType": args.acquisition_type}))
-                row = {"volume": subject, "set": set_of(subject), "case": tag,
+                row = {"volume": subject, "contrast": args.contrast, "set": set_of(subject),
+                       "case": tag,
                        "degradation": {**asdict(params), "isotropic": isotropic},
                        "seen_in_training": seen, "methods": {}}
                 if valid is not None:
@@ -358,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                 for label_m, method, directory, extra in runs:
                     out = scratch / f"out-{label_m}"
                     path, seconds = run_app(bids, out, work, label, method, directory,
-                                            args.threads, (*grid, *extra))
+                                            args.threads, (*grid, *extra), args.contrast)
                     est = np.asanyarray(nib.load(str(path)).dataobj).astype(np.float32)
                     sidecar = json.loads(path.with_name(
                         path.name.replace(".nii.gz", ".json")).read_text())
@@ -393,7 +398,8 @@ def _note(seen: bool | None, row: dict) -> str:
 def row_line(row: dict, name: str) -> str:
     """One printed row of the table (flags in the last column)."""
     m = row["methods"][name]
-    return (f"{row['volume']:<10} {row['case']:<14} {name:<14} {m['psnr']:7.2f} "
+    volume = row["volume"] + ("" if row.get("contrast", "T1w") == "T1w" else " T2w")
+    return (f"{volume:<10} {row['case']:<14} {name:<14} {m['psnr']:7.2f} "
             f"{m['gain_db']:+7.2f} {m['ssim']:7.4f} {m['seconds']:6.1f}  "
             f"{_note(m.get('seen_in_training'), row)}").rstrip()
 
