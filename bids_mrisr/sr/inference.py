@@ -176,7 +176,7 @@ def run_model(
         ckpt = _load(weights, device, options.method)
     variant = weights.name if weights != Path(options.weights) else None
     prov = dict(ckpt.provenance or {})
-    name = prov.get("name") or prov.get("model_name") or Path(ckpt.path).name or ckpt.config.kind
+    name = Path(ckpt.path).name or ckpt.config.kind
     if variant is not None:
         name = f"{Path(options.weights).name}/{variant}"
     model, adaptation = _maybe_adapt(ckpt.model, volume, asked, ckpt.sha256, progress, estimate)
@@ -305,11 +305,9 @@ def _maybe_adapt(model: torch.nn.Module, volume: np.ndarray, options: SROptions,
 
 
 def _provenance_steps(prov: dict[str, Any]) -> int | None:
-    for key in ("sampling_steps", "SamplingSteps", "steps", "distilled_steps"):
-        val = prov.get(key)
-        if isinstance(val, int) and val > 0:
-            return val
-    return None
+    """The sampling steps the trainer recorded (``steps`` there counts optimisation steps)."""
+    val = prov.get("sampling_steps")
+    return val if isinstance(val, int) and val > 0 else None
 
 
 def _seed_for(seed: int, plane: str, index: int, sample: int, pass_index: int = 0) -> int:
