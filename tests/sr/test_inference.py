@@ -13,7 +13,7 @@ from torch import nn
 
 from bids_mrisr.sr import slicing
 from bids_mrisr.sr.device import resolve_device
-from bids_mrisr.sr.diffusion.schedule import alpha_bar, v_from_x0_xt
+from bids_mrisr.sr.diffusion.schedule import alpha_bar, predict_eps_from_x0, v_from_x0_eps
 from bids_mrisr.sr.engine import SRError, SROptions, super_resolve
 from bids_mrisr.sr.inference import plan_memory, run_loaded, run_model
 
@@ -89,7 +89,8 @@ class OffsetStandIn(nn.Module):
     def forward(self, x_t, cond, t, gates=None, active_experts=None, return_features=False):
         offset = torch.sin(cond[:, self.m].double().sum(dim=(1, 2)) * 997.0) * 0.5
         x0 = offset.view(-1, 1, 1, 1).expand_as(x_t)
-        return v_from_x0_xt(x_t.double(), x0, alpha_bar(t)).float()
+        x_t, ab = x_t.double(), alpha_bar(t)
+        return v_from_x0_eps(x0, predict_eps_from_x0(x_t, x0, ab), ab).float()
 
 
 @pytest.fixture(scope="module")

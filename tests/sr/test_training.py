@@ -11,7 +11,12 @@ import torch
 from bids_mrisr.sr.checkpoint import load_checkpoint
 from bids_mrisr.sr.degrade import Degradation
 from bids_mrisr.sr.diffusion.sampler import ddim_step
-from bids_mrisr.sr.diffusion.schedule import NoiseSchedule, q_sample, v_from_x0_xt
+from bids_mrisr.sr.diffusion.schedule import (
+    NoiseSchedule,
+    predict_eps_from_x0,
+    q_sample,
+    v_from_x0_eps,
+)
 from bids_mrisr.sr.networks import ModelConfig, build_model
 from bids_mrisr.sr.slicing import planar_view
 from bids_mrisr.sr.training.data import (
@@ -195,7 +200,7 @@ def test_distill_target_reproduces_two_ddim_steps():
     def teacher_fn(x, t):  # oracle-like stand-in: pulls towards a blend depending on t
         ab = sched.alpha_bar(t)
         target = x0 + 0.3 * other * (1 - ab).float().view(-1, 1, 1, 1)
-        return v_from_x0_xt(x, target, ab)
+        return v_from_x0_eps(target, predict_eps_from_x0(x, target, ab), ab)
 
     for grid in (grid_for(4, 2), grid_for(8, 1)):
         tg = torch.tensor(grid, dtype=torch.float64)

@@ -130,13 +130,3 @@ def predict_eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, abar: torch.Tensor)
     """Undefined at ``abar = 1`` (no noise left); callers never ask for it there."""
     sa, sb = _coefs(abar, x_t)
     return (x_t - sa * x0) / sb
-
-
-def predict_x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
-    sa, sb = _coefs(abar, x_t)
-    return (x_t - sb * eps) / sa
-
-
-def v_from_x0_xt(x_t: torch.Tensor, x0: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
-    """The v that maps ``x_t`` to ``x0`` (oracle denoisers, distillation targets)."""
-    return v_from_x0_eps(x0, predict_eps_from_x0(x_t, x0, abar), abar)
