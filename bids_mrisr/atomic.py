@@ -7,6 +7,7 @@ leaves either the old file or the new one. Standard library only, so every layer
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -42,3 +43,15 @@ def _umask() -> int:
 
 
 _UMASK = _umask()
+
+
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.[^/]+$")
+"""The names :func:`atomic_write` gives its temporary files (mkstemp: 8 random characters)."""
+
+
+def leftover_temporaries(folder: Path) -> list[Path]:
+    """Temporary files of writes that never finished under ``folder`` (a killed process's)."""
+    if not Path(folder).is_dir():
+        return []
+    return [path for path in Path(folder).rglob(".*")
+            if path.is_file() and _TEMPORARY.match(path.name)]

@@ -19,6 +19,8 @@ class ExitCode(IntEnum):
     NO_INPUT = 66  # no T1w/T2w runs in the dataset
     CANT_CREATE = 73  # cannot create an output file or folder
     IO_ERROR = 74  # input/output error while reading or writing
+    INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2, as a shell reports it
+    TERMINATED = 143  # SIGTERM (a scheduler's stop): 128 + 15
 
 
 class UserError(Exception):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bids_mrisr.bids.derivatives import DESC_SR, output_name, sidecar_path, subject_anat_dir
 from bids_mrisr.bids.layout import AnatRun
+from bids_mrisr.cli.interrupted import run_workflow
 from bids_mrisr.config import Settings
 
 LOGGER = logging.getLogger("bids_mrisr")
@@ -107,8 +108,10 @@ def run_graph(runs: list[AnatRun], settings: Settings, weights: Path | None,
     plugin, plugin_args = execution_plugin(settings, parallel_jobs)
     LOGGER.info("processing %d run(s) with nipype %s (work dir %s)", len(runs), plugin,
                 settings.work_dir)
+    subjects = sorted({run.subject for run in runs})
     try:
-        workflow.run(plugin=plugin, plugin_args=plugin_args)
+        run_workflow(workflow, plugin, plugin_args, settings.work_dir / "crash", started - 1,
+                     [settings.output_dir / f"sub-{subject}" for subject in subjects])
     except RuntimeError as err:  # nipype: "Workflow did not execute cleanly"
         LOGGER.debug("nipype: %s", err)
     crashes = _crash_messages(settings.work_dir / "crash", started - 1)

@@ -74,7 +74,8 @@ EXIT_CODE_HELP = (
     (ExitCode.NOTHING_SELECTED, "the filters selected nothing"), (ExitCode.USAGE, "usage error"),
     (ExitCode.BAD_DATA, "every selected input is unusable"), (ExitCode.NO_INPUT, "no T1w/T2w"),
     (ExitCode.CANT_CREATE, "cannot create output"), (ExitCode.IO_ERROR, "input/output error"),
-    (130, "interrupted (Ctrl-C)"))
+    (ExitCode.INTERRUPTED, "interrupted (Ctrl-C)"),
+    (ExitCode.TERMINATED, "stopped by SIGTERM (a rerun with the same -w resumes both)"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,10 +7,13 @@ and every run ends with a summary table.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from bids_mrisr.cli.bids_app import run_bids_app, setup_logging
-from bids_mrisr.errors import UserError
+from bids_mrisr.errors import ExitCode, UserError
+from bids_mrisr.interrupts import Interrupted
+from bids_mrisr.interrupts import install as install_interrupt_handlers
 
 LOGGER = logging.getLogger("bids_mrisr")
 
@@ -41,13 +44,18 @@ def main(argv: list[str] | None = None) -> int:
         code = _dispatch_subcommand(argv)
         if code is not None:
             return code
+        install_interrupt_handlers()  # train keeps its own (it saves its state first)
         return run_bids_app(argv)
     except UserError as err:
         LOGGER.error("error: %s", err)
         return int(err.code)
+    except Interrupted as stop:
+        LOGGER.error("interrupted (%s); rerun with the same --work-dir to resume",
+                     signal.Signals(stop.signum).name)
+        return stop.exit_code
     except KeyboardInterrupt:
         LOGGER.error("interrupted; rerun with the same --work-dir to resume")
-        return 130
+        return int(ExitCode.INTERRUPTED)
 
 
 if __name__ == "__main__":  # python -m bids_mrisr.cli.run (torchrun uses this form)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -21,9 +22,13 @@ from nipype.interfaces.base import (
 from bids_mrisr.image.io import float_image, save_nifti
 from bids_mrisr.image.normalize import Normalisation
 from bids_mrisr.image.resample import resample_to_resolution
+from bids_mrisr.interrupts import install_in_worker, raise_if_interrupted
 from bids_mrisr.progress import progress_callback
 from bids_mrisr.sr.engine import super_resolve
 from bids_mrisr.sr.options import METHODS, PLANES, PROFILES, SROptions
+
+PARTIAL_DIRNAME = "partial"
+"""The SR node's folder of finished batches (sr/resume.py), removed once its outputs exist."""
 
 
 def bias_on_grid(bias_file: Path, image: nib.Nifti1Image) -> np.ndarray:
@@ -64,11 +69,15 @@ def super_resolve_file(
 ) -> dict[str, Path | None]:
     """Super-resolve a normalised target-grid volume and map it back to the input's
     intensities: undo the normalisation, then multiply the N4 bias field back in (downstream
-    tools run their own bias correction and expect the scan as acquired)."""
+    tools run their own bias correction and expect the scan as acquired). The engine keeps its
+    finished batches in ``out_dir/partial`` until the outputs are written, so that a call
+    interrupted there resumes."""
     image = nib.load(str(in_file))
     volume = np.asanyarray(image.dataobj).astype(np.float32)
     params = Normalisation.from_json(params_file)
-    result = super_resolve(volume, options, progress=progress_callback(description))
+    partial = out_dir / PARTIAL_DIRNAME
+    result = super_resolve(volume, options, progress=progress_callback(description),
+                           resume_dir=partial)
     del volume  # each full-size array is released as soon as it is written (--mem)
     restored = restore_input_intensities(result.image, params, bias_file, image)
     result.image = None  # type: ignore[assignment]  # now the restored volume's buffer
@@ -94,6 +103,7 @@ def super_resolve_file(
     info_file = out_dir / "sr_info.json"
     info_file.write_text(json.dumps(info, indent=2, default=str))
     outputs["info_file"] = info_file
+    shutil.rmtree(partial, ignore_errors=True)
     return outputs
 
 
@@ -139,10 +149,22 @@ class _SuperResolveOutputSpec(TraitedSpec):
 
 
 class SuperResolve(SimpleInterface):
+    """Resumable: nipype keeps the node's folder (and the engine's finished batches in it) when
+    a run with the same inputs was interrupted there."""
+
     input_spec = _SuperResolveInputSpec
     output_spec = _SuperResolveOutputSpec
+    _can_resume = True
+
+    def run(self, cwd=None, ignore_exception=None, **inputs):
+        """nipype turns an interruption inside the interface into a node failure (and then
+        empties the node's folder on the rerun): raise it again, past the node."""
+        result = super().run(cwd=cwd, ignore_exception=ignore_exception, **inputs)
+        raise_if_interrupted()
+        return result
 
     def _run_interface(self, runtime):
+        install_in_worker()
         inputs = self.inputs
         values = {}
         for field in dataclasses.fields(SROptions):

@@ -15,6 +15,7 @@ sample), so batching and tiling do not change which noise a slice sees.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -31,6 +32,7 @@ from bids_mrisr.sr import slicing
 from bids_mrisr.sr.diffusion.sampler import CLIP_RESIDUAL, ddim_sample, randn
 from bids_mrisr.sr.networks.config import MEAN_TIMESTEP, acquisition_code
 from bids_mrisr.sr.options import VIEW_COUNTS, SRError, SROptions, SRResult
+from bids_mrisr.sr.resume import BatchStore, resume_key
 
 if TYPE_CHECKING:
     from bids_mrisr.sr.acquisition import AcquisitionEstimate
@@ -151,9 +153,11 @@ def _load(weights: Path, device: torch.device, method: str) -> Any:
 
 
 def run_model(
-    volume: np.ndarray, options: SROptions, progress: Callable[[int, int], None] | None = None
+    volume: np.ndarray, options: SROptions, progress: Callable[[int, int], None] | None = None,
+    resume_dir: Path | None = None,
 ) -> SRResult:
-    """Super-resolve with the checkpoint in ``options.weights`` (never with random weights)."""
+    """Super-resolve with the checkpoint in ``options.weights`` (never with random weights);
+    ``resume_dir`` keeps finished batches so an interrupted call resumes (sr/resume.py)."""
     if options.weights is None:
         raise SRError(
             f"no trained weights are available for the {options.method} model yet; "
@@ -190,6 +194,7 @@ def run_model(
         model_name=str(name),
         default_steps=_provenance_steps(prov),
         progress=progress,
+        resume_dir=resume_dir,
     )
     _make_consistent(result, volume, options, estimate)
     if "trained" in prov:
@@ -395,11 +400,12 @@ def run_loaded(
     default_steps: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     tile: int | None = None,
+    resume_dir: Path | None = None,
 ) -> SRResult:
     """The engine proper, for an already loaded network (see module docstring).
 
     ``tile`` forces an in-plane tile size (tests, expert use); normally the memory budget
-    (``options.max_memory_gb``) decides.
+    (``options.max_memory_gb``) decides. ``resume_dir``: where finished batches are kept.
     """
     volume = np.ascontiguousarray(volume, dtype=np.float32)
     if volume.ndim != 3:
@@ -482,6 +488,8 @@ def run_loaded(
         if progress is not None:
             progress(done, total)
 
+    store = BatchStore(resume_dir, resume_key(volume, model, (
+        options, plans, views, steps, n, eta, str(device)))) if resume_dir else None
     codes = [_acquisition_input(config, options, thick) for thick in passes]
     # The schedule the network was trained with (saved in model.json; stand-ins: the default).
     schedule = config.noise_schedule() if hasattr(config, "noise_schedule") else None
@@ -491,6 +499,17 @@ def run_loaded(
         """Every pass over one view of the volume (``flips`` applied): the image and its summed
         variance, in the view's orientation; gates go straight into ``gates_acc``."""
         unc_sq = np.zeros_like(current) if n > 1 else None
+        view_name = "view" + ("".join(map(str, flips)) or "-")
+
+        def compute(planar: torch.Tensor, sl: range, p: str, plan: _Plan, i: int,
+                    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+            cond = slicing.condition_stack(planar, sl, m).to(device).contiguous(
+                memory_format=torch.channels_last)
+            return _sample_batch(
+                model, cond, sl, p, plan, scale, options, steps, eta, n, k, device, stats,
+                tick, direct, pass_index=i, schedule=schedule,
+                acquisition=None if codes[i] is None else codes[i].to(device))
+
         with torch.inference_mode():
             for i, thick in enumerate(passes):
                 out = np.zeros_like(volume)
@@ -501,12 +520,10 @@ def run_loaded(
                     planar = slicing.planar_view(vol_t, axis, thick)
                     plan = plans[(i, p)]
                     for sl in slicing.batches(planar.shape[0], plan.batch_size):
-                        cond = slicing.condition_stack(planar, sl, m).to(device).contiguous(
-                            memory_format=torch.channels_last)
-                        res, std, gates = _sample_batch(
-                            model, cond, sl, p, plan, scale, options, steps, eta, n, k, device,
-                            stats, tick, direct, pass_index=i, schedule=schedule,
-                            acquisition=None if codes[i] is None else codes[i].to(device))
+                        batch = functools.partial(compute, planar, sl, p, plan, i)
+                        res, std, gates = batch() if store is None else store.batch(
+                            f"{view_name}_pass{i}_{p}_{sl.start}-{sl.stop}", batch, stats,
+                            replay)
                         centre = planar[sl.start : sl.stop].numpy()
                         slicing.planar_view(out, axis, thick)[sl.start : sl.stop] += (
                             centre + res / scale)
@@ -526,6 +543,11 @@ def run_loaded(
                 del vol_t
                 current = out
         return current, unc_sq
+
+    def replay() -> None:
+        """The progress ticks of a batch loaded instead of computed."""
+        for _ in range(n * steps):
+            tick()
 
     image: np.ndarray | None = None
     unc_sq: np.ndarray | None = None
@@ -548,6 +570,8 @@ def run_loaded(
         if unc_sq is not None:
             unc_sq *= np.float32(1.0 / len(views))
     unc_out = np.sqrt(unc_sq, out=unc_sq) if unc_sq is not None else None
+    if store is not None:
+        store.report()
     if gates_acc is not None:
         gsum = gates_acc.sum(axis=0)
         np.maximum(gsum, np.float32(1e-12), out=gsum)
