@@ -59,7 +59,7 @@ own error. The order puts a view and its complement next to each other."""
 AUTO_VIEWS_THICK = 2
 """Views when the input has one thick axis and --flip-views is auto. Such a scan is restored in
 two planes in seconds, and the second view added +0.02 to +0.11 dB (median +0.07) over one
-in all 36 held-out 3x cases of benchmarks/quality.py (shipped student; docs/model-card.md).
+in all 36 held-out 3x cases of benchmarks/quality.py (shipped student; benchmarks/EXPERIMENTS.md).
 Other inputs (isotropic low resolution: three passes) keep one view, and their speed."""
 
 
@@ -114,7 +114,7 @@ BOX_WEIGHTS = "box"
 profile is told ``box`` (``--slice-profile box``, a ``2D`` sidecar, or a clear reading of the
 scan's spectrum). Box slices alias more and gain least; the variant is the checkpoint fine-tuned
 on box profiles only (``bids_mrisr train --profiles box``), so one shape no longer shares the
-network's capacity with the other (docs/model-card.md)."""
+network's capacity with the other (none ships; benchmarks/EXPERIMENTS.md)."""
 VARIANTS = (MULTI_AXIS_WEIGHTS, BOX_WEIGHTS)
 _VARIANT_USE = {MULTI_AXIS_WEIGHTS: "inputs coarse along several axes",
                 BOX_WEIGHTS: "inputs with one thick axis told a box slice profile"}
