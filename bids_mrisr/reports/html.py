@@ -1,10 +1,10 @@
 """Per-subject QC report: one self-contained HTML page with its PNG figures beside it.
 
 For each super-resolved run: input (plain cubic resampling of the raw scan onto the SR grid) and
-SR mosaics with a before/after toggle that works without JavaScript, detail crops, the
-difference SR - cubic, the uncertainty map when computed, no-reference quality figures,
-provenance from the sidecar, and a methods paragraph with citations. Nothing is loaded from the
-network (offline browsers).
+SR mosaics side by side and in one fixed frame with a flip switch (CSS, no JavaScript), detail
+crops marked on their slice, the difference SR - cubic, the uncertainty map when computed (each
+colour map with its colour bar), no-reference quality figures, provenance from the sidecar, and
+a methods paragraph with citations. Nothing is loaded from the network (offline browsers).
 """
 
 from __future__ import annotations
@@ -48,11 +48,21 @@ STYLE = """
 body{font-family:sans-serif;max-width:1000px;margin:auto;padding:1em;color:#222}
 h1{font-size:1.5em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em}
 table{border-collapse:collapse;font-size:.9em} td,th{border:1px solid #ccc;padding:.2em .5em}
-img{max-width:100%} .toggle input{display:none}
-.toggle .after{display:none} .toggle input:checked ~ .after{display:block}
-.toggle input:checked ~ .before{display:none}
-.toggle label{cursor:pointer;background:#eee;padding:.3em .6em;border-radius:4px}
+img{max-width:100%} figure{margin:0} figcaption{font-size:.85em;color:#555;text-align:center}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:8px}
+.pair img{display:block;width:100%}
+.flip{margin-top:.8em} .flip p{margin:.2em 0 .4em}
+.flip input{position:absolute;opacity:0;pointer-events:none}
+.flip label{display:inline-block;cursor:pointer;background:#eee;padding:.3em .6em;
+ border-radius:4px;margin:0 .3em .4em 0}
+.flip input:checked+label{background:#333;color:#fff}
+.flip input:focus-visible+label{outline:2px solid #06c}
+.frame{display:grid;max-width:720px} .frame img{grid-area:1/1;width:100%}
+.frame .after,.flip .show-after:checked~.frame .before{visibility:hidden}
+.flip .show-after:checked~.frame .after{visibility:visible}
 .warn{color:#a40}
+@media print{body{max-width:none}.flip{display:none}
+ .pair,figure,img,table{break-inside:avoid}}
 """
 
 
@@ -135,8 +145,7 @@ def build_run_figures(output_dir: Path, input_file: Path, sr_file: Path, stem: s
     if std_file.is_file():
         std = np.asanyarray(nib.load(str(std_file)).dataobj).astype(np.float32)
         path = fig_dir / f"{stem}_uncertainty.png"
-        figures.mosaic(std, path, (0.0, float(np.percentile(std, 99.5)) or 1.0), cmap="magma",
-                       title="uncertainty (SD over draws)")
+        figures.uncertainty_mosaic(std, path)
         rel["uncertainty"] = path.relative_to(output_dir).as_posix()
     suffix = sr_file.name.replace(".nii.gz", "").rsplit("_", 1)[-1]
     gates_file = sr_file.with_name(sr_file.name.replace(f"_desc-sr_{suffix}",
@@ -149,9 +158,7 @@ def build_run_figures(output_dir: Path, input_file: Path, sr_file: Path, stem: s
         names = info.get("ExpertNames") or [f"expert{k}" for k in range(gates.shape[-1])]
         for k, name in enumerate(names[: gates.shape[-1]]):
             path = fig_dir / f"{stem}_gate-{k}.png"
-            figures.mosaic(gates[..., k], path, (0.0, 1.0), cmap="viridis",
-                           title=f"gate: {name} (over the SR image)", underlay=after,
-                           underlay_window=window)
+            figures.gate_mosaic(gates[..., k], path, name, after, window)
             rel[f"gate-{name}"] = path.relative_to(output_dir).as_posix()
             gate_means[name] = float(gates[..., k][head].mean()) if head.any() else 0.0
         tissue_table = _gates_by_tissue(sr_image, gates, head, names)
@@ -211,6 +218,29 @@ def _provenance_rows(info: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _before_after(index: int, before: str, after: str) -> str:
+    """Input and SR side by side (same size, one row: what a printout shows), then both in one
+    fixed frame with a switch above it that flips between them without moving anything (CSS
+    only: screen view, left out of print)."""
+    def figure(side: str, src: str, caption: str) -> str:
+        return (f'<figure class="{side}"><img src="{src}" alt="{caption} mosaic">'
+                f"<figcaption>{caption}</figcaption></figure>")
+
+    flip = f"flip-{index}"
+    return "\n".join([
+        f'<div class="pair" id="pair-{index}">',
+        figure("before", before, "input (plain cubic resampling)"),
+        figure("after", after, "super-resolved"), "</div>",
+        f'<div class="flip" id="{flip}"><p>Flip in place (same frame, same size):</p>',
+        f'<input type="radio" name="{flip}" id="{flip}-before" class="show-before" checked>'
+        f'<label for="{flip}-before">input</label>',
+        f'<input type="radio" name="{flip}" id="{flip}-after" class="show-after">'
+        f'<label for="{flip}-after">super-resolved</label>',
+        f'<div class="frame"><img class="before" src="{before}" alt="input, flip view">'
+        f'<img class="after" src="{after}" alt="super-resolved, flip view"></div></div>',
+    ])
+
+
 def _run_section(index: int, run: RunReport) -> str:
     title = html.escape(run.relpath)
     if run.status != "ok" or not run.figures:
@@ -220,12 +250,11 @@ def _run_section(index: int, run: RunReport) -> str:
     f = run.figures
     parts = [
         f'<section id="run-{index}"><h2>{title}</h2>',
-        '<h3>Input and super-resolved</h3><div class="toggle">',
-        f'<input type="checkbox" id="flip-{index}"><label for="flip-{index}">'
-        "show input / super-resolved</label>",
-        f'<img class="before" src="{f["before"]}" alt="input mosaic">',
-        f'<img class="after" src="{f["after"]}" alt="super-resolved mosaic"></div>',
-        f'<h3>Detail</h3><img src="{f["detail"]}" alt="detail crops">',
+        "<h3>Input and super-resolved</h3>",
+        _before_after(index, f["before"], f["after"]),
+        "<h3>Detail</h3><p>The yellow box on the full slice is where the restoration changed "
+        "the image most; the crops beside it are that box, in a window of its own "
+        f'intensities.</p><img src="{f["detail"]}" alt="detail crops">',
         f'<h3>Difference (SR - cubic)</h3><img src="{f["difference"]}" alt="difference">',
     ]
     if "uncertainty" in f:
