@@ -149,3 +149,19 @@ def test_detail_crop_is_lit_by_its_own_window_and_marked_on_the_full_slice(drawn
     assert high < window[1]  # not the whole head's window
     assert np.median((crop - low) / (high - low)) > 0.4  # the region is mid-grey, not dark
     assert np.mean(crop > high) < 0.01  # and hardly clipped
+
+
+def test_before_after_markup_keeps_both_for_print_without_a_browser():
+    """Where chromium is absent: both mosaics sit in the side-by-side block, the print rules
+    hide only the interactive flip, and the flip's two images share one frame."""
+    from bids_mrisr.reports.html import STYLE, _before_after
+
+    block = _before_after(3, "b.png", "a.png")
+    pair, flip = block.split('<div class="flip"')
+    assert 'id="pair-3"' in pair and 'src="b.png"' in pair and 'src="a.png"' in pair
+    frame = flip.split('<div class="frame">')[1]
+    assert frame.count("<img") == 2 and "<script" not in block
+    printing = re.search(r"@media print\{(.*?)\}\s*\}", STYLE, re.DOTALL).group(1)
+    hidden = re.findall(r"([^{}]+)\{display:none\}", printing)
+    assert any(".flip" in rule for rule in hidden)
+    assert not any(".pair" in rule or "figure" in rule for rule in hidden)
