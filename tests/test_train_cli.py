@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+import tomllib
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bids_mrisr.cli.run import main
 from bids_mrisr.sr.checkpoint import load_checkpoint
+from bids_mrisr.sr.networks.config import ModelConfig
 from tests.conftest import make_dataset, phantom_volume, write_volume
 
 
@@ -21,12 +26,19 @@ def _dataset(tmp_path):
     return root
 
 
+def _recipe_file(tmp_path, text: str, name: str = "recipe.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
 def test_train_regression_recipe_writes_a_mean_student(tmp_path):
     root = _dataset(tmp_path)
     out = tmp_path / "train"
+    recipe = _recipe_file(tmp_path, "crop = 32  # the tiny phantom's heads\n")
     code = main(["train", str(root), str(out), "--no-bundled", "--preset", "tiny",
                  "--validation-label", "03", "--student-steps", "30", "--batch-size", "2",
-                 "--crop", "32"])
+                 "--recipe-file", recipe])
     assert code == 0
     student = load_checkpoint(out / "student")
     assert student.config.kind == "student" and student.config.prediction_type == "mean"
@@ -39,28 +51,36 @@ def test_train_regression_recipe_writes_a_mean_student(tmp_path):
     assert prov["sampling_steps"] == 1
     assert prov["validation_volumes"] == ["sub-03/anat/sub-03_T1w.nii.gz"]
     assert "--student-steps 30" in prov["command"]
+    # every value the regression recipe used, from the file or a default (none of moe's)
+    assert prov["recipe_file"] == recipe
+    assert prov["recipe_options"] == {"lr": 2e-3, "crop": 32, "factor_range": [1.5, 5.0],
+                                      "zoom_augment": 1.0, "multi_axis_rate": 0.0,
+                                      "profiles": ["gaussian", "box"], "res_blocks": None}
     assert np.isfinite(prov["metrics"]["psnr_model"])
     assert not (out / "teacher").exists()
 
 
 def test_train_init_weights_fine_tunes_a_checkpoint(tmp_path, capsys):
     root = _dataset(tmp_path)
-    common = ["--no-bundled", "--preset", "tiny", "--batch-size", "2", "--crop", "32"]
-    assert main(["train", str(root), str(tmp_path / "a"), *common, "--student-steps", "20"]) == 0
+    common = ["--no-bundled", "--preset", "tiny", "--batch-size", "2"]
+    crop = ["--recipe-file", _recipe_file(tmp_path, "crop = 32")]
+    assert main(["train", str(root), str(tmp_path / "a"), *common, *crop,
+                 "--student-steps", "20"]) == 0
     first = load_checkpoint(tmp_path / "a" / "student")
     code = main(["train", str(root), str(tmp_path / "b"), *common, "--student-steps", "0",
-                 "--init-weights", str(tmp_path / "a" / "student"), "--lr", "1e-4"])
+                 "--init-weights", str(tmp_path / "a" / "student"), "--recipe-file",
+                 _recipe_file(tmp_path, "crop = 32\nlr = 1e-4", "fine-tune.toml")])
     assert code == 0
     second = load_checkpoint(tmp_path / "b" / "student")
     assert second.provenance["init_weights"]["sha256"] == first.sha256
     assert second.provenance["init_weights"]["steps"] == 20
-    assert second.provenance["lr"] == 1e-4
+    assert second.provenance["lr"] == 1e-4 and second.provenance["recipe_options"]["lr"] == 1e-4
     # zero further steps: the fine-tuned copy is the starting checkpoint, weight for weight
     for name, tensor in first.model.state_dict().items():
         assert np.array_equal(tensor.numpy(), second.model.state_dict()[name].numpy()), name
     # --acquisition-input: the blind checkpoint gains the input, at zero, weights otherwise kept
-    code = main(["train", str(root), str(tmp_path / "c"), *common, "--student-steps", "0",
-                 "--init-weights", str(tmp_path / "a" / "student"), "--acquisition-input"])
+    code = main(["train", str(root), str(tmp_path / "c"), *common, *crop, "--student-steps",
+                 "0", "--init-weights", str(tmp_path / "a" / "student"), "--acquisition-input"])
     assert code == 0
     third = load_checkpoint(tmp_path / "c" / "student")
     assert first.config.acquisition_features == 0 and third.config.acquisition_features == 3
@@ -75,10 +95,13 @@ def test_train_res_blocks_deepens_a_checkpoint_that_starts_computing_the_same(tm
     import torch
 
     root = _dataset(tmp_path)
-    common = ["--no-bundled", "--preset", "tiny", "--batch-size", "2", "--crop", "32"]
-    assert main(["train", str(root), str(tmp_path / "a"), *common, "--student-steps", "20"]) == 0
+    common = ["--no-bundled", "--preset", "tiny", "--batch-size", "2"]
+    assert main(["train", str(root), str(tmp_path / "a"), *common, "--student-steps", "20",
+                 "--recipe-file", _recipe_file(tmp_path, "crop = 32")]) == 0
+    deepen = _recipe_file(tmp_path, "crop = 32\nres_blocks = 2", "deeper.toml")
     assert main(["train", str(root), str(tmp_path / "b"), *common, "--student-steps", "0",
-                 "--init-weights", str(tmp_path / "a" / "student"), "--res-blocks", "2"]) == 0
+                 "--init-weights", str(tmp_path / "a" / "student"), "--recipe-file",
+                 deepen]) == 0
     first = load_checkpoint(tmp_path / "a" / "student")
     deeper = load_checkpoint(tmp_path / "b" / "student")
     assert first.config.num_res_blocks == 1 and deeper.config.num_res_blocks == 2
@@ -94,22 +117,26 @@ def test_train_res_blocks_deepens_a_checkpoint_that_starts_computing_the_same(tm
     t = torch.zeros(2)
     with torch.no_grad():
         assert torch.equal(first.model(x, cond, t), deeper.model(x, cond, t))
-    # shallower than the checkpoint, or for the diffusion recipe: refused before any work
+    # shallower than the checkpoint, or for the moe recipe: refused before any work
     assert main(["train", str(root), str(tmp_path / "c"), *common, "--init-weights",
-                 str(tmp_path / "b" / "student"), "--res-blocks", "1"]) == 64
-    assert "--res-blocks 1: fewer than the 2 of --init-weights" in capsys.readouterr().err
-    assert main(["train", str(root), str(tmp_path / "c"), *common, "--recipe", "diffusion",
-                 "--res-blocks", "2"]) == 64
+                 str(tmp_path / "b" / "student"), "--recipe-file",
+                 _recipe_file(tmp_path, "res_blocks = 1", "shallower.toml")]) == 64
+    assert "res_blocks 1: fewer than the 2 of --init-weights" in capsys.readouterr().err
+    assert main(["train", str(root), str(tmp_path / "c"), *common, "--recipe", "moe",
+                 "--recipe-file", deepen]) == 64
+    assert (f"{deepen}: res_blocks applies to --recipe regression, not --recipe moe"
+            in capsys.readouterr().err)
     assert not (tmp_path / "c").exists()
 
 
 def test_train_moe_recipe_writes_a_mean_teacher_and_upcycles_a_student(tmp_path):
     root = _dataset(tmp_path)
-    common = ["--no-bundled", "--preset", "tiny", "--batch-size", "2", "--crop", "32",
-              "--validation-label", "03"]
+    common = ["--no-bundled", "--preset", "tiny", "--batch-size", "2", "--validation-label",
+              "03", "--recipe-file", _recipe_file(tmp_path, "crop = 32")]
+    experiment = _recipe_file(tmp_path, "crop = 32\nrouter_top_k = 1\nzoom_augment = 0.8\n"
+                                        "multi_axis_rate = 0.5\nprofiles = ['box']", "moe.toml")
     assert main(["train", str(root), str(tmp_path / "m"), *common, "--recipe", "moe",
-                 "--student-steps", "10", "--router-top-k", "1", "--zoom-augment", "0.8",
-                 "--multi-axis-rate", "0.5", "--profiles", "box"]) == 0
+                 "--student-steps", "10", "--recipe-file", experiment]) == 0
     teacher = load_checkpoint(tmp_path / "m" / "teacher")
     assert teacher.config.kind == "teacher" and teacher.config.prediction_type == "mean"
     assert teacher.config.router_top_k == 1 and teacher.config.acquisition_features == 3
@@ -118,6 +145,8 @@ def test_train_moe_recipe_writes_a_mean_teacher_and_upcycles_a_student(tmp_path)
     assert prov["degradation"]["zoom_range"] == [0.8, 1.0]
     assert prov["degradation"]["multi_axis_rate"] == 0.5
     assert prov["degradation"]["profiles"] == ["box"] and prov["training"]["profiles"] == ["box"]
+    assert prov["recipe_options"]["router_top_k"] == 1 and "res_blocks" not in prov[
+        "recipe_options"]
     assert isinstance(prov["gates"]["beats_uniform"], bool)
     assert not (tmp_path / "m" / "student").exists()
     # a student's copies start the experts (sparse upcycling)
@@ -184,25 +213,139 @@ def test_train_unknown_validation_label_and_bad_option_are_usage_errors(tmp_path
                  "nobody"]) == 64
     assert "--validation-label nobody: no such subject" in capsys.readouterr().err
     assert main(["train", str(root), str(out), "--student-steps", "many"]) == 64
-    assert main(["train", str(root), str(out), "--zoom-augment", "0.3"]) == 64
-    assert "--zoom-augment: must be between 0.5 and 1, got 0.3" in capsys.readouterr().err
-    assert main(["train", str(root), str(out), "--multi-axis-rate", "1.5"]) == 64
-    assert "--multi-axis-rate: must be between 0 and 1, got 1.5" in capsys.readouterr().err
-    assert main(["train", str(root), str(out), "--recipe", "diffusion", "--zoom-augment",
-                 "0.8"]) == 64
-    assert "regression and moe recipes only" in capsys.readouterr().err
-    assert main(["train", str(root), str(out), "--recipe", "diffusion", "--profiles",
-                 "box"]) == 64
-    assert "regression and moe recipes only" in capsys.readouterr().err
-    assert main(["train", str(root), str(out), "--profiles", "lorentzian"]) == 64
-    assert "invalid choice: 'lorentzian'" in capsys.readouterr().err
+    # an option of another recipe is named, not ignored
+    assert main(["train", str(root), str(out), "--recipe", "diffusion", "--acquisition-input",
+                 "--stop-after", "5"]) == 64
+    assert ("--recipe diffusion does not use --stop-after, --acquisition-input (--recipe "
+            "regression or moe only)" in capsys.readouterr().err)
+    assert main(["train", str(root), str(out), "--teacher-minutes", "3", "--base-width", "8",
+                 "--recipe", "moe"]) == 64
+    assert ("--recipe moe does not use --teacher-minutes (--recipe diffusion only); "
+            "--base-width (--recipe regression only)" in capsys.readouterr().err)
+    # the experiment switches live in the recipe file now
+    assert main(["train", str(root), str(out), "--zoom-augment", "0.8"]) == 64
+    assert "unrecognized arguments: --zoom-augment" in capsys.readouterr().err
     assert not (out / "student").exists()
+
+
+@pytest.mark.parametrize(("text", "recipe", "message"), [
+    ("zoom_augment = 0.3", "regression", "zoom_augment: must be >= 0.5 and <= 1, got 0.3"),
+    ("multi_axis_rate = 1.5", "moe", "multi_axis_rate: must be >= 0 and <= 1, got 1.5"),
+    ("profiles = ['lorentzian']", "regression",
+     "profiles: expected a non-empty list of gaussian, box, got ['lorentzian']"),
+    ("crop = '32'", "regression", "crop: expected an integer, got '32'"),
+    ("crop = 32.0", "regression", "crop: expected an integer, got 32.0"),
+    ("lr = true", "regression", "lr: expected a number, got True"),
+    ("factor_range = [3, 2]", "regression", "factor_range: low must not exceed high"),
+    ("zoom = 0.8", "regression", "unknown key 'zoom' (recipe keys: lr, crop, factor_range, "
+                                 "zoom_augment, multi_axis_rate, profiles, res_blocks, "
+                                 "router_top_k)"),
+    ("[training]\nlr = 1e-3", "regression", "unknown key 'training'"),
+    ("zoom_augment = 0.8", "diffusion",
+     "zoom_augment applies to --recipe regression or moe, not --recipe diffusion"),
+    ("router_top_k = 1", "regression", "router_top_k applies to --recipe moe, not --recipe "
+                                       "regression"),
+    ("lr = ", "regression", "not valid TOML"),
+])
+def test_a_bad_recipe_file_is_one_usage_line_naming_file_and_key(tmp_path, capsys, text, recipe,
+                                                                   message):
+    out = tmp_path / "train"
+    path = _recipe_file(tmp_path, text)
+    assert main(["train", str(out), "--no-bundled", "--recipe", recipe,
+                 "--recipe-file", path]) == 64
+    err = capsys.readouterr().err
+    assert f"{path}: {message}" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()  # refused before any preprocessing
+
+
+def test_recipe_file_defaults_and_the_shipped_example(tmp_path, capsys):
+    from bids_mrisr.cli.recipe_file import RecipeOptions, read_recipe_file
+
+    defaults = RecipeOptions()
+    assert defaults.lr == 2e-3 and defaults.crop == 64 and defaults.factor_range == (1.5, 5.0)
+    assert defaults.zoom_augment == 1.0 and defaults.multi_axis_rate == 0.0
+    assert defaults.profiles == ("gaussian", "box") and defaults.res_blocks is None
+    assert defaults.router_top_k == 2
+    assert read_recipe_file(None, "moe") == defaults
+    # a file sets only what it names; dashes as on the old command line are accepted
+    path = _recipe_file(tmp_path, "multi-axis-rate = 0.25\nlr = 1\nprofiles = ['box', 'box']")
+    assert read_recipe_file(Path(path), "regression") == RecipeOptions(
+        multi_axis_rate=0.25, lr=1.0, profiles=("box",))
+    assert main(["train", str(tmp_path / "o"), "--recipe-file", str(tmp_path / "none")]) == 64
+    assert "none: recipe file not found" in capsys.readouterr().err
+    # docs/recipes/default.toml: every key, each at its default (commented: one recipe's keys)
+    example = Path(__file__).parents[1] / "docs" / "recipes" / "default.toml"
+    for recipe in ("regression", "moe"):
+        assert read_recipe_file(example, recipe) == defaults
+    text = example.read_text()
+    shown = tomllib.loads(re.sub(r"^# (\w+ = )", r"\1", text, flags=re.M))
+    assert list(shown) == list(defaults.record("regression")) + ["router_top_k"]
+    assert {k: v for k, v in shown.items() if k != "res_blocks"} == defaults.record("moe")
+    assert shown["res_blocks"] == ModelConfig.student_default().num_res_blocks
+
+
+def test_resume_refuses_other_recipe_options_and_records_them_in_the_state(tmp_path, capsys):
+    from bids_mrisr.sr.training.loop import read_state_record
+
+    root = _dataset(tmp_path)
+    out = tmp_path / "train"
+    first = _recipe_file(tmp_path, "crop = 32\nmulti_axis_rate = 0.25")
+    common = ["train", str(root), str(out), "--no-bundled", "--preset", "tiny",
+              "--batch-size", "2", "--student-steps", "4"]
+    assert main([*common, "--recipe-file", first, "--stop-after", "0"]) == 0
+    record = load_checkpoint(out / "student").provenance["recipe_options"]
+    assert read_state_record(out / "student" / "train_state.pt") == record
+    assert record["multi_axis_rate"] == 0.25
+    other = _recipe_file(tmp_path, "crop = 32", "other.toml")
+    assert main([*common, "--recipe-file", other, "--resume"]) == 64
+    err = capsys.readouterr().err
+    assert "--resume: " in err and "multi_axis_rate 0.25 saved, 0.0 given" in err
+    assert (out / "student" / "train_state.pt").is_file()
+    assert main([*common, "--recipe-file", first, "--resume"]) == 0
+    final = load_checkpoint(out / "student").provenance
+    assert final["finished"] is True and final["steps"] == 4
+
+
+def test_the_campaign_command_still_builds_the_network_and_recipe_it_resumes(tmp_path):
+    """scripts/campaign/run.sh resumes a committed state: its flags must keep building the
+    same network (the state's weights load into it, key for key and shape for shape) and the
+    same training recipe as when the campaign began."""
+    import dataclasses
+    import shlex
+
+    import torch
+
+    from bids_mrisr.cli.recipe_file import read_recipe_file
+    from bids_mrisr.cli.train import build_parser, network_config, regression_recipe
+    from bids_mrisr.sr.networks.factory import build_model
+    from bids_mrisr.sr.training.regression import RegressionRecipe
+
+    campaign = Path(__file__).parents[1] / "scripts" / "campaign"
+    command = (campaign / "run.sh").read_text().split('train "$DATA" out', 1)[1]
+    command = command.replace("\\\n", " ").replace('"${THREADS:-2}"', "2")
+    args = build_parser().parse_args(
+        ["data", "out", *shlex.split(command.replace('"$MINUTES"', "60"))])
+    options = read_recipe_file(args.recipe_file, args.recipe)
+    config = network_config(args, options, False, None)
+    assert config == dataclasses.replace(ModelConfig.student_default(), prediction_type="mean",
+                                         acquisition_features=3, base_width=32)
+    assert regression_recipe(args, options) == RegressionRecipe(
+        steps=150000, minutes=None, batch_size=16, lr=2e-3, seed=0, crop=64,
+        factor_range=(1.5, 5.0), device="auto", workers=0, zoom_range=(1.0, 1.0),
+        multi_axis_rate=0.0, profiles=("gaussian", "box"), stop_minutes=60.0)
+    state = campaign / "out" / "student" / "train_state.pt"
+    if state.is_file():
+        saved = torch.load(state, map_location="cpu", weights_only=True)["model"]
+        model = build_model(config)
+        assert {k: v.shape for k, v in model.state_dict().items()} == {
+            k: v.shape for k, v in saved.items()}
 
 
 def test_train_moe_recipe_refuses_more_experts_per_token_than_it_has(tmp_path, capsys):
     root = _dataset(tmp_path)
     code = main(["train", str(root), str(tmp_path / "m"), "--no-bundled", "--preset", "tiny",
-                 "--recipe", "moe", "--router-top-k", "4"])
+                 "--recipe", "moe", "--recipe-file", _recipe_file(tmp_path, "router_top_k = 4")])
     assert code == 64
     err = capsys.readouterr().err
     assert "--recipe moe" in err and "router_top_k" in err and "Traceback" not in err

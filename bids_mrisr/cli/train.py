@@ -19,14 +19,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bids_mrisr.cli.parser import UsageParser, _positive_int, expand_labels, is_within
+from bids_mrisr.cli.recipe_file import (
+    REGRESSION_LIKE,
+    RecipeOptions,
+    keys_help,
+    read_recipe_file,
+)
 from bids_mrisr.errors import ExitCode, UserError
 from bids_mrisr.progress import progress_callback
 from bids_mrisr.training_data import collect_volumes
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from bids_mrisr.sr.networks.config import ModelConfig
+    from bids_mrisr.sr.training.regression import RegressionRecipe
 
 LOGGER = logging.getLogger("bids_mrisr")
 
@@ -81,14 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
                              "as a posterior-mean regressor (OUT/teacher, for --model teacher), "
                              "with the same options; diffusion: teacher then progressive "
                              "distillation")
-    parser.add_argument("--router-top-k", type=int, default=2,
-                        help="moe recipe: experts each routing token keeps (0: all, dense)")
+    parser.add_argument("--recipe-file", type=Path, default=None, metavar="FILE",
+                        help="TOML file of the recipe's experiment switches, recorded in the "
+                             "checkpoint (provenance.recipe_options); absent keys keep their "
+                             "defaults, keys the --recipe does not use are refused. Keys: "
+                             f"{keys_help()} (docs/recipes/default.toml shows each with its "
+                             "default)")
     parser.add_argument("--student-steps", type=int, default=20000,
                         help="optimisation steps of the regression recipe")
     parser.add_argument("--student-minutes", type=float, default=None,
                         help="time cap of the regression recipe; the learning-rate schedule "
                              "then follows whichever of steps and minutes runs out first")
-    parser.add_argument("--crop", type=int, default=64, help="training crop side in pixels")
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda or cuda:N (regression recipe; bf16 autocast on "
                              "GPUs; under torchrun each process takes its local GPU)")
@@ -115,52 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="regression recipe: fine-tune this checkpoint (e.g. the shipped "
                              "student) instead of starting from random weights; its "
                              "architecture is kept (with --acquisition-input a blind one "
-                             "gains that input, starting at zero; --res-blocks may deepen "
-                             "it). moe recipe: a MoE teacher "
+                             "gains that input, starting at zero; res_blocks in "
+                             "--recipe-file may deepen it). moe recipe: a MoE teacher "
                              "to fine-tune, or a student whose copies start every expert")
     parser.add_argument("--acquisition-input", action="store_true",
                         help="regression recipe: tell the student the thick-slice factor, "
                              "slice-profile shape and slice width of each simulated scan (at "
                              "inference: from the header and the scan's spectrum), as the "
                              "shipped student is (docs/model-card.md)")
-    parser.add_argument("--res-blocks", type=_positive_int, default=None, metavar="N",
-                        help="regression recipe: residual blocks per U-Net level (default: the "
-                             "--init-weights checkpoint's, else the preset's). Larger than the "
-                             "checkpoint's deepens it: the new blocks start as the identity, "
-                             "so fine-tuning starts from its quality")
-    # a zoom below 0.5 shrinks a head under a crop's size
-    parser.add_argument("--zoom-augment", type=_float_between(0.5, 1.0), default=1.0,
-                        metavar="MIN",
-                        help="regression and moe recipes: resample each degraded volume's "
-                             "ground truth by a zoom drawn from [MIN, 1] first (new anatomy "
-                             "scales from the same volumes; 1 = off)")
-    parser.add_argument("--multi-axis-rate", type=_float_between(0.0, 1.0), default=0.0,
-                        metavar="P",
-                        help="regression and moe recipes: share of simulated scans coarse "
-                             "along one or two more axes, kept coarse in the target (how the "
-                             "app restores an isotropic coarse scan, one axis at a time)")
-    parser.add_argument("--profiles", nargs="+", choices=("gaussian", "box"),
-                        default=["gaussian", "box"], metavar="SHAPE",
-                        help="regression and moe recipes: slice-profile shapes to simulate "
-                             "(gaussian, box; one shape trains a network for scans told that "
-                             "shape, e.g. the student's box variant)")
-    parser.add_argument("--lr", type=float, default=2e-3,
-                        help="peak learning rate (after warm-up; cosine decay follows)")
     parser.add_argument("--skip-teacher", action="store_true",
                         help="reuse OUT/teacher and only distil the student")
     parser.add_argument("--preset", choices=("default", "tiny"), default="default",
                         help="network sizes: the shipped ones, or tiny ones for smoke tests")
     return parser
-
-
-def _float_between(low: float, high: float) -> Callable[[str], float]:
-    """An argparse type: a float in [low, high]."""
-    def parse(text: str) -> float:
-        value = float(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {text}")
-        return value
-    return parse
 
 
 def _check_device(name: str) -> None:
@@ -189,7 +164,7 @@ def _fine_tune_config(directory: Path) -> ModelConfig:
     return config
 
 
-def _recipe_config(args: argparse.Namespace, kind: str, tiny: bool,
+def _recipe_config(args: argparse.Namespace, options: RecipeOptions, kind: str, tiny: bool,
                    init_config: ModelConfig | None) -> ModelConfig:
     """The network a regression-style recipe trains: the ``--init-weights`` checkpoint's (a
     student upcycled into a teacher for ``--recipe moe``), else the default or tiny preset."""
@@ -198,14 +173,14 @@ def _recipe_config(args: argparse.Namespace, kind: str, tiny: bool,
     from bids_mrisr.sr.networks.config import ACQUISITION_FEATURES, ModelConfig
 
     if init_config is not None and kind == "teacher" and init_config.kind == "student":
-        config = ModelConfig.upcycled_teacher(init_config, router_top_k=args.router_top_k)
+        config = ModelConfig.upcycled_teacher(init_config, router_top_k=options.router_top_k)
     elif init_config is not None:
         config = init_config
     elif kind == "teacher":  # told the acquisition, as the shipped student is
         base = ModelConfig.tiny_teacher() if tiny else ModelConfig.teacher_default()
         config = dataclasses.replace(base, prediction_type="mean",
                                      acquisition_features=ACQUISITION_FEATURES,
-                                     router_top_k=args.router_top_k)
+                                     router_top_k=options.router_top_k)
     else:
         base = ModelConfig.tiny_student() if tiny else ModelConfig.student_default()
         config = dataclasses.replace(base, prediction_type="mean")
@@ -216,23 +191,21 @@ def _recipe_config(args: argparse.Namespace, kind: str, tiny: bool,
             raise ValueError("--base-width sets the width of a new student (not with "
                              "--init-weights)")
         config = dataclasses.replace(config, base_width=args.base_width)
-    if args.res_blocks is not None:
-        if kind != "student":
-            raise ValueError("--res-blocks deepens the student of the regression recipe")
-        if init_config is not None and args.res_blocks < init_config.num_res_blocks:
-            raise ValueError(f"--res-blocks {args.res_blocks}: fewer than the "
+    if options.res_blocks is not None:  # a regression-recipe key (recipe_file.py)
+        if init_config is not None and options.res_blocks < init_config.num_res_blocks:
+            raise ValueError(f"res_blocks {options.res_blocks}: fewer than the "
                              f"{init_config.num_res_blocks} of --init-weights")
-        config = dataclasses.replace(config, num_res_blocks=args.res_blocks)
+        config = dataclasses.replace(config, num_res_blocks=options.res_blocks)
     return config
 
 
-def _checked_recipe_config(args: argparse.Namespace, tiny: bool,
+def network_config(args: argparse.Namespace, options: RecipeOptions, tiny: bool,
                            init_config: ModelConfig | None) -> ModelConfig:
     """:func:`_recipe_config`, its problems as usage errors (before any preprocessing)."""
     kind = "teacher" if args.recipe == "moe" else "student"
     try:
-        config = _recipe_config(args, kind, tiny, init_config)
-    except ValueError as exc:  # e.g. --router-top-k larger than the number of experts
+        config = _recipe_config(args, options, kind, tiny, init_config)
+    except ValueError as exc:  # e.g. router_top_k larger than the number of experts
         raise UserError(f"--recipe {args.recipe}: {exc}", ExitCode.USAGE) from None
     if config.kind != kind:
         raise UserError(f"--init-weights {args.init_weights}: a {config.kind}; --recipe "
@@ -240,28 +213,34 @@ def _checked_recipe_config(args: argparse.Namespace, tiny: bool,
     return config
 
 
-def _train_regression(args: argparse.Namespace, train: list[np.ndarray], val: list[np.ndarray],
-                      provenance: dict, output_dir: Path, started: float,
-                      config: ModelConfig) -> int:
+def regression_recipe(args: argparse.Namespace, options: RecipeOptions) -> RegressionRecipe:
+    """What the regression and moe recipes train with: the budgets and devices of the command
+    line, the experiment switches of the recipe file."""
+    from bids_mrisr.sr.training.regression import RegressionRecipe
+
+    return RegressionRecipe(steps=args.student_steps, minutes=args.student_minutes,
+                            batch_size=args.batch_size, lr=options.lr, seed=args.seed,
+                            crop=options.crop, factor_range=options.factor_range,
+                            device=args.device, workers=args.workers,
+                            zoom_range=(options.zoom_augment, 1.0),
+                            multi_axis_rate=options.multi_axis_rate, profiles=options.profiles,
+                            stop_minutes=args.stop_after)
+
+
+def _train_regression(args: argparse.Namespace, options: RecipeOptions,
+                      train: list[np.ndarray], val: list[np.ndarray], provenance: dict,
+                      output_dir: Path, started: float, config: ModelConfig) -> int:
     """The shipped recipe: the student as a direct posterior-mean regressor; with ``--recipe
-    moe`` the MoE teacher the same way (``config``: from :func:`_checked_recipe_config`)."""
-    from bids_mrisr.sr.training.regression import RegressionRecipe, train_mean_regressor
+    moe`` the MoE teacher the same way (``config``: from :func:`network_config`)."""
+    from bids_mrisr.sr.training.regression import train_mean_regressor
 
     kind = config.kind
-    provenance["recipe"] = args.recipe
-    provenance["command"] = "bids_mrisr train " + " ".join(args.argv)
-    recipe = RegressionRecipe(steps=args.student_steps, minutes=args.student_minutes,
-                              batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                              crop=args.crop, device=args.device, workers=args.workers,
-                              zoom_range=(args.zoom_augment, 1.0),
-                              multi_axis_rate=args.multi_axis_rate,
-                              profiles=tuple(dict.fromkeys(args.profiles)),
-                              stop_minutes=args.stop_after)
     try:
         sha = train_mean_regressor(
-            train, config, output_dir / kind, recipe,
+            train, config, output_dir / kind, regression_recipe(args, options),
             progress=progress_callback(f"{kind} training", "step"), val_volumes=val or None,
-            provenance=provenance, resume=args.resume, init_from=args.init_weights)
+            provenance=provenance, resume=args.resume, init_from=args.init_weights,
+            record=provenance["recipe_options"])
     except ValueError as exc:  # e.g. a saved state of another network
         raise UserError(f"--resume: {exc}", ExitCode.USAGE) from None
     except KeyboardInterrupt:
@@ -274,9 +253,46 @@ def _train_regression(args: argparse.Namespace, train: list[np.ndarray], val: li
     return int(ExitCode.OK)
 
 
+RECIPE_SPECIFIC = {
+    REGRESSION_LIKE: ("student_steps", "student_minutes", "device", "workers", "resume",
+                      "stop_after", "init_weights", "acquisition_input"),
+    ("regression",): ("base_width",),
+    ("diffusion",): ("teacher_minutes", "distill_minutes", "teacher_steps", "skip_teacher"),
+}
+"""Options (by dest) that only some recipes use; every other option serves all three."""
+
+
+def _refuse_options_of_other_recipes(parser: argparse.ArgumentParser,
+                                     args: argparse.Namespace) -> None:
+    """Name each option given that ``--recipe`` does not use, rather than ignore it."""
+    recipes_of = {dest: recipes for recipes, dests in RECIPE_SPECIFIC.items() for dest in dests}
+    unused: dict[tuple[str, ...], list[str]] = {}
+    for action in parser._actions:
+        recipes = recipes_of.get(action.dest, (args.recipe,))
+        if args.recipe not in recipes and getattr(args, action.dest) != action.default:
+            unused.setdefault(recipes, []).append(action.option_strings[0])
+    if unused:
+        raise UserError(f"--recipe {args.recipe} does not use " + "; ".join(
+            f"{', '.join(flags)} (--recipe {' or '.join(recipes)} only)"
+            for recipes, flags in unused.items()), ExitCode.USAGE)
+
+
+def _check_resumable(state_file: Path, record: dict) -> None:
+    """Refuse, before any preprocessing, to resume a state saved with other recipe options."""
+    from bids_mrisr.sr.training.loop import check_record, read_state_record
+
+    try:
+        check_record(state_file, read_state_record(state_file), record)
+    except ValueError as exc:
+        raise UserError(f"--resume: {exc}", ExitCode.USAGE) from None
+
+
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.argv = list(argv)
+    _refuse_options_of_other_recipes(parser, args)
+    options = read_recipe_file(args.recipe_file, args.recipe)
     output_dir = args.output_dir.expanduser().absolute()
     if args.bids_dir is not None:
         if is_within(output_dir, args.bids_dir.expanduser().absolute()):
@@ -298,17 +314,12 @@ def main(argv: list[str]) -> int:
         init_config = None
         if args.init_weights is not None:
             init_config = _fine_tune_config(args.init_weights)
-        regression_config = _checked_recipe_config(args, tiny, init_config)
-    elif args.init_weights is not None:
-        raise UserError("--init-weights: only the regression and moe recipes fine-tune a "
-                        "checkpoint", ExitCode.USAGE)
-    elif (args.zoom_augment != 1.0 or args.multi_axis_rate or args.acquisition_input
-          or args.res_blocks is not None or set(args.profiles) != {"gaussian", "box"}
-          or args.base_width is not None or args.stop_after is not None):
-        raise UserError("--zoom-augment, --multi-axis-rate, --acquisition-input, --res-blocks, "
-                        "--profiles, --base-width and --stop-after: regression and moe recipes "
-                        "only (the diffusion recipe would ignore them)",
-                        ExitCode.USAGE)
+        regression_config = network_config(args, options, tiny, init_config)
+        if args.resume:
+            from bids_mrisr.sr.training.regression import STATE_FILE
+
+            _check_resumable(output_dir / regression_config.kind / STATE_FILE,
+                             options.record(args.recipe))
     found = collect_volumes(
         args.bids_dir.absolute() if args.bids_dir is not None else None,
         expand_labels(args.participant_labels, "sub-"),
@@ -319,10 +330,13 @@ def main(argv: list[str]) -> int:
     LOGGER.info("training on %d volume(s): %s; held out: %s", len(train),
                 ", ".join(train_names), ", ".join(val_names) or "none")
     provenance = {"training_volumes": train_names, "validation_volumes": val_names,
-                  "seed": args.seed}
+                  "seed": args.seed, "recipe": args.recipe,
+                  "command": "bids_mrisr train " + " ".join(args.argv),
+                  "recipe_file": str(args.recipe_file) if args.recipe_file else None,
+                  "recipe_options": options.record(args.recipe)}
     teacher_dir = output_dir / "teacher"
     if regression_config is not None:
-        return _train_regression(args, train, val, provenance, output_dir, started,
+        return _train_regression(args, options, train, val, provenance, output_dir, started,
                                  regression_config)
     teacher_config = ModelConfig.tiny_teacher() if tiny else ModelConfig.teacher_default()
     student_config = ModelConfig.tiny_student() if tiny else ModelConfig.student_default()

@@ -127,3 +127,21 @@ def test_a_sampler_restored_from_its_state_draws_the_same_crops():
         for x, y in zip(first.sample_with_acquisition(2), second.sample_with_acquisition(2),
                         strict=True):
             assert torch.equal(x, y)
+
+
+def test_resuming_with_other_recipe_options_is_refused_and_an_older_state_takes_them(
+        tmp_path: Path):
+    out = tmp_path / "campaign"
+    record = {"lr": 2e-3, "profiles": ["gaussian", "box"]}
+    train_mean_regressor(_volumes(), _config(), out, _recipe(stop_minutes=0.0), record=record)
+    assert torch.load(out / STATE_FILE, weights_only=True)["record"] == record
+    with pytest.raises(ValueError, match=r"other recipe options \(profiles \['gaussian', "
+                                         r"'box'\] saved, \['box'\] given\)"):
+        train_mean_regressor(_volumes(), _config(), out, _recipe(), resume=True,
+                             record={"lr": 2e-3, "profiles": ["box"]})
+    # a state saved before states kept their recipe options (the campaign's) resumes
+    state = torch.load(out / STATE_FILE, weights_only=True)
+    del state["record"]
+    torch.save(state, out / STATE_FILE)
+    train_mean_regressor(_volumes(), _config(), out, _recipe(), resume=True, record=record)
+    assert load_checkpoint(out).provenance["finished"] is True

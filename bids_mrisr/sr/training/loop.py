@@ -132,6 +132,7 @@ def run_steps(
     is_main: bool = True,
     sampler_state: SamplerState | None = None,
     stop_minutes: float | None = None,
+    record: dict[str, Any] | None = None,
 ) -> RunResult:
     """Optimise ``model`` with ``step_fn(i) -> (loss, stats)``.
 
@@ -140,7 +141,8 @@ def run_steps(
     ``save_every`` steps, at the end of a sitting and on SIGINT/SIGTERM; ``resume`` continues
     from it, so that a stopped and resumed run equals an uninterrupted one. ``stop_minutes``
     ends this sitting (state saved, ``finished`` False) without touching the schedule: a
-    campaign spread over many sittings follows one step budget.
+    campaign spread over many sittings follows one step budget. ``record`` (JSON values: the
+    recipe options) is kept with the state; resuming with another record is refused.
     """
     if steps is None and minutes is None:
         raise ValueError("give a step budget (steps=) or a time budget (minutes=)")
@@ -157,6 +159,7 @@ def run_steps(
     sittings: list[dict[str, Any]] = []
     if resume and state_file is not None and Path(state_file).is_file():
         saved = _load_state(Path(state_file), model, opt, ema, sampler_state)
+        check_record(Path(state_file), saved["record"], record)
         i, spent, sittings = saved["step"], saved["seconds"], saved["sittings"]
         total, warmup = saved.get("total") or total, saved.get("warmup") or warmup
         start -= spent
@@ -168,11 +171,11 @@ def run_steps(
 
     def save() -> None:
         if state_file is not None and is_main:
-            record = dict(sitting, to_step=i,
-                          minutes=round((time.perf_counter() - sitting_start) / 60, 3))
+            this_sitting = dict(sitting, to_step=i,
+                                minutes=round((time.perf_counter() - sitting_start) / 60, 3))
             _save_state(Path(state_file), model, opt, ema, i, time.perf_counter() - start,
-                        total=total, warmup=warmup, sittings=[*sittings, record],
-                        sampler_state=sampler_state)
+                        total=total, warmup=warmup, sittings=[*sittings, this_sitting],
+                        sampler_state=sampler_state, record=record)
 
     finished = True
     model.train()
@@ -252,21 +255,47 @@ def _expected_total(step: int, total: int, minutes: float | None, elapsed: float
 def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, ema: EMA, step: int,
                 seconds: float, *, total: int | None = None, warmup: int | None = None,
                 sittings: list[dict[str, Any]] | None = None,
-                sampler_state: SamplerState | None = None) -> None:
+                sampler_state: SamplerState | None = None,
+                record: dict[str, Any] | None = None) -> None:
     """Everything needed to continue: written to a temporary file, then renamed (atomic)."""
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
              "ema": ema.model.state_dict(), "ema_updates": ema.updates, "step": step,
              "seconds": seconds, "total": total, "warmup": warmup,
              "sittings": list(sittings or []), "torch_rng": torch.get_rng_state(),
-             "sampler": sampler_state.get() if sampler_state is not None else None}
+             "sampler": sampler_state.get() if sampler_state is not None else None,
+             "record": record}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _saved_state(path: Path) -> dict[str, Any]:
+    """A saved training state ({} where there is none)."""
+    if not Path(path).is_file():
+        return {}
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def read_state_step(path: Path) -> int:
     """The step a saved training state reached (0 where there is none)."""
-    if not Path(path).is_file():
-        return 0
-    return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+    return int(_saved_state(path).get("step", 0))
+
+
+def read_state_record(path: Path) -> dict[str, Any] | None:
+    """The ``record`` a saved training state keeps (None: no state, or one saved before
+    states kept one)."""
+    return _saved_state(path).get("record")
+
+
+def check_record(path: Path, saved: dict[str, Any] | None,
+                 given: dict[str, Any] | None) -> None:
+    """Refuse to resume a state saved with another record (ValueError naming each
+    difference). A state without one (saved before states kept it) resumes with ``given``,
+    which its next save then keeps."""
+    if saved is None or given is None or saved == given:
+        return
+    changed = [f"{key} {saved.get(key)!r} saved, {given.get(key)!r} given"
+               for key in sorted(saved.keys() | given.keys()) if saved.get(key) != given.get(key)]
+    raise ValueError(f"{path}: the run was started with other recipe options ("
+                     f"{'; '.join(changed)}); resume it with the recipe file it started with")
 
 
 def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, ema: EMA,
@@ -287,7 +316,7 @@ def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, ema: E
         sampler_state.set(state["sampler"])
     return {"step": int(state["step"]), "seconds": float(state["seconds"]),
             "total": state.get("total"), "warmup": state.get("warmup"),
-            "sittings": list(state.get("sittings") or [])}
+            "sittings": list(state.get("sittings") or []), "record": state.get("record")}
 
 
 def validate(

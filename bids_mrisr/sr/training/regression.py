@@ -153,6 +153,7 @@ def train_mean_regressor(
     provenance: dict[str, Any] | None = None,
     resume: bool = False,
     init_from: str | Path | None = None,
+    record: dict[str, Any] | None = None,
 ) -> str | None:
     """Train ``config`` (``prediction_type`` must be ``mean``); save its EMA; return the sha256.
 
@@ -160,6 +161,8 @@ def train_mean_regressor(
     only rank 0 writes (other ranks return None). ``resume`` continues from
     ``out_dir/train_state.pt``. ``init_from``: a checkpoint of the same config to fine-tune
     (its sha256 and steps go into the provenance), e.g. the shipped student on a site's scans.
+    ``record`` (the recipe options) is kept with the resumable state; resuming with another
+    record is refused (ValueError).
     """
     from bids_mrisr.sr import device as devices
     from bids_mrisr.sr.training import distributed
@@ -203,7 +206,7 @@ def train_mean_regressor(
             progress=progress if rank.is_main else None,
             label=f"{config.kind} (mean regression)", state_file=state_file,
             resume=resume, is_main=rank.is_main, save_every=recipe.save_every,
-            sampler_state=sampler_state, stop_minutes=recipe.stop_minutes)
+            sampler_state=sampler_state, stop_minutes=recipe.stop_minutes, record=record)
         ema, done, used = run.ema, run.steps, run.minutes
         if not rank.is_main:
             return None
