@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     USAGE = 64  # bad arguments, incl. output/work dir inside bids_dir
     BAD_DATA = 65  # every selected input is unusable data
     NO_INPUT = 66  # no T1w/T2w runs in the dataset
+    NOT_ENOUGH_MEMORY = 71  # a grid needs more memory than --mem (or the machine) even in tiles
     CANT_CREATE = 73  # cannot create an output file or folder
     IO_ERROR = 74  # input/output error while reading or writing
     INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2, as a shell reports it

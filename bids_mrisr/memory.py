@@ -1,11 +1,13 @@
-"""How much memory a run needs, estimated from its output grid before any work starts.
+"""How much memory a run needs at the least, estimated from its output grid before any work.
 
-Measured on this project's CPU machine (peak RSS of the whole process, student model, one run):
-about 0.48 GB for a tiny phantom (imports, torch, nipype), 0.98 GB for a 256x256x258 output
-under ``--mem 2GB`` (30 B per output voxel above the base), 1.14 GB for a 192x256x256 output
-restored along three axes (52 B per voxel). The model below rounds both up, so a refused run
-would really not have fitted, and a run that passes may still be tiled by the SR engine to
-stay inside ``--mem``.
+The SR engine cuts each slice into tiles until the network's activations fit what ``--mem``
+leaves (sr/inference.py ``plan_memory``), so what cannot shrink is the process itself and the
+whole volumes on the output grid that are alive at once. Measured on this project's CPU machine:
+about 0.48 GB of peak RSS for a tiny phantom (interpreter, torch, nipype, the network); for the
+192x256x256 grid of ds-real xa30 (restored along three axes, one view), tracemalloc saw at most
+5 float32 volumes at once, inside the engine (input, a pass's input and sum, the result) and
+while the N4 field is resampled onto the grid; a self-ensemble of two views adds a flipped copy
+and the views' sum. A grid is refused only when even the smallest tiles would not fit.
 """
 
 from __future__ import annotations
@@ -14,12 +16,23 @@ import os
 
 BASE_GB = 0.5
 """Interpreter, torch, nipype and the network, before any volume."""
-BYTES_PER_OUTPUT_VOXEL = 64
-"""Whole-volume float32 arrays alive at the peak (input on the grid, N4 field, SR, sums)."""
+WHOLE_VOLUMES = 5
+"""float32 volumes on the output grid alive at once at the SR node's peak, with one view."""
+VIEW_VOLUMES = 2
+"""More volumes for a self-ensemble of flipped views (the default for one thick axis)."""
+SMALLEST_TILE_GB = 0.02
+"""A batch of one smallest tile of the shipped student (6.5 MB of activations) and its weights
+(a larger network that needs more is refused by the engine, sr/inference.py)."""
 
 
-def estimated_peak_gb(output_voxels: int) -> float:
-    return BASE_GB + BYTES_PER_OUTPUT_VOXEL * output_voxels / 1e9
+def untileable_bytes(output_voxels: int, extra_volumes: int = 0) -> float:
+    """What no tiling reduces: the process and ``WHOLE_VOLUMES + extra_volumes`` volumes."""
+    return BASE_GB * 1e9 + 4.0 * (WHOLE_VOLUMES + extra_volumes) * output_voxels
+
+
+def minimum_peak_gb(output_voxels: int) -> float:
+    """The least memory a run with this output grid needs (smallest tiles, views included)."""
+    return (untileable_bytes(output_voxels, VIEW_VOLUMES) / 1e9) + SMALLEST_TILE_GB
 
 
 def physical_memory_gb() -> float | None:

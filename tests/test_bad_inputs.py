@@ -12,6 +12,7 @@ import pytest
 
 from bids_mrisr.bids.inputs import input_problem
 from bids_mrisr.cli.run import main
+from bids_mrisr.memory import minimum_peak_gb
 from tests.conftest import make_dataset, phantom_volume, write_volume
 
 GOOD = "sub-good/anat/sub-good_T1w.nii.gz"
@@ -101,9 +102,6 @@ BAD_CASES = {
                         "singular affine"),
     "nonfinite-affine": (lambda path: _raw_nifti(
         path, _set_sform_row("srow_x", [np.nan, 0, 0, 0])), "non-finite affine"),
-    "huge-declared-size": (lambda path: _raw_nifti(path, lambda header: None,
-                                                   shape=(3000, 3000, 3000)),
-                           "output grid at 1 mm"),
 }
 
 
@@ -189,14 +187,54 @@ def test_unreadable_file_names_the_permission():
 def test_field_of_view_too_large_for_mem_is_refused_with_an_estimate(tmp_path, capsys):
     root = make_dataset(tmp_path / "bids", {GOOD: None})
     write_volume(root / BAD, phantom_volume((64, 64, 64)), zooms=(4.0, 4.0, 4.0))
+    need = minimum_peak_gb(256**3)
+    mem = round(need - 0.1, 2)
     code = main([str(root), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w"),
-                 "--model", "interp", "--skip-bids-validation", "--mem", "1G",
+                 "--model", "interp", "--skip-bids-validation", "--mem", f"{mem}G",
                  "--output-resolution", "1"])
     assert code == 1
-    err = capsys.readouterr().err
-    assert "needs about 1.6 GB for its 256x256x256 output grid at 1 mm" in err
-    assert "more than --mem 1 GB" in err
+    captured = capsys.readouterr()
+    assert f"needs about {need:.2f} GB for its 256x256x256 output grid at 1 mm even in the " \
+           "smallest tiles" in captured.err
+    assert f"more than --mem {mem:g} GB" in captured.err
+    assert "memory" in captured.out and "bad data" not in captured.out  # a resource problem
     assert (tmp_path / "out/sub-good/anat/sub-good_res-1mm_desc-sr_T1w.nii.gz").exists()
+
+
+def test_grid_that_cannot_fit_even_in_tiles_alone_exits_71(tmp_path, capsys):
+    """A header declaring 3000^3 voxels: refused before its voxels are read, as a resource
+    problem (not bad data), with the memory it would need."""
+    root = make_dataset(tmp_path / "bids", {GOOD: None})
+    _raw_nifti(root / BAD, lambda header: None, shape=(3000, 3000, 3000))
+    assert _run(root, tmp_path, "bad") == 71
+    captured = capsys.readouterr()
+    assert f"needs about {minimum_peak_gb(3000**3 * 3):.2f} GB for its 3000x3000x9000 output " \
+           "grid at 1 mm" in captured.err
+    assert "needs more memory than allowed" in captured.err
+    assert "bad data" not in captured.out and "memory" in captured.out
+
+
+def test_mem_below_the_untiled_need_tiles_the_engine(tmp_path, capsys):
+    """--mem just above the least a 128x128x120 grid needs: the student restores its 128x120
+    slices in tiles (the sidecar records their size) instead of the run being refused."""
+    import json
+
+    from bids_mrisr.sr.checkpoint import verify_checkpoint
+    from bids_mrisr.sr.inference import activation_bytes_per_pixel
+    from bids_mrisr.sr.weights import default_weights
+
+    voxels = 128 * 128 * 120  # 3 mm slices along the last axis, restored on a 1 mm grid
+    root = make_dataset(tmp_path / "bids", {GOOD: phantom_volume((128, 128, 40))})
+    mem = round(minimum_peak_gb(voxels) + 0.001, 3)
+    _, config, _ = verify_checkpoint(default_weights("student"))
+    one_slice_gb = activation_bytes_per_pixel(config) * 128 * 120 / 1e9
+    assert mem < minimum_peak_gb(voxels) + one_slice_gb  # one untiled slice would not fit
+    code = main([str(root), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w"),
+                 "--skip-bids-validation", "--mem", f"{mem}G", "--nprocs", "1"])
+    assert code == 0, capsys.readouterr().err
+    sidecar = next((tmp_path / "out/sub-good/anat").glob("*_T1w.json"))
+    tiles = json.loads(sidecar.read_text())["SuperResolution"]["TileSize"]
+    assert tiles and all(size is not None and size < 120 for size in tiles.values()), tiles
 
 
 @pytest.mark.parametrize("case", ["nifti2", "oblique", "extreme-range"])

@@ -107,9 +107,10 @@ def test_a_memory_budget_that_cannot_fit_is_refused_before_any_work(small_datase
     weights, _ = checkpoints["teacher"]
     code, out = _run(small_dataset, tmp_path, "teacher", weights, "--mem", "1MB",
                      "--participant-label", "01", "--skip-bids-validation")
-    assert code == 65  # the only selected run cannot fit: bad data, refused up front
+    assert code == 71  # the only selected run cannot fit even in tiles: refused up front
     err = capsys.readouterr().err
-    assert "needs about 0.5 GB" in err and "more than --mem" in err
+    assert "needs about 0.5" in err and "even in the smallest tiles" in err
+    assert "more than --mem" in err and "bad data" not in err
     assert not (tmp_path / "work").exists() or not list((tmp_path / "work").rglob("n4.nii"))
 
 

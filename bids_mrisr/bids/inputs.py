@@ -16,7 +16,7 @@ import numpy as np
 from nibabel.affines import obliquity, voxel_sizes
 
 from bids_mrisr.image.resample import default_resolution, target_grid
-from bids_mrisr.memory import estimated_peak_gb, physical_memory_gb
+from bids_mrisr.memory import minimum_peak_gb, physical_memory_gb
 
 MIN_SLICES = 4
 PLAUSIBLE_VOXEL_MM = (0.01, 50.0)
@@ -26,6 +26,11 @@ NIFTI_MAX_DIM = 32767
 MAX_CONDITION = 1e6
 """A voxel-to-world matrix this ill-conditioned maps the volume onto (nearly) a plane."""
 OBLIQUE_DEGREES = 1.0
+
+
+class NotEnoughMemory(str):
+    """A problem that more memory or a coarser grid solves: a resource problem, not bad data
+    (compares equal to its text, like every other problem)."""
 
 
 @dataclass(frozen=True)
@@ -135,25 +140,41 @@ def _header_problem(image: nib.spatialimages.SpatialImage) -> str | None:
     return None
 
 
-def _memory_problem(image: nib.spatialimages.SpatialImage, output_resolution: float | None,
-                    mem_gb: float | None) -> str | None:
-    """Refuse, before any work, a grid that cannot fit (a huge field of view, a bad header)."""
+def _output_grid(image: nib.spatialimages.SpatialImage, output_resolution: float | None,
+                 ) -> tuple[tuple[int, ...], float]:
+    """The target grid's shape and its resolution (mm)."""
     zooms = voxel_sizes(image.affine)
     resolution = output_resolution or default_resolution(tuple(float(z) for z in zooms))
     shape, _, _ = target_grid(image.shape[:3], image.affine, resolution)
+    return tuple(int(n) for n in shape), resolution
+
+
+def minimum_memory_gb(path: Path, output_resolution: float | None = None) -> float:
+    """The least memory a usable input's run needs (its grid in the smallest tiles)."""
+    shape, _ = _output_grid(load_header(path), output_resolution)
+    return minimum_peak_gb(int(np.prod(shape, dtype=np.float64)))
+
+
+def _memory_problem(image: nib.spatialimages.SpatialImage, output_resolution: float | None,
+                    mem_gb: float | None) -> str | None:
+    """Refuse, before any work, a grid that cannot fit even in the SR engine's smallest tiles
+    (a huge field of view, a bad header); any other grid is tiled to fit."""
+    zooms = voxel_sizes(image.affine)
+    shape, resolution = _output_grid(image, output_resolution)
     if max(shape) > NIFTI_MAX_DIM:
         return (f"would need a {shape[0]}x{shape[1]}x{shape[2]} output grid at {resolution:g} mm, "
                 f"more than NIfTI's {NIFTI_MAX_DIM} voxels per axis; use a coarser "
                 "--output-resolution")
-    need = estimated_peak_gb(int(np.prod(shape, dtype=np.float64)))
+    need = minimum_peak_gb(int(np.prod(shape, dtype=np.float64)))
     limit, what = (mem_gb, f"--mem {mem_gb:g} GB") if mem_gb else (
         physical_memory_gb(), "this machine's memory")
     if limit is None or need <= limit:
         return None
     fov = " x ".join(f"{n * z:.0f}" for n, z in zip(image.shape[:3], zooms, strict=True))
-    return (f"needs about {need:.1f} GB for its {shape[0]}x{shape[1]}x{shape[2]} output grid at "
-            f"{resolution:g} mm (field of view {fov} mm), more than {what} ({limit:.1f} GB); "
-            "use a coarser --output-resolution or more memory")
+    return NotEnoughMemory(
+        f"needs about {need:.2f} GB for its {shape[0]}x{shape[1]}x{shape[2]} output grid at "
+        f"{resolution:g} mm even in the smallest tiles (field of view {fov} mm), more than "
+        f"{what} ({limit:.2f} GB); give it more memory or use a coarser --output-resolution")
 
 
 def input_problem(path: Path, output_resolution: float | None = None,

@@ -96,13 +96,24 @@ def execution_plugin(settings: Settings, parallel_jobs: int) -> tuple[str, dict]
     return "Linear", {}
 
 
+def _parallel_jobs(runs: list[AnatRun], settings: Settings) -> int:
+    """Runs side by side: up to --nprocs, and no more than --mem holds at once (the jobs share
+    it), so that every job's share still fits its grid in the smallest tiles."""
+    jobs = min(settings.resolved_nprocs(), len(runs))
+    if settings.mem_gb and jobs > 1:
+        from bids_mrisr.bids.inputs import minimum_memory_gb
+
+        need = max(minimum_memory_gb(run.path, settings.output_resolution) for run in runs)
+        jobs = max(1, min(jobs, int(settings.mem_gb // need)))
+    return jobs
+
+
 def run_graph(runs: list[AnatRun], settings: Settings, weights: Path | None,
               sha256: str | None) -> list[RunStatus]:
     from bids_mrisr.workflows.base import init_bids_mrisr_wf
 
     _configure_nipype(settings)
-    nprocs = settings.resolved_nprocs()
-    parallel_jobs = min(nprocs, len(runs))
+    parallel_jobs = _parallel_jobs(runs, settings)
     workflow = init_bids_mrisr_wf(runs, settings, weights, sha256, parallel_jobs)
     started = time.time()
     plugin, plugin_args = execution_plugin(settings, parallel_jobs)

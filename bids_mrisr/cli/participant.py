@@ -11,7 +11,7 @@ from typing import Any
 
 from bids_mrisr import __version__
 from bids_mrisr.bids.derivatives import LOG_DIRNAME, init_derivatives_dataset
-from bids_mrisr.bids.inputs import input_problem, input_warnings
+from bids_mrisr.bids.inputs import NotEnoughMemory, input_problem, input_warnings
 from bids_mrisr.bids.layout import (
     AnatRun,
     check_dataset_description,
@@ -239,6 +239,22 @@ def _output_error(err: OSError, fallback: Path) -> UserError:
     return UserError(f"{where}: cannot create it ({err.strerror}{hint})", ExitCode.CANT_CREATE)
 
 
+RESOURCE = "memory"
+"""Status of a run whose grid cannot fit the memory it may use, even in the smallest tiles."""
+
+
+def _nothing_usable(statuses: list[RunStatus]) -> UserError:
+    """Every run was refused: a resource problem (exit 71) when more memory would let one run,
+    else bad data (65)."""
+    short = sum(status.status == RESOURCE for status in statuses)
+    if not short:
+        return UserError("no usable input: every selected run is bad data", ExitCode.BAD_DATA)
+    return UserError(f"no usable input: {short} of {len(statuses)} selected run(s) need more "
+                     "memory than allowed (see above), the others are bad data" if short <
+                     len(statuses) else "no usable input: every selected run needs more memory "
+                     "than allowed (see above)", ExitCode.NOT_ENOUGH_MEMORY)
+
+
 def run_participant(settings: Settings, command_line: list[str]) -> ExitCode:
     validate_input_dataset(settings)
     runs = discover_runs(settings.bids_dir, settings.participant_labels, settings.session_labels,
@@ -257,14 +273,15 @@ def run_participant(settings: Settings, command_line: list[str]) -> ExitCode:
             run.path, settings.output_resolution, settings.mem_gb)
         if problem:
             LOGGER.error("%s: %s", run.path, problem)
-            statuses.append(RunStatus(run, "bad data", problem))
+            statuses.append(RunStatus(run, RESOURCE if isinstance(problem, NotEnoughMemory)
+                                      else "bad data", problem))
         else:
             for warning in input_warnings(run.path):
                 LOGGER.warning("%s: %s", run.path, warning)
             good.append(run)
     if not good and len(statuses) == len(runs):
         print_summary(statuses)
-        raise UserError("no usable input: every selected run is bad data", ExitCode.BAD_DATA)
+        raise _nothing_usable(statuses)
 
     try:
         init_derivatives_dataset(settings.output_dir, settings.bids_dir)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from bids_mrisr import memory
 from bids_mrisr.sr import device as devices
 from bids_mrisr.sr import slicing
 from bids_mrisr.sr.diffusion.sampler import CLIP_RESIDUAL, ddim_sample, randn
@@ -361,16 +362,15 @@ def plan_memory(
     bpp = activation_bytes_per_pixel(config)
     if options.max_memory_gb is not None:
         k = config.num_experts if config.kind == "teacher" else 0
-        n_vol = 2 + k + (1 if options.num_samples > 1 else 0)  # input, sum, gates, std
-        n_vol += 2 if views > 1 else 0  # a flipped copy, the views' mean
-        fixed = 4 * int(np.prod(volume_shape)) * n_vol + param_bytes + 300 * 2**20  # + runtime
+        extra = k + (1 if options.num_samples > 1 else 0)  # gates, std
+        extra += memory.VIEW_VOLUMES if views > 1 else 0  # a flipped copy, the views' mean
+        fixed = memory.untileable_bytes(int(np.prod(volume_shape)), extra) + param_bytes
         budget = options.max_memory_gb * 1e9 - fixed
         smallest = bpp * _smallest_window(config) ** 2
         if budget < smallest:
-            need = (fixed + smallest) / 1e9
             raise SRError(
-                f"memory budget {options.max_memory_gb} GB is too small for this volume "
-                f"(needs at least {need:.2f} GB)"
+                f"--mem {options.max_memory_gb:g} GB is too small for this volume even in the "
+                f"smallest tiles: it needs about {(fixed + smallest) / 1e9:.2f} GB"
             )
     else:
         free = devices.free_memory_bytes(device)
