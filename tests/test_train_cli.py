@@ -216,12 +216,12 @@ def test_train_unknown_validation_label_and_bad_option_are_usage_errors(tmp_path
     # an option of another recipe is named, not ignored
     assert main(["train", str(root), str(out), "--recipe", "diffusion", "--acquisition-input",
                  "--stop-after", "5"]) == 64
-    assert ("--recipe diffusion does not use --stop-after, --acquisition-input (--recipe "
+    assert ("--recipe diffusion does not use --acquisition-input, --stop-after (--recipe "
             "regression or moe only)" in capsys.readouterr().err)
     assert main(["train", str(root), str(out), "--teacher-minutes", "3", "--base-width", "8",
                  "--recipe", "moe"]) == 64
-    assert ("--recipe moe does not use --teacher-minutes (--recipe diffusion only); "
-            "--base-width (--recipe regression only)" in capsys.readouterr().err)
+    assert ("--recipe moe does not use --base-width (--recipe regression only); "
+            "--teacher-minutes (--recipe diffusion only)" in capsys.readouterr().err)
     # the experiment switches live in the recipe file now
     assert main(["train", str(root), str(out), "--zoom-augment", "0.8"]) == 64
     assert "unrecognized arguments: --zoom-augment" in capsys.readouterr().err
@@ -283,6 +283,12 @@ def test_recipe_file_defaults_and_the_shipped_example(tmp_path, capsys):
     assert list(shown) == list(defaults.record("regression")) + ["router_top_k"]
     assert {k: v for k, v in shown.items() if k != "res_blocks"} == defaults.record("moe")
     assert shown["res_blocks"] == ModelConfig.student_default().num_res_blocks
+    # docs/recipes/multi-axis.toml is what made the shipped multi-axis variant
+    variant = read_recipe_file(example.with_name("multi-axis.toml"), "regression")
+    made = load_checkpoint(Path(__file__).parents[1] / "bids_mrisr" / "data" / "weights"
+                           / "student" / "multi-axis").provenance["training"]
+    assert (variant.lr, variant.multi_axis_rate, variant.crop) == (
+        made["lr"], made["multi_axis_rate"], made["crop"]) == (1e-4, 0.25, 64)
 
 
 def test_resume_refuses_other_recipe_options_and_records_them_in_the_state(tmp_path, capsys):
@@ -350,3 +356,20 @@ def test_train_moe_recipe_refuses_more_experts_per_token_than_it_has(tmp_path, c
     err = capsys.readouterr().err
     assert "--recipe moe" in err and "router_top_k" in err and "Traceback" not in err
     assert not (tmp_path / "m" / "work").exists()  # refused before any preprocessing
+
+
+def test_train_help_keeps_the_researchers_options_and_names_the_recipe_keys():
+    from bids_mrisr.cli.train import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    for flag in ("--participant-label", "--validation-label", "--max-spacing", "--no-bundled",
+                 "--recipe", "--student-steps", "--student-minutes", "--teacher-steps",
+                 "--teacher-minutes", "--distill-minutes", "--stop-after", "--batch-size",
+                 "--seed", "--threads", "--device", "--workers", "--resume", "--init-weights",
+                 "--skip-teacher", "--preset", "--acquisition-input", "--base-width"):
+        assert flag in text, flag
+    for gone in ("--res-blocks", "--zoom-augment", "--multi-axis-rate", "--profiles",
+                 "--router-top-k", "--lr ", "--crop"):
+        assert gone not in text, gone
+    assert "Keys: lr, crop, factor_range, zoom_augment, multi_axis_rate, profiles" in text
+    assert "64 usage error" in text

@@ -55,86 +55,97 @@ def build_parser() -> argparse.ArgumentParser:
                     "OUT/student; --recipe moe trains the MoEDiff-SR teacher (OUT/teacher); "
                     "--recipe diffusion trains a diffusion teacher, then distils a student "
                     "(both). Use the folder with --weights.",
+        epilog="exit codes: 0 success; 64 usage error (an option the --recipe does not use, "
+               "a bad --recipe-file key or value, a --resume with other recipe options); 130 "
+               "interrupted by Ctrl-C or SIGTERM, the state saved for --resume "
+               "(docs/training.md)",
     )
     parser.add_argument("bids_dir", type=Path, nargs="?",
                         help="BIDS dataset with high-resolution T1w/T2w runs (optional with "
                              "bundled volumes)")
     parser.add_argument("output_dir", type=Path, help="where checkpoints and logs are written")
-    parser.add_argument("--participant-label", "--participant_label", nargs="+",
-                        dest="participant_labels", help="subjects used for training")
-    parser.add_argument("--validation-label", nargs="+", dest="validation_labels",
-                        help="subjects held out for the metrics stored with the weights")
-    parser.add_argument("--max-spacing", type=float, default=1.2,
-                        help="runs coarser than this (mm) cannot serve as ground truth")
-    parser.add_argument("--no-bundled", action="store_true",
-                        help="do not add nilearn's MNI152 T1 and pydeface's mean head")
-    parser.add_argument("--teacher-minutes", type=float, default=20.0,
-                        help="diffusion recipe: time budget of the teacher")
-    parser.add_argument("--distill-minutes", type=float, default=15.0,
-                        help="total time for all distillation rounds")
-    parser.add_argument("--teacher-steps", type=int, default=8,
-                        help="DDIM steps of the teacher that round 0 of distillation halves")
-    parser.add_argument("--batch-size", type=int, default=8,
-                        help="crops per optimisation step (per process under torchrun)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the initial weights and of the simulated acquisitions")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--recipe", choices=("regression", "moe", "diffusion"),
+    data = parser.add_argument_group("selecting data")
+    data.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                      dest="participant_labels", help="subjects used for training")
+    data.add_argument("--validation-label", nargs="+", metavar="LABEL", dest="validation_labels",
+                      help="subjects held out for the metrics stored with the weights")
+    data.add_argument("--max-spacing", type=float, default=1.2, metavar="MM",
+                      help="runs coarser than this (mm) cannot serve as ground truth")
+    data.add_argument("--no-bundled", action="store_true",
+                      help="do not add nilearn's MNI152 T1 and pydeface's mean head")
+    recipe = parser.add_argument_group("recipe and network")
+    recipe.add_argument("--recipe", choices=("regression", "moe", "diffusion"),
                         default="regression",
                         help="regression: train the student as a posterior-mean regressor (the "
                              "shipped recipe); moe: the MoEDiff-SR teacher's experts and router "
                              "as a posterior-mean regressor (OUT/teacher, for --model teacher), "
                              "with the same options; diffusion: teacher then progressive "
                              "distillation")
-    parser.add_argument("--recipe-file", type=Path, default=None, metavar="FILE",
+    recipe.add_argument("--recipe-file", type=Path, default=None, metavar="FILE",
                         help="TOML file of the recipe's experiment switches, recorded in the "
                              "checkpoint (provenance.recipe_options); absent keys keep their "
                              "defaults, keys the --recipe does not use are refused. Keys: "
                              f"{keys_help()} (docs/recipes/default.toml shows each with its "
                              "default)")
-    parser.add_argument("--student-steps", type=int, default=20000,
-                        help="optimisation steps of the regression recipe")
-    parser.add_argument("--student-minutes", type=float, default=None,
-                        help="time cap of the regression recipe; the learning-rate schedule "
-                             "then follows whichever of steps and minutes runs out first")
-    parser.add_argument("--device", default="auto",
-                        help="auto, cpu, cuda or cuda:N (regression recipe; bf16 autocast on "
-                             "GPUs; under torchrun each process takes its local GPU)")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="DataLoader worker processes that degrade volumes and cut crops "
-                             "beside the training step (0: in the training process)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted regression or moe run, or the next "
-                             "sitting of a campaign, from OUT/student (or "
-                             "OUT/teacher)/train_state.pt: weights, optimiser, EMA, step, "
-                             "schedule and (with --workers 0 on one process) the crop "
-                             "sampler, exactly")
-    parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
-                        help="regression and moe recipes: end this sitting after MINUTES, "
-                             "saving the resumable state and a snapshot of the weights; the "
-                             "learning-rate schedule keeps following --student-steps, so "
-                             "sittings resumed with --resume add up to one run (Ctrl-C or "
-                             "SIGTERM also save the state)")
-    parser.add_argument("--base-width", type=_positive_int, default=None, metavar="C",
-                        help="regression recipe, new networks: channels of the student's "
-                             "first U-Net level (the shipped student has 16; 32 is about 4x "
-                             "the parameters and compute)")
-    parser.add_argument("--init-weights", type=Path, default=None,
+    recipe.add_argument("--preset", choices=("default", "tiny"), default="default",
+                        help="network sizes: the shipped ones, or tiny ones for smoke tests")
+    recipe.add_argument("--init-weights", type=Path, default=None, metavar="DIR",
                         help="regression recipe: fine-tune this checkpoint (e.g. the shipped "
                              "student) instead of starting from random weights; its "
                              "architecture is kept (with --acquisition-input a blind one "
                              "gains that input, starting at zero; res_blocks in "
                              "--recipe-file may deepen it). moe recipe: a MoE teacher "
                              "to fine-tune, or a student whose copies start every expert")
-    parser.add_argument("--acquisition-input", action="store_true",
-                        help="regression recipe: tell the student the thick-slice factor, "
-                             "slice-profile shape and slice width of each simulated scan (at "
+    recipe.add_argument("--acquisition-input", action="store_true",
+                        help="regression and moe recipes: tell the network the thick-slice "
+                             "factor, slice-profile shape and slice width of each simulated "
+                             "scan (at "
                              "inference: from the header and the scan's spectrum), as the "
                              "shipped student is (docs/model-card.md)")
-    parser.add_argument("--skip-teacher", action="store_true",
-                        help="reuse OUT/teacher and only distil the student")
-    parser.add_argument("--preset", choices=("default", "tiny"), default="default",
-                        help="network sizes: the shipped ones, or tiny ones for smoke tests")
+    recipe.add_argument("--base-width", type=_positive_int, default=None, metavar="C",
+                        help="regression recipe, new networks: channels of the student's "
+                             "first U-Net level (the shipped student has 16; 32 is about 4x "
+                             "the parameters and compute)")
+    budgets = parser.add_argument_group("budgets")
+    budgets.add_argument("--student-steps", type=int, default=20000, metavar="N",
+                         help="optimisation steps of the regression and moe recipes")
+    budgets.add_argument("--student-minutes", type=float, default=None, metavar="MINUTES",
+                         help="time cap of the regression and moe recipes; the learning-rate "
+                              "schedule then follows whichever of steps and minutes runs out "
+                              "first")
+    budgets.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
+                         help="regression and moe recipes: end this sitting after MINUTES, "
+                              "saving the resumable state and a snapshot of the weights; the "
+                              "learning-rate schedule keeps following --student-steps, so "
+                              "sittings resumed with --resume add up to one run (Ctrl-C or "
+                              "SIGTERM also save the state)")
+    budgets.add_argument("--teacher-minutes", type=float, default=20.0, metavar="MINUTES",
+                         help="diffusion recipe: time budget of the teacher")
+    budgets.add_argument("--distill-minutes", type=float, default=15.0, metavar="MINUTES",
+                         help="total time for all distillation rounds")
+    budgets.add_argument("--teacher-steps", type=int, default=8, metavar="N",
+                         help="DDIM steps of the teacher that round 0 of distillation halves")
+    budgets.add_argument("--skip-teacher", action="store_true",
+                         help="reuse OUT/teacher and only distil the student")
+    execution = parser.add_argument_group("execution")
+    execution.add_argument("--batch-size", type=int, default=8, metavar="N",
+                           help="crops per optimisation step (per process under torchrun)")
+    execution.add_argument("--seed", type=int, default=0, metavar="N",
+                           help="seed of the initial weights and of the simulated acquisitions")
+    execution.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads")
+    execution.add_argument("--device", default="auto",
+                           help="auto, cpu, cuda or cuda:N (regression and moe recipes; bf16 "
+                                "autocast on GPUs; under torchrun each process takes its local "
+                                "GPU)")
+    execution.add_argument("--workers", type=int, default=0, metavar="N",
+                           help="DataLoader worker processes that degrade volumes and cut crops "
+                                "beside the training step (0: in the training process)")
+    execution.add_argument("--resume", action="store_true",
+                           help="continue an interrupted regression or moe run, or the next "
+                                "sitting of a campaign, from OUT/student (or "
+                                "OUT/teacher)/train_state.pt: weights, optimiser, EMA, step, "
+                                "schedule and (with --workers 0 on one process) the crop "
+                                "sampler, exactly")
     return parser
 
 
