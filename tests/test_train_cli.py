@@ -196,6 +196,7 @@ def test_train_writes_teacher_and_distilled_student(tmp_path):
     assert student.provenance["sampling_steps"] == 2
     meta = json.loads((out / "teacher" / "model.json").read_text())["provenance"]
     assert meta["trained"] is True
+    assert meta["recipe"] == "diffusion" and meta["recipe_options"] == {}  # no key applies
     assert meta["validation_volumes"] == ["sub-03/anat/sub-03_T1w.nii.gz"]
     assert "sub-lo/anat/sub-lo_T1w.nii.gz" not in meta["training_volumes"]  # 2 mm: no truth
     assert np.isfinite(meta["metrics"]["psnr_model"])
