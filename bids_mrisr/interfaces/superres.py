@@ -19,6 +19,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from bids_mrisr.image.air import zero_input_air
 from bids_mrisr.image.io import float_image, save_nifti
 from bids_mrisr.image.normalize import Normalisation
 from bids_mrisr.image.resample import resample_to_resolution
@@ -66,12 +67,14 @@ def super_resolve_file(
     out_dir: Path,
     description: str = "super-resolution",
     bias_file: Path | None = None,
+    source_file: Path | None = None,
 ) -> dict[str, Path | None]:
     """Super-resolve a normalised target-grid volume and map it back to the input's
     intensities: undo the normalisation, then multiply the N4 bias field back in (downstream
     tools run their own bias correction and expect the scan as acquired). The engine keeps its
     finished batches in ``out_dir/partial`` until the outputs are written, so that a call
-    interrupted there resumes."""
+    interrupted there resumes. Where ``source_file`` (the reoriented input) is zero all around,
+    the output is zero too (image/air.py)."""
     image = nib.load(str(in_file))
     volume = np.asanyarray(image.dataobj).astype(np.float32)
     params = Normalisation.from_json(params_file)
@@ -83,6 +86,12 @@ def super_resolve_file(
     result.image = None  # type: ignore[assignment]  # now the restored volume's buffer
     if bias_file is not None:
         result.info["BiasFieldRestored"] = True
+    if source_file is not None:
+        air = zero_input_air(source_file, image)
+        restored[air] = 0
+        result.info["ZeroWhereInputIsZero"] = (
+            f"{int(air.sum())} voxels whose input neighbours are all 0 are 0")
+        del air
     # Work-directory files stay uncompressed: gzip of float32 costs more than a second per
     # whole head and buys little; the derivatives node writes the compressed output.
     outputs: dict[str, Path | None] = {
@@ -111,6 +120,8 @@ class _SuperResolveInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="normalised volume on the target grid")
     params_file = File(exists=True, mandatory=True, desc="normalisation parameters (JSON)")
     bias_file = File(exists=True, desc="N4 bias field on the reoriented input grid")
+    source_file = File(exists=True, desc="the reoriented input: where it is 0 all around, the "
+                       "output is 0")
     blurred_axes = traits.List(traits.Int, desc="target-grid axes the input sampled coarsely, "
                                "coarsest first (unset: unknown, all planes in one pass)")
     # One input per field of SROptions, under the same name (see workflows/superres.py); unset
@@ -174,7 +185,9 @@ class SuperResolve(SimpleInterface):
                                       tuple(value) if isinstance(value, list) else value)
         options = SROptions(**values)
         bias = Path(inputs.bias_file) if isdefined(inputs.bias_file) else None
+        source = Path(inputs.source_file) if isdefined(inputs.source_file) else None
         outputs = super_resolve_file(Path(inputs.in_file), Path(inputs.params_file), options,
-                                     Path(os.getcwd()), inputs.description, bias_file=bias)
+                                     Path(os.getcwd()), inputs.description, bias_file=bias,
+                                     source_file=source)
         self._results.update({key: str(path) for key, path in outputs.items() if path})
         return runtime

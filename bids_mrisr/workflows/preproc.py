@@ -17,12 +17,14 @@ def init_preproc_wf(
     """Bring one anatomical run onto the normalised, isotropic target grid.
 
     Inputs: ``in_file``. Outputs: ``out_file`` (normalised, target grid), ``params_file``
-    (normalisation parameters, to map results back), ``bias_field``, ``resolution`` (mm).
+    (normalisation parameters, to map results back), ``bias_field``, ``resolution`` (mm),
+    ``reoriented_file`` (the input as reoriented, on its own grid).
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["in_file"]), name="inputnode")
     outputnode = pe.Node(
-        niu.IdentityInterface(fields=["out_file", "params_file", "bias_field", "resolution"]),
+        niu.IdentityInterface(fields=["out_file", "params_file", "bias_field", "resolution",
+                                      "reoriented_file"]),
         name="outputnode",
     )
     reorient = pe.Node(Reorient(), name="reorient", mem_gb=0.5)
@@ -41,5 +43,6 @@ def init_preproc_wf(
         (resample, outputnode, [("out_file", "out_file"), ("resolution", "resolution")]),
         (normalise, outputnode, [("params_file", "params_file")]),
         (n4, outputnode, [("bias_field", "bias_field")]),
+        (reorient, outputnode, [("out_file", "reoriented_file")]),
     ])
     return workflow

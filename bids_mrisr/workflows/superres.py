@@ -18,7 +18,8 @@ DEFAULT_DECLARED_GB = 3.0
 def init_superres_wf(options: SROptions, weights_sha256: str | None = None,
                      description: str = "super-resolution", name: str = "superres_wf",
                      ) -> pe.Workflow:
-    """Inputs: ``in_file``, ``params_file``, ``bias_file`` (the N4 field, put back after SR).
+    """Inputs: ``in_file``, ``params_file``, ``bias_file`` (the N4 field, put back after SR),
+    ``source_file`` (the reoriented input: the output is 0 where it is 0 all around).
     Outputs: ``out_file``, ``gates_file``, ``std_file``, ``info_file`` (see
     :class:`SuperResolve`).
 
@@ -26,8 +27,8 @@ def init_superres_wf(options: SROptions, weights_sha256: str | None = None,
     node's inputs carry its fields under the same names (nipype needs traits to hash them).
     """
     workflow = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", "params_file", "bias_file"]),
-                        name="inputnode")
+    inputnode = pe.Node(niu.IdentityInterface(
+        fields=["in_file", "params_file", "bias_file", "source_file"]), name="inputnode")
     outputnode = pe.Node(
         niu.IdentityInterface(fields=["out_file", "gates_file", "std_file", "info_file"]),
         name="outputnode",
@@ -48,7 +49,7 @@ def init_superres_wf(options: SROptions, weights_sha256: str | None = None,
                        mem_gb=options.max_memory_gb or DEFAULT_DECLARED_GB)
     workflow.connect([
         (inputnode, superres, [("in_file", "in_file"), ("params_file", "params_file"),
-                               ("bias_file", "bias_file")]),
+                               ("bias_file", "bias_file"), ("source_file", "source_file")]),
         (superres, outputnode, [("out_file", "out_file"), ("gates_file", "gates_file"),
                                 ("std_file", "std_file"), ("info_file", "info_file")]),
     ])
