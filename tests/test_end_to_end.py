@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import nibabel as nib
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from bids import BIDSLayout
 
+from bids_mrisr.bids.derivatives import output_volumes
 from bids_mrisr.bids.validator import validate_dataset
 from bids_mrisr.cli.run import main
 from tests.conftest import make_dataset, phantom_volume, write_volume
@@ -100,18 +102,26 @@ def test_group_level_after_participant(phantom_dataset, tmp_path):
 def test_real_data_stroke_and_xa30(real_data, tmp_path):
     code, out = _run(real_data, tmp_path, "--participant-label", "stroke01", "sub-xa30")
     assert code == 0
-    outputs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*_desc-sr_*.nii.gz"))
-    assert outputs == [
-        "sub-stroke01/anat/sub-stroke01_res-1mm_desc-sr_T1w.nii.gz",
-        "sub-stroke01/anat/sub-stroke01_res-1mm_desc-sr_T2w.nii.gz",
-        "sub-xa30/anat/sub-xa30_acq-lowres_res-1mm_desc-sr_T1w.nii.gz",
-    ]
+    # stroke01 is already at 1 mm: resampled only, named without desc-sr
+    volumes = {v.path.relative_to(out).as_posix(): v.restored for v in output_volumes(out)}
+    assert volumes == {
+        "sub-stroke01/anat/sub-stroke01_res-1mm_T1w.nii.gz": False,
+        "sub-stroke01/anat/sub-stroke01_res-1mm_T2w.nii.gz": False,
+        "sub-xa30/anat/sub-xa30_acq-lowres_res-1mm_desc-sr_T1w.nii.gz": True,
+    }
+    outputs = sorted(volumes)
     xa30 = nib.load(str(out / outputs[2]))
     assert xa30.header.get_zooms()[:3] == pytest.approx((1.0, 1.0, 1.0))
     assert xa30.shape == (192, 256, 256)  # 2 mm -> 1 mm
     sidecar = json.loads((out / outputs[0].replace(".nii.gz", ".json")).read_text())
     assert sidecar["SkullStripped"] is True
+    assert "resampled only" in sidecar["Description"]
     assert _errors(out) == []
+    assert main([str(real_data), str(out), "group"]) == 0
+    rows = list(csv.DictReader((out / "group_summary.tsv").open(), delimiter="\t"))
+    assert [(r["output"], r["kind"], r["flag"]) for r in rows] == [
+        (outputs[2], "super-resolved", ""),
+        (outputs[0], "resampled-only", ""), (outputs[1], "resampled-only", "")]
 
 
 def test_runs_in_parallel_with_multiproc(phantom_dataset, tmp_path, capsys):
@@ -193,3 +203,4 @@ def test_input_already_at_the_target_resolution_is_counted_apart(tmp_path, capsy
     assert "1 of 2 run(s) super-resolved; 1 already at the target resolution" in out
     iso_line = next(line for line in out.splitlines() if line.startswith("sub-iso/"))
     assert "resampled only" in iso_line
+    assert "sub-iso/anat/sub-iso_res-1mm_T1w.nii.gz" in iso_line  # named for what it is

@@ -179,7 +179,7 @@ def test_adapt_auto_fine_tunes_anisotropic_runs_and_skips_isotropic_ones(tmp_pat
     assert adaptation["StartWeightsSHA256"] == sha and adaptation["Seconds"] > 0
     assert "sub-02_T1w.nii.gz: voxels 1x1x1 mm are not anisotropic enough" in (
         capsys.readouterr().err)
-    iso = json.loads((out / "sub-02/anat/sub-02_res-1mm_desc-sr_T1w.json").read_text())
+    iso = json.loads((out / "sub-02/anat/sub-02_res-1mm_T1w.json").read_text())  # resampled only
     assert "Adaptation" not in iso["SuperResolution"]
     assert "already" in iso["SuperResolution"]["Restored"]  # 1 mm in, 1 mm out
 

@@ -123,3 +123,22 @@ def test_one_writer_node_per_product(phantom_dataset, tmp_path):
         assert {n.inputs.product for n in writers.values()} == {
             {"write_sr": "sr", "write_gates": "gates",
              "write_uncertainty": "uncertainty"}[name] for name in expected}
+
+
+def test_a_run_already_at_the_target_resolution_is_written_as_resampled_only(tmp_path):
+    from tests.conftest import make_dataset, phantom_volume, write_volume
+
+    bids = make_dataset(tmp_path / "bids", {})
+    write_volume(bids / "sub-iso/anat/sub-iso_T1w.nii.gz", phantom_volume((40, 44, 40)),
+                 zooms=(1.0, 1.0, 1.0))
+    write_volume(bids / "sub-thick/anat/sub-thick_T1w.nii.gz", phantom_volume())
+    settings = build_settings([str(bids), str(tmp_path / "out"), "participant",
+                               "-w", str(tmp_path / "work")])
+    graph = init_bids_mrisr_wf(discover_runs(bids), settings)._create_flat_graph()
+    writers = {n.inputs.stem: n for n in graph.nodes if n.name == "write_sr"}
+    assert writers["sub-iso"].inputs.restored is False
+    assert writers["sub-thick"].inputs.restored is True
+    superres = {n.fullname.split(".")[2]: n for n in graph.nodes if n.name == "superres"}
+    iso = next(node for name, node in superres.items() if "iso" in name)
+    assert iso.inputs.blurred_axes == []
+    assert "resampled only" in iso.inputs.description

@@ -1,21 +1,31 @@
 """BIDS-Derivatives: output names, sidecars, dataset_description.json; all writes atomic.
 
 Output names (documented in docs/outputs.md) keep every entity of the input run and add
-``res-<label>`` (the isotropic target grid) and ``desc-<label>``:
+``res-<label>`` (the isotropic target grid) and, for a restored volume, ``desc-<label>``:
 
 =====================  ===================================================  =================
 what                   name                                                 when
 =====================  ===================================================  =================
-super-resolved volume  ``<run>_res-<r>_desc-sr_<T1w|T2w>.nii.gz``           always
+super-resolved volume  ``<run>_res-<r>_desc-sr_<T1w|T2w>.nii.gz``           an axis restored
+resampled only         ``<run>_res-<r>_<T1w|T2w>.nii.gz``                   input already at
+                                                                            the target grid
 uncertainty (SD)       ``<run>_res-<r>_desc-srstd_<T1w|T2w>.nii.gz``        --num-samples > 1
 gating maps (4D, K)    ``<run>_res-<r>_desc-<T1w|T2w>gates_probseg.nii.gz``  teacher
 =====================  ===================================================  =================
+
+A run whose input is already sampled at the target resolution has nothing to restore: it is
+reoriented and resampled onto the grid, and named for what it is, ``res-<r>`` without
+``desc-sr`` (not ``desc-preproc``, which sMRIPrep/fMRIPrep read from ``--derivatives`` as
+their own bias-corrected T1w reference; this volume keeps the input's intensities). The names
+are made and read here only (:func:`output_volumes`, :func:`parse_volume_name`): the graph, the
+reports and the group level find both kinds through these functions.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +52,85 @@ def resolution_label(resolution_mm: float) -> str:
     return text.replace(".", "p") + "mm"
 
 
-def output_name(stem: str, resolution_mm: float, desc: str, suffix: str,
+def output_name(stem: str, resolution_mm: float | str, desc: str | None, suffix: str,
                 extension: str = ".nii.gz") -> str:
-    return f"{stem}_res-{resolution_label(resolution_mm)}_desc-{desc}_{suffix}{extension}"
+    """``<stem>_res-<r>[_desc-<desc>]_<suffix><extension>``; ``resolution_mm`` in mm or as its
+    label (``'1mm'``)."""
+    label = (resolution_mm if isinstance(resolution_mm, str)
+             else resolution_label(resolution_mm))
+    return f"{stem}_res-{label}{f'_desc-{desc}' if desc else ''}_{suffix}{extension}"
+
+
+def volume_desc(restored: bool) -> str | None:
+    """``desc`` of a run's main volume: ``sr`` when an axis was restored, none when the input
+    was already at the target resolution and was only resampled."""
+    return DESC_SR if restored else None
+
+
+def nothing_restored(info: dict[str, Any]) -> bool:
+    """The engine's provenance says no axis needed restoring (``RestoredAxes: []``)."""
+    return info.get("RestoredAxes") == []
+
+
+VOLUME_SUFFIXES = ("T1w", "T2w")
+_VOLUME_NAME = re.compile(
+    r"^(?P<stem>sub-[A-Za-z0-9]+.*?)_res-(?P<res>[A-Za-z0-9]+)"
+    r"(?:_desc-(?P<desc>[A-Za-z0-9]+))?_(?P<suffix>" + "|".join(VOLUME_SUFFIXES)
+    + r")\.nii\.gz$")
+
+
+@dataclass(frozen=True)
+class OutputVolume:
+    """A run's main output volume, found on disk: super-resolved or resampled only."""
+
+    path: Path
+    stem: str
+    resolution: str
+    """The ``res-`` label, e.g. ``1mm``."""
+    suffix: str
+    restored: bool
+    """True: ``desc-sr`` (an axis restored); False: resampled only (``res-<r>``, no desc)."""
+
+    @property
+    def kind(self) -> str:
+        return "super-resolved" if self.restored else "resampled only"
+
+    def companion(self, desc: str, suffix: str | None = None) -> Path:
+        """A product of the same run beside this volume: ``desc`` and ``suffix`` of its name
+        (``srstd``; ``<T1w|T2w>gates`` with ``probseg``)."""
+        return self.path.with_name(output_name(self.stem, self.resolution, desc,
+                                               suffix or self.suffix))
+
+    @property
+    def uncertainty_path(self) -> Path:
+        return self.companion(DESC_STD)
+
+    @property
+    def gates_path(self) -> Path:
+        return self.companion(gates_desc(self.suffix), "probseg")
+
+
+def parse_volume_name(path: Path) -> OutputVolume | None:
+    """The output volume a path names (``desc-sr`` or resampled only), else None: sidecars,
+    uncertainty and gating maps are not main volumes."""
+    match = _VOLUME_NAME.match(Path(path).name)
+    if match is None or match["desc"] not in (None, DESC_SR):
+        return None
+    return OutputVolume(path=Path(path), stem=match["stem"], resolution=match["res"],
+                        suffix=match["suffix"], restored=match["desc"] == DESC_SR)
+
+
+def output_volumes(output_dir: Path) -> list[OutputVolume]:
+    """Every run's main volume in an output dataset, both kinds, sorted by path."""
+    found = (parse_volume_name(p) for p in Path(output_dir).glob("sub-*/**/anat/*_res-*.nii.gz"))
+    return sorted((v for v in found if v is not None), key=lambda v: v.path)
+
+
+def run_volumes(anat_dir: Path, stem: str, suffix: str) -> list[OutputVolume]:
+    """The main volumes of one run (stem and suffix of its input) in its anat folder, at any
+    resolution, both kinds."""
+    found = (parse_volume_name(p) for p in Path(anat_dir).glob(f"{stem}_res-*_{suffix}.nii.gz"))
+    return sorted((v for v in found if v is not None and v.stem == stem), key=lambda v: v.path)
 
 
 def gates_desc(suffix: str) -> str:
@@ -135,9 +221,11 @@ def dataset_description(bids_dir: Path) -> dict[str, Any]:
 
 README_TEXT = """# bids_mrisr derivatives
 
-Super-resolved T1w/T2w volumes written by bids_mrisr. Every volume has a JSON sidecar with its
-sources (BIDS URIs into the `raw` dataset named in dataset_description.json), the method, the
-model weights' sha256, sampling steps, seed and device. `sub-*/log/` holds run logs (ignored by
+Super-resolved T1w/T2w volumes written by bids_mrisr (`desc-sr`); runs whose input already was
+at the target resolution are resampled only and named without `desc` (`<run>_res-<r>_T1w`).
+Every volume has a JSON sidecar with its sources (BIDS URIs into the `raw` dataset named in
+dataset_description.json), the method, the model weights' sha256, sampling steps, seed and
+device. `sub-*/log/` holds run logs (ignored by
 the validator through .bidsignore).
 """
 
@@ -206,6 +294,9 @@ class RunOutputs:
     info: dict[str, Any]
     skull_stripped: bool
     input_voxel_size: list[float]
+    restored: bool = True
+    """False for an input already at the target resolution: resampled only, named without
+    ``desc-sr`` (see :func:`volume_desc`)."""
 
     @property
     def anat_dir(self) -> Path:
@@ -213,7 +304,17 @@ class RunOutputs:
 
     @property
     def sr_path(self) -> Path:
-        return self.anat_dir / output_name(self.stem, self.resolution, DESC_SR, self.suffix)
+        """The run's main volume: ``desc-sr``, or ``res-<r>`` alone when resampled only."""
+        return self.anat_dir / output_name(self.stem, self.resolution,
+                                           volume_desc(self.restored), self.suffix)
+
+    @property
+    def other_kind_path(self) -> Path:
+        """The name this run's main volume would have had as the other kind (an earlier
+        version wrote resampled-only runs as ``desc-sr``): removed when the volume is
+        written, so that one run never shows up as two."""
+        return self.anat_dir / output_name(self.stem, self.resolution,
+                                           volume_desc(not self.restored), self.suffix)
 
     @property
     def sources(self) -> list[str]:
@@ -224,9 +325,11 @@ class RunOutputs:
         return bids_uri(self.sr_path.relative_to(self.output_dir).as_posix(), dataset="")
 
     def common(self) -> dict[str, Any]:
+        after = "after SR" if self.restored else "afterwards"
         return {
-            "Resolution": f"isotropic {self.resolution:g} mm voxels (super-resolution target "
-                          "grid)",
+            "Resolution": f"isotropic {self.resolution:g} mm voxels ("
+                          + ("super-resolution target grid)" if self.restored else
+                             "target grid; resampled only)"),
             "SkullStripped": self.skull_stripped,
             "InputVoxelSize": self.input_voxel_size,
             "VoxelSize": [self.resolution] * 3,
@@ -237,8 +340,8 @@ class RunOutputs:
                 "reoriented to RAS+",
                 f"N4 bias-field correction (SimpleITK, shrink factor {N4_SHRINK_FACTOR})",
                 f"robust intensity normalisation ({LOW_PERCENTILE:g}/{HIGH_PERCENTILE:g} "
-                "percentiles), inverted after SR",
-                "the N4 bias field multiplied back in after SR (the output keeps the input's "
+                f"percentiles), inverted {after}",
+                f"the N4 bias field multiplied back in {after} (the output keeps the input's "
                 "intensities; downstream tools run their own bias correction)",
                 f"cubic B-spline resampling to {self.resolution:g} mm",
             ],
@@ -247,15 +350,28 @@ class RunOutputs:
 
 def write_sr_image(run: RunOutputs, sr_file: Path, input_dtype: str = "float32",
                    ) -> list[Path]:
-    """The super-resolved volume and its sidecar."""
+    """The run's main volume and its sidecar: super-resolved (``desc-sr``), or resampled only
+    when the input was already at the target resolution; the other kind's name of the same
+    run, left by an earlier version, is removed."""
     model = run.info.get("Model", "interp")
-    return [_write_like_input(sr_file, run.sr_path, input_dtype),
-            write_json(sidecar_path(run.sr_path), {
-                "Description": f"{run.suffix} super-resolved with {model} (the input's "
-                               "intensities: bias field and intensity scale restored)",
-                "Sources": run.sources,
-                **run.common(),
-            })]
+    if run.restored:
+        description = (f"{run.suffix} super-resolved with {model} (the input's intensities: "
+                       "bias field and intensity scale restored)")
+    else:
+        description = (f"{run.suffix} resampled only: the input is already sampled at the "
+                       f"{run.resolution:g} mm target resolution, so nothing was restored"
+                       f"{'' if model == 'interp' else f' ({model} not applied)'}; reoriented "
+                       "to RAS+ and cubic B-spline resampled onto the target grid, with the "
+                       "input's intensities")
+    written = [_write_like_input(sr_file, run.sr_path, input_dtype),
+               write_json(sidecar_path(run.sr_path), {
+                   "Description": description,
+                   "Sources": run.sources,
+                   **run.common(),
+               })]
+    for stale in (run.other_kind_path, sidecar_path(run.other_kind_path)):
+        stale.unlink(missing_ok=True)
+    return written
 
 
 def write_uncertainty(run: RunOutputs, std_file: Path) -> list[Path]:

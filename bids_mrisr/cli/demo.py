@@ -61,13 +61,14 @@ def main(argv: list[str]) -> int:
 
 def _print_scores(bids_dir: Path, output_dir: Path, reference: Path, model: str) -> None:
     """PSNR/SSIM of plain cubic and of the app's output against the 1 mm reference."""
+    from bids_mrisr.bids.derivatives import output_volumes
     from bids_mrisr.demo import DEMO_DEGRADATION, DEMO_SUBJECT, reference_volumes
     from bids_mrisr.reports.figures import display_window, side_by_side_crops
     from bids_mrisr.reports.html import add_reference_section
     from bids_mrisr.sr.training.evaluate import score_in_head
 
-    outputs = [p for p in sorted((output_dir / f"sub-{DEMO_SUBJECT}" / "anat").glob("*.nii.gz"))
-               if "_desc-sr_" in p.name]
+    outputs = [v.path for v in output_volumes(output_dir)
+               if v.restored and v.path.parent == output_dir / f"sub-{DEMO_SUBJECT}" / "anat"]
     inputs = sorted((bids_dir / f"sub-{DEMO_SUBJECT}" / "anat").glob("*_T1w.nii.gz"))
     if len(outputs) != 1 or len(inputs) != 1:
         LOGGER.warning("cannot compare with the reference: expected one input and one output")

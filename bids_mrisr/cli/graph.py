@@ -12,7 +12,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bids_mrisr.bids.derivatives import DESC_SR, output_name, sidecar_path, subject_anat_dir
+from bids_mrisr.bids.derivatives import (
+    output_name,
+    parse_volume_name,
+    run_volumes,
+    subject_anat_dir,
+    volume_desc,
+)
 from bids_mrisr.bids.layout import AnatRun
 from bids_mrisr.cli.interrupted import run_workflow
 from bids_mrisr.config import Settings
@@ -73,12 +79,15 @@ def _crash_messages(crash_dir: Path, since: float) -> dict[str, tuple[str, Path]
 
 
 def expected_output(run: AnatRun, settings: Settings, resolution: float | None) -> Path | None:
-    """The SR file a run's outputs would be named (``--reports-only`` without a work dir)."""
+    """The run's main volume on disk, super-resolved or resampled only (``--reports-only``
+    without a work dir); at ``resolution`` when given, else the last found."""
     anat = subject_anat_dir(settings.output_dir, run.entities)
     if resolution:
-        return anat / output_name(run.stem, resolution, DESC_SR, run.suffix)
-    matches = sorted(anat.glob(f"{run.stem}_res-*_desc-{DESC_SR}_{run.suffix}.nii.gz"))
-    return matches[-1] if matches else None
+        names = [anat / output_name(run.stem, resolution, volume_desc(kind), run.suffix)
+                 for kind in (True, False)]
+        return next((path for path in names if path.is_file()), names[0])
+    matches = run_volumes(anat, run.stem, run.suffix)
+    return matches[-1].path if matches else None
 
 
 def execution_plugin(settings: Settings, parallel_jobs: int) -> tuple[str, dict]:
@@ -135,26 +144,18 @@ def run_graph(runs: list[AnatRun], settings: Settings, weights: Path | None,
             statuses.append(RunStatus(run, "failed", message, crash_file))
         elif sr_file is not None and sr_file.is_file():
             detail = sr_file.relative_to(settings.output_dir).as_posix()
-            statuses.append(RunStatus(run, "ok", detail, restored=not _nothing_restored(sr_file)))
+            volume = parse_volume_name(sr_file)
+            statuses.append(RunStatus(run, "ok", detail,
+                                      restored=volume is None or volume.restored))
         else:
             statuses.append(RunStatus(run, "failed", "no output was written (see the work dir)"))
     return statuses
 
 
-def _nothing_restored(sr_file: Path) -> bool:
-    """The sidecar says the input was already at the target resolution (no axis restored)."""
-    import json
-
-    try:
-        info = json.loads(sidecar_path(sr_file).read_text()).get("SuperResolution", {})
-    except (OSError, ValueError):
-        return False
-    return info.get("RestoredAxes") == []
-
-
 def written_sr_file(work_dir: Path, run: AnatRun, since: float | None = None) -> Path | None:
-    """The SR volume the graph reports for ``run``: its SR writer node's outputs (written by
-    this invocation when ``since`` is given), not a file name derived again."""
+    """The main volume the graph reports for ``run`` (super-resolved or resampled only): its
+    writer node's outputs (written by this invocation when ``since`` is given), not a file name
+    derived again."""
     from nipype.utils.filemanip import loadpkl
 
     from bids_mrisr.workflows.base import run_work_dir
@@ -168,5 +169,6 @@ def written_sr_file(work_dir: Path, run: AnatRun, since: float | None = None) ->
         outputs = loadpkl(result).outputs.out_files
     except Exception:  # noqa: BLE001  an unreadable result is a missing one
         return None
-    volumes = [Path(f) for f in outputs if f.endswith(f"_desc-{DESC_SR}_{run.suffix}.nii.gz")]
+    volumes = [v.path for v in map(parse_volume_name, outputs or [])
+               if v is not None and v.suffix == run.suffix]
     return volumes[0] if volumes else None

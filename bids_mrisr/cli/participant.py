@@ -173,6 +173,7 @@ def write_reports(statuses: list[RunStatus], settings: Settings,
 def rebuild_reports(runs: list[AnatRun], settings: Settings,
                     command_line: list[str]) -> ExitCode:
     """``--reports-only``: the reports of the runs that already have outputs, nothing else."""
+    from bids_mrisr.bids.derivatives import parse_volume_name
     from bids_mrisr.cli.graph import expected_output, written_sr_file
 
     statuses = []
@@ -182,7 +183,9 @@ def rebuild_reports(runs: list[AnatRun], settings: Settings,
                  or expected_output(run, settings, settings.output_resolution))
         if found is not None and found.is_file():
             detail = found.relative_to(settings.output_dir).as_posix()
-            statuses.append(RunStatus(run, "ok", detail))
+            volume = parse_volume_name(found)
+            statuses.append(RunStatus(run, "ok", detail,
+                                      restored=volume is None or volume.restored))
         else:
             statuses.append(RunStatus(run, "missing", "no output yet: run the participant level"))
     if not any(s.status == "ok" for s in statuses):

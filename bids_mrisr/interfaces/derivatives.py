@@ -17,6 +17,7 @@ from nipype.interfaces.base import (
 
 from bids_mrisr.bids.derivatives import (
     RunOutputs,
+    nothing_restored,
     write_gating_maps,
     write_sr_image,
     write_uncertainty,
@@ -39,6 +40,9 @@ class _WriteDerivativeInputSpec(BaseInterfaceInputSpec):
     info_file = File(exists=True, mandatory=True)
     input_dtype = traits.Str("float32", usedefault=True,
                              desc="the input's stored data type (integer -> scaled int16)")
+    restored = traits.Bool(True, usedefault=True,
+                           desc="False: the input is already at the target resolution, so "
+                           "the run is resampled only and named without desc-sr")
 
 
 class _WriteDerivativeOutputSpec(TraitedSpec):
@@ -53,13 +57,15 @@ class WriteDerivative(SimpleInterface):
         inputs = self.inputs
         written: list[Path] = []
         if isdefined(inputs.in_file) and inputs.in_file:
+            info = json.loads(Path(inputs.info_file).read_text())
             run = RunOutputs(
                 output_dir=Path(inputs.output_dir), relpath=inputs.relpath, stem=inputs.stem,
                 suffix=inputs.suffix, entities=dict(inputs.entities),
                 resolution=inputs.resolution,
-                info=json.loads(Path(inputs.info_file).read_text()),
+                info=info,
                 skull_stripped=inputs.skull_stripped,
-                input_voxel_size=list(inputs.input_voxel_size))
+                input_voxel_size=list(inputs.input_voxel_size),
+                restored=inputs.restored and not nothing_restored(info))
             volume = Path(inputs.in_file)
             if inputs.product == "sr":
                 written = write_sr_image(run, volume, inputs.input_dtype)

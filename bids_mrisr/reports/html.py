@@ -22,7 +22,7 @@ import numpy as np
 
 from bids_mrisr import __version__
 from bids_mrisr.atomic import atomic_write
-from bids_mrisr.bids.derivatives import sidecar_path
+from bids_mrisr.bids.derivatives import nothing_restored, parse_volume_name, sidecar_path
 from bids_mrisr.image.resample import resample_to_resolution
 from bids_mrisr.reports import figures
 
@@ -76,6 +76,8 @@ class RunReport:
     figures: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    restored: bool = True
+    """False for a run resampled only (its input already at the target resolution)."""
 
 
 def no_reference_metrics(before: np.ndarray, after: np.ndarray, axis: int | None,
@@ -122,37 +124,47 @@ def qc_path(output_dir: Path, sr_file: Path) -> Path:
 
 def build_run_figures(output_dir: Path, input_file: Path, sr_file: Path, stem: str,
                       ) -> RunReport:
-    """Figures and metrics of one super-resolved run."""
+    """Figures and metrics of one run: super-resolved, or resampled only (an input already at
+    the target resolution: no difference map or detail crops, whose colours would show only
+    rounding, but the largest difference from plain cubic resampling in the input's units)."""
     sr_image = nib.load(str(sr_file))
     after = np.asanyarray(sr_image.dataobj).astype(np.float32)
     before = cubic_of_input(input_file, sr_image)
     sidecar = json.loads(sidecar_path(sr_file).read_text())
     info = sidecar.get("SuperResolution", {})
+    volume = parse_volume_name(sr_file)
+    restored = volume.restored if volume is not None else not nothing_restored(info)
     axes = info.get("RestoredAxes") or [None]
     fig_dir = qc_path(output_dir, sr_file).parent  # sub-<label>/figures (validator-ignored)
     window = figures.display_window(before)
     rel = {}
-    for key, make in (
-        ("before", lambda p: figures.mosaic(before, p, window, title="input (cubic)")),
-        ("after", lambda p: figures.mosaic(after, p, window, title="super-resolved")),
-        ("difference", lambda p: figures.difference_mosaic(before, after, p)),
-        ("detail", lambda p: figures.detail_crops(before, after, axes[0], p, window)),
-    ):
+    if restored:
+        makers = [
+            ("before", lambda p: figures.mosaic(before, p, window, title="input (cubic)")),
+            ("after", lambda p: figures.mosaic(after, p, window, title="super-resolved")),
+            ("difference", lambda p: figures.difference_mosaic(before, after, p)),
+            ("detail", lambda p: figures.detail_crops(before, after, axes[0], p, window)),
+        ]
+    else:  # before and after are the same picture: one mosaic, no map of rounding
+        makers = [("after", lambda p: figures.mosaic(after, p, window,
+                                                     title="output (resampled only)"))]
+    for key, make in makers:
         path = fig_dir / f"{stem}_{key}.png"
         make(path)
         rel[key] = path.relative_to(output_dir).as_posix()
-    std_file = sr_file.with_name(sr_file.name.replace("_desc-sr_", "_desc-srstd_"))
-    if std_file.is_file():
+    for stale in ("before", "difference", "detail"):  # a run written as SR by an earlier version
+        if stale not in rel:
+            (fig_dir / f"{stem}_{stale}.png").unlink(missing_ok=True)
+    std_file = volume.uncertainty_path if volume is not None else None
+    if std_file is not None and std_file.is_file():
         std = np.asanyarray(nib.load(str(std_file)).dataobj).astype(np.float32)
         path = fig_dir / f"{stem}_uncertainty.png"
         figures.uncertainty_mosaic(std, path)
         rel["uncertainty"] = path.relative_to(output_dir).as_posix()
-    suffix = sr_file.name.replace(".nii.gz", "").rsplit("_", 1)[-1]
-    gates_file = sr_file.with_name(sr_file.name.replace(f"_desc-sr_{suffix}",
-                                                        f"_desc-{suffix}gates_probseg"))
+    gates_file = volume.gates_path if volume is not None else None
     gate_means: dict[str, float] = {}
     tissue_table = None
-    if gates_file.is_file():
+    if gates_file is not None and gates_file.is_file():
         gates = np.asanyarray(nib.load(str(gates_file)).dataobj).astype(np.float32)
         head = before > 0.1 * (float(np.percentile(before, 99.5)) or 1.0)
         names = info.get("ExpertNames") or [f"expert{k}" for k in range(gates.shape[-1])]
@@ -163,14 +175,17 @@ def build_run_figures(output_dir: Path, input_file: Path, sr_file: Path, stem: s
             gate_means[name] = float(gates[..., k][head].mean()) if head.any() else 0.0
         tissue_table = _gates_by_tissue(sr_image, gates, head, names)
     metrics = no_reference_metrics(before, after, axes[0])
+    metrics["max_abs_difference"] = float(np.abs(after - before).max()) if after.size else 0.0
+    metrics["input_p99_5"] = float(np.percentile(before, 99.5)) if before.size else 0.0
     metrics.update({f"mean gate in head: {k}": v for k, v in gate_means.items()})
     if tissue_table is not None:
         metrics["gate_by_tissue"] = tissue_table
-    qc = {**metrics, "seconds": info.get("Seconds"), "model": info.get("Model")}
+    qc = {**metrics, "seconds": info.get("Seconds"), "model": info.get("Model"),
+          "restored": restored}
     qc_file = qc_path(output_dir, sr_file)
     atomic_write(qc_file, lambda tmp: tmp.write_text(json.dumps(qc, indent=2)))
     return RunReport(relpath=sr_file.relative_to(output_dir).as_posix(), status="ok",
-                     figures=rel, metrics=metrics, provenance=info)
+                     figures=rel, metrics=metrics, provenance=info, restored=restored)
 
 
 def _gates_by_tissue(sr_image: nib.Nifti1Image, gates: np.ndarray, head: np.ndarray,
@@ -218,6 +233,36 @@ def _provenance_rows(info: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+ROUNDING = 1e-3
+"""A resampled-only output within this fraction of the input's 99.5th percentile of plain
+cubic resampling differs from it by rounding (normalisation and its inverse, int16 storage)."""
+
+
+def _resampled_section(index: int, run: RunReport) -> str:
+    """A run resampled only: its output, the plain statement that nothing was restored, and
+    how far it is from plain cubic resampling (no difference map: it would colour rounding)."""
+    m = run.metrics
+    largest = m.get("max_abs_difference", float("nan"))
+    scale = m.get("input_p99_5", float("nan"))
+    return "\n".join([
+        f'<section id="run-{index}"><h2>{html.escape(run.relpath)}</h2>',
+        '<p class="resampled"><strong>Resampled only: nothing was restored.</strong> The input '
+        "is already sampled at the target resolution, so no super-resolution ran. This volume "
+        "is the input reoriented to RAS+ and resampled onto the target grid (cubic B-spline), "
+        "with the input's intensities.</p>",
+        f'<h3>Output (resampled only)</h3><img src="{run.figures["after"]}" '
+        'alt="resampled output mosaic">',
+        "<h3>Against plain cubic resampling</h3><table>",
+        "<tr><th>largest |output - cubic| (input units)</th>"
+        f"<td>{largest:.4g}</td></tr>",
+        f"<tr><th>99.5th percentile of the input (for scale)</th><td>{scale:.4g}</td></tr>",
+        "</table><p>No difference map is shown"
+        + (": the two differ by rounding only.</p>" if largest <= ROUNDING * scale else
+           ".</p>"),
+        f"<h3>Provenance</h3><table>{_provenance_rows(run.provenance)}</table></section>",
+    ])
+
+
 def _before_after(index: int, before: str, after: str) -> str:
     """Input and SR side by side (same size, one row: what a printout shows), then both in one
     fixed frame with a switch above it that flips between them without moving anything (CSS
@@ -247,6 +292,8 @@ def _run_section(index: int, run: RunReport) -> str:
         return (f'<section id="run-{index}"><h2>{title}</h2>'
                 f'<p class="warn">{html.escape(run.status)}: {html.escape(run.detail)}</p>'
                 "</section>")
+    if not run.restored:
+        return _resampled_section(index, run)
     f = run.figures
     parts = [
         f'<section id="run-{index}"><h2>{title}</h2>',
@@ -302,9 +349,15 @@ def write_subject_report(output_dir: Path, subject: str, runs: list[RunReport], 
     """``OUT/sub-<label>.html``; returns its path."""
     body = [f"<h1>bids_mrisr report: sub-{html.escape(subject)}</h1>",
             "<nav><ul>"] + [f'<li><a href="#run-{i}">{html.escape(r.relpath)}</a> '
-                            f"({html.escape(r.status)})</li>" for i, r in enumerate(runs)]
+                            f"({html.escape(r.status)}"
+                            f"{'' if r.restored else ', resampled only'})</li>"
+                            for i, r in enumerate(runs)]
     body += ["</ul></nav>"] + [_run_section(i, r) for i, r in enumerate(runs)]
-    body += ['<section id="methods"><h2>Methods</h2>', methods_text(model), "</section>",
+    resampled = ("<p>Images already sampled at the target resolution were reoriented and "
+                 "resampled onto the target grid only; nothing was restored in them.</p>"
+                 if any(r.status == "ok" and not r.restored for r in runs) else "")
+    body += ['<section id="methods"><h2>Methods</h2>', methods_text(model), resampled,
+             "</section>",
              '<section id="about"><h2>About</h2>',
              f"<p>Command: <code>{html.escape(command_line)}</code></p></section>"]
     page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -350,25 +403,52 @@ def robust_outliers(values: list[float], threshold: float = 3.5) -> list[bool]:
 
 
 def write_group_report(output_dir: Path, rows: list[dict[str, Any]]) -> Path:
-    """``OUT/group.html``: one row per run, links to the subject reports, outliers flagged."""
+    """``OUT/group.html``: the super-resolved runs (counted, compared, outliers flagged), then
+    the runs that were resampled only, listed apart (``kind`` of the rows, cli/group.py)."""
+    from bids_mrisr.cli.group import SUPER_RESOLVED
+
+    restored = [row for row in rows if row.get("kind", SUPER_RESOLVED) == SUPER_RESOLVED]
+    resampled = [row for row in rows if row.get("kind", SUPER_RESOLVED) != SUPER_RESOLVED]
+
+    def link(row: dict[str, Any]) -> str:
+        subject = row["output"].split("/")[0]
+        return f'<a href="{subject}.html">{html.escape(row["output"])}</a>'
+
     head = ("<tr><th>run</th><th>model</th><th>seconds</th><th>sharpness gain</th>"
             "<th>relative noise</th><th>flag</th></tr>")
-    body = []
-    for row in rows:
-        subject = row["output"].split("/")[0]
-        flag = html.escape(row.get("flag", ""))
-        body.append(
-            f'<tr><td><a href="{subject}.html">{html.escape(row["output"])}</a></td>'
-            f"<td>{html.escape(str(row.get('model', '')))}</td>"
-            f"<td>{html.escape(str(row.get('seconds', '')))}</td>"
-            f"<td>{html.escape(str(row.get('sharpness_gain', '')))}</td>"
-            f"<td>{html.escape(str(row.get('relative_noise', '')))}</td>"
-            f'<td class="warn">{flag}</td></tr>')
+    body = [
+        f"<tr><td>{link(row)}</td>"
+        f"<td>{html.escape(str(row.get('model', '')))}</td>"
+        f"<td>{html.escape(str(row.get('seconds', '')))}</td>"
+        f"<td>{html.escape(str(row.get('sharpness_gain', '')))}</td>"
+        f"<td>{html.escape(str(row.get('relative_noise', '')))}</td>"
+        f'<td class="warn">{html.escape(row.get("flag", ""))}</td></tr>'
+        for row in restored]
+    parts = ["<h1>bids_mrisr group report</h1>",
+             f'<section id="super-resolved"><h2>{len(restored)} super-resolved run(s)</h2>']
+    if restored:
+        parts.append("<p>Each run is compared with the other super-resolved runs of the same "
+                     "model: outliers are more than 3.5 robust z-scores from their median "
+                     "sharpness gain or noise (three runs or more).</p>"
+                     f"<table>{head}{''.join(body)}</table>")
+    else:
+        parts.append("<p>No run needed restoring.</p>")
+    parts.append("</section>")
+    if resampled:
+        rows_html = "".join(
+            f"<tr><td>{link(row)}</td>"
+            f"<td>{html.escape(str(row.get('resolution_mm', '')))}</td>"
+            f"<td>{html.escape(str(row.get('sources', '')))}</td></tr>" for row in resampled)
+        parts.append(
+            f'<section id="resampled-only"><h2>{len(resampled)} run(s) resampled only</h2>'
+            "<p>These inputs are already sampled at the target resolution: nothing was "
+            "restored, they were reoriented and resampled onto the target grid. They are not "
+            "counted as super-resolved nor compared with the runs above.</p>"
+            "<table><tr><th>run</th><th>resolution (mm)</th><th>source</th></tr>"
+            f"{rows_html}</table></section>")
     page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>bids_mrisr group report</title><style>{STYLE}</style></head><body>"
-            f"<h1>bids_mrisr group report</h1><p>{len(rows)} super-resolved run(s); outliers "
-            "are more than 3.5 robust z-scores from the median sharpness gain or noise.</p>"
-            f"<table>{head}{''.join(body)}</table></body></html>\n")
+            + "\n".join(parts) + "</body></html>\n")
     path = output_dir / "group.html"
     atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return path

@@ -82,8 +82,14 @@ def init_single_run_wf(run: AnatRun, settings: Settings, options: SROptions,
     run_options = dataclasses.replace(options, blurred_axes=restore, axis_factors=factors,
                                       adapt_steps=adapt_steps, slice_thickness_ratio=ratio,
                                       slice_profile=profile, slice_profile_source=source)
-    superres = init_superres_wf(run_options,
-                                weights_sha256, description=f"{run.relpath} ({options.method})")
+    if restore:
+        description = f"{run.relpath} ({options.method})"
+    else:
+        description = f"{run.relpath} (resampled only)"
+        LOGGER.info("%s: voxels %s mm, already at the %g mm target resolution: resampled only "
+                    "(nothing to restore; written without desc-sr)", run.relpath,
+                    "x".join(f"{z:g}" for z in zooms), resolution)
+    superres = init_superres_wf(run_options, weights_sha256, description=description)
     outputs = init_outputs_wf(
         run,
         settings.output_dir,
@@ -92,6 +98,7 @@ def init_single_run_wf(run: AnatRun, settings: Settings, options: SROptions,
         input_dtype=str(image.get_data_dtype()),
         with_uncertainty=options.num_samples > 1 and options.method != "interp",
         with_gates=options.method == "teacher",
+        restored=bool(restore),
     )
     workflow.connect([
         (inputnode, preproc, [("in_file", "inputnode.in_file")]),

@@ -17,8 +17,11 @@ SR_WRITER = "write_sr"
 def init_outputs_wf(run: AnatRun, output_dir: Path, skull_stripped: bool,
                     input_voxel_size: list[float], input_dtype: str = "float32",
                     with_uncertainty: bool = False, with_gates: bool = False,
-                    name: str = "outputs_wf") -> pe.Workflow:
+                    restored: bool = True, name: str = "outputs_wf") -> pe.Workflow:
     """Inputs: ``sr_file``, ``info_file``, ``gates_file``, ``std_file``, ``resolution``.
+
+    ``restored=False`` (an input already at the target resolution): the volume is written as
+    resampled only, ``res-<r>`` without ``desc-sr`` (bids/derivatives.py names both kinds).
 
     ``write_sr`` always; ``write_uncertainty`` when draws are averaged (``--num-samples`` > 1)
     and ``write_gates`` for the MoEDiff-SR teacher. Each writes nothing if its volume is absent.
@@ -38,7 +41,7 @@ def init_outputs_wf(run: AnatRun, output_dir: Path, skull_stripped: bool,
             WriteDerivative(product=product, output_dir=str(output_dir), relpath=run.relpath,
                             stem=run.stem, suffix=run.suffix, entities=dict(run.entities),
                             skull_stripped=skull_stripped, input_voxel_size=input_voxel_size,
-                            input_dtype=input_dtype),
+                            input_dtype=input_dtype, restored=restored),
             name=node_name, overwrite=True, run_without_submitting=True)
         workflow.connect([(inputnode, writer, [(field, "in_file"), ("info_file", "info_file"),
                                                ("resolution", "resolution")])])
