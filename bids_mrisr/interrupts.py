@@ -35,9 +35,11 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _in_worker() -> bool:
-    """A child process started by a parallel plugin (not the process that reports)."""
-    return multiprocessing.parent_process() is not None or (
-        bool(_installed_in) and _installed_in[0] != os.getpid())
+    """A child process started by a parallel plugin (not the process that reports): forked
+    from the process that installed the handlers, or a spawned one that installed none."""
+    if _installed_in:
+        return _installed_in[0] != os.getpid()
+    return multiprocessing.parent_process() is not None
 
 
 def _handle(signum: int, _frame: FrameType | None) -> None:
