@@ -237,6 +237,26 @@ def test_mem_below_the_untiled_need_tiles_the_engine(tmp_path, capsys):
     assert tiles and all(size is not None and size < 120 for size in tiles.values()), tiles
 
 
+def test_parallel_runs_are_capped_so_each_share_of_mem_fits(tmp_path):
+    """--nprocs 2 with --mem for one run's least: the runs go one after another (each share
+    of --mem must still fit its grid in the smallest tiles); twice that: side by side."""
+    from bids_mrisr.bids.layout import discover_runs
+    from bids_mrisr.cli.graph import _parallel_jobs
+    from bids_mrisr.cli.parser import build_settings
+
+    root = make_dataset(tmp_path / "bids", {
+        f"sub-0{i}/anat/sub-0{i}_T1w.nii.gz": phantom_volume((128, 128, 40)) for i in (1, 2)})
+    runs = discover_runs(root)
+    need = minimum_peak_gb(128 * 128 * 120)
+    jobs = {}
+    for mem in (need * 1.5, need * 2.1):
+        settings = build_settings([str(root), str(tmp_path / "out"), "participant",
+                                   "-w", str(tmp_path / "w"), "--nprocs", "2",
+                                   "--mem", f"{mem:.3f}G"])
+        jobs[mem] = _parallel_jobs(runs, settings)
+    assert list(jobs.values()) == [1, 2], jobs
+
+
 @pytest.mark.parametrize("case", ["nifti2", "oblique", "extreme-range"])
 def test_unusual_but_valid_inputs_work(case, tmp_path, capsys):
     from scipy.spatial.transform import Rotation
