@@ -42,6 +42,10 @@ from bids_mrisr.image.preprocess import N4_SHRINK_FACTOR
 BIDS_VERSION = "1.10.0"
 RAW_LINK = "raw"
 DESC_SR = "sr"
+SUPER_RESOLVED = "super-resolved"
+RESAMPLED_ONLY = "resampled-only"
+"""``kind`` in group_summary.tsv: an axis restored (``desc-sr``), or an input already at the
+target resolution, resampled only (no ``desc``)."""
 DESC_STD = "srstd"
 LOG_DIRNAME = "log"
 

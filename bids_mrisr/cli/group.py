@@ -9,7 +9,13 @@ import json
 import logging
 from pathlib import Path
 
-from bids_mrisr.bids.derivatives import OutputVolume, output_volumes, sidecar_path
+from bids_mrisr.bids.derivatives import (
+    RESAMPLED_ONLY,
+    SUPER_RESOLVED,
+    OutputVolume,
+    output_volumes,
+    sidecar_path,
+)
 from bids_mrisr.config import Settings
 from bids_mrisr.errors import ExitCode, UserError
 from bids_mrisr.image.io import atomic_write_bytes
@@ -17,10 +23,6 @@ from bids_mrisr.image.io import atomic_write_bytes
 LOGGER = logging.getLogger("bids_mrisr")
 COLUMNS = ("output", "sources", "model", "weights_sha256", "steps", "seed", "device",
            "resolution_mm", "seconds", "sharpness_gain", "relative_noise", "flag", "kind")
-SUPER_RESOLVED = "super-resolved"
-RESAMPLED_ONLY = "resampled-only"
-"""``kind`` in group_summary.tsv: an axis restored (``desc-sr``), or an input already at the
-target resolution, resampled only (no ``desc``)."""
 QC_KEYS = ("sharpness_gain", "relative_noise")
 
 

@@ -22,7 +22,12 @@ import numpy as np
 
 from bids_mrisr import __version__
 from bids_mrisr.atomic import atomic_write
-from bids_mrisr.bids.derivatives import nothing_restored, parse_volume_name, sidecar_path
+from bids_mrisr.bids.derivatives import (
+    SUPER_RESOLVED,
+    nothing_restored,
+    parse_volume_name,
+    sidecar_path,
+)
 from bids_mrisr.image.resample import resample_to_resolution
 from bids_mrisr.reports import figures
 
@@ -404,8 +409,7 @@ def robust_outliers(values: list[float], threshold: float = 3.5) -> list[bool]:
 
 def write_group_report(output_dir: Path, rows: list[dict[str, Any]]) -> Path:
     """``OUT/group.html``: the super-resolved runs (counted, compared, outliers flagged), then
-    the runs that were resampled only, listed apart (``kind`` of the rows, cli/group.py)."""
-    from bids_mrisr.cli.group import SUPER_RESOLVED
+    the runs that were resampled only, listed apart (``kind`` of the rows, bids/derivatives.py)."""
 
     restored = [row for row in rows if row.get("kind", SUPER_RESOLVED) == SUPER_RESOLVED]
     resampled = [row for row in rows if row.get("kind", SUPER_RESOLVED) != SUPER_RESOLVED]
