@@ -222,3 +222,17 @@ def test_toml_takes_every_long_option_spelling(phantom_dataset, tmp_path):
     settings = _settings(phantom_dataset, tmp_path, "--config-file", str(config),
                          "--participant-label", "02", "--mem", "2G")
     assert settings.participant_labels == ("02",) and settings.mem_gb == 2.0  # flags win
+
+
+def test_paths_are_made_absolute_and_tidy(phantom_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    roundabout = Path("..") / tmp_path.name / "x" / ".." / "out"
+    settings = build_settings([str(phantom_dataset), str(roundabout), "participant",
+                               "-w", "work/../work"])
+    assert settings.output_dir == (tmp_path / "out").resolve()
+    assert settings.work_dir == (tmp_path / "work").resolve()
+    missing = tmp_path / "a" / ".." / "missing"
+    assert main([str(missing), str(tmp_path / "out"), "participant"]) == ExitCode.NO_INPUT
+    err = capsys.readouterr().err
+    assert f"{(tmp_path / 'missing').resolve()}: input BIDS directory does not exist" in err
+    assert "/../" not in err

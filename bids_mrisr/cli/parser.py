@@ -39,6 +39,12 @@ class UsageParser(argparse.ArgumentParser):
         raise UserError(f"usage error: {message}", ExitCode.USAGE)
 
 
+def resolved_path(text: str) -> Path:
+    """A path argument made absolute and tidy (``~`` expanded, ``..`` and links resolved), so
+    that every message and every generated script names the file plainly."""
+    return Path(text).expanduser().resolve()
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -90,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: " + "; ".join(
             f"{int(code)} {text}" for code, text in EXIT_CODE_HELP) + " (docs/usage.md)",
     )
-    parser.add_argument("bids_dir", type=Path, help="the root of the input BIDS dataset")
-    parser.add_argument("output_dir", type=Path, help="where the derivatives are written")
+    parser.add_argument("bids_dir", type=resolved_path, help="the root of the input BIDS dataset")
+    parser.add_argument("output_dir", type=resolved_path, help="where the derivatives are written")
     parser.add_argument("analysis_level", help="participant or group")
     parser.add_argument("--version", action="version", version=f"bids_mrisr {__version__}")
 
@@ -116,13 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--bids-filter-file",
         "--bids_filter_file",
         dest="bids_filter_file",
-        type=Path,
+        type=resolved_path,
         metavar="FILE",
         help='JSON of pybids queries per suffix, e.g. {"t1w": {"acquisition": "mprage"}}',
     )
 
     execution = parser.add_argument_group("execution")
-    execution.add_argument("-w", "--work-dir", dest="work_dir", type=Path,
+    execution.add_argument("-w", "--work-dir", dest="work_dir", type=resolved_path,
                            help="nipype work directory; reuse it to resume (default: ./work)")
     execution.add_argument("--nprocs", "--n-cpus", dest="nprocs", type=_positive_int,
                            help="runs processed in parallel (default: all cores)")
@@ -130,11 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="threads per job for N4 and torch")
     execution.add_argument("--mem", "--mem-gb", dest="mem_gb", type=_mem_gb,
                            help="memory budget, e.g. 8G; the SR engine tiles to respect it")
-    execution.add_argument("--use-plugin", dest="use_plugin", type=Path, metavar="FILE",
+    execution.add_argument("--use-plugin", dest="use_plugin", type=resolved_path, metavar="FILE",
                            help="nipype plugin YAML ('plugin: SLURMGraph' and 'plugin_args:'), "
                                 "as fMRIPrep's; default: MultiProc on this machine "
                                 "(docs/hpc.md)")
-    execution.add_argument("--config-file", dest="config_file", type=Path,
+    execution.add_argument("--config-file", dest="config_file", type=resolved_path,
                            help="TOML file with any of the long options (flags win)")
     execution.add_argument("--skip-bids-validation", "--skip_bids_validation",
                            dest="skip_bids_validation", action="store_true", default=None,
@@ -156,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--model", choices=MODELS,
                     help="student (fast; the default), teacher (MoEDiff-SR, writes gating "
                          "maps) or interp (cubic B-spline only)")
-    sr.add_argument("--weights", type=Path, metavar="DIR",
+    sr.add_argument("--weights", type=resolved_path, metavar="DIR",
                     help="checkpoint directory (default: the shipped weights)")
     sr.add_argument("--steps", type=_positive_int,
                     help="diffusion checkpoints only: DDIM sampling steps of one draw "

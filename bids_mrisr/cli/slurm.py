@@ -14,7 +14,14 @@ from pathlib import Path
 
 from bids_mrisr.atomic import atomic_write
 from bids_mrisr.bids.layout import discover_runs
-from bids_mrisr.cli.parser import UsageParser, _mem_gb, _positive_int, expand_labels, is_within
+from bids_mrisr.cli.parser import (
+    UsageParser,
+    _mem_gb,
+    _positive_int,
+    expand_labels,
+    is_within,
+    resolved_path,
+)
 from bids_mrisr.errors import ExitCode, UserError
 from bids_mrisr.slurm import ArrayJob, render_array_script, render_group_script, submit_commands
 
@@ -32,16 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "that waits for it. App options for every task follow '--', e.g. "
                     "'-- --model student --device cuda'.",
     )
-    parser.add_argument("bids_dir", type=Path, help="the input BIDS dataset")
-    parser.add_argument("output_dir", type=Path, help="where the tasks write the derivatives")
+    parser.add_argument("bids_dir", type=resolved_path, help="the input BIDS dataset")
+    parser.add_argument("output_dir", type=resolved_path,
+                        help="where the tasks write the derivatives")
     parser.add_argument("--participant-label", "--participant_label", nargs="+",
                         dest="participant_labels", help="only these subjects (default: all "
                         "with T1w/T2w runs)")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--image", type=Path, help="run this Apptainer/Singularity image (.sif) "
-                       "with 'apptainer run --cleanenv'")
-    where.add_argument("--venv", type=Path, help="run bids_mrisr from this virtual environment "
-                       "(default: the one running this command)")
+    where.add_argument("--image", type=resolved_path,
+                       help="run this Apptainer/Singularity image (.sif) with "
+                            "'apptainer run --cleanenv'")
+    where.add_argument("--venv", type=resolved_path,
+                       help="run bids_mrisr from this virtual environment (default: the one "
+                            "running this command)")
     parser.add_argument("--cpus", type=_positive_int, default=4, help="CPUs per task (default 4)")
     parser.add_argument("--mem", type=_mem_gb, default=16.0, dest="mem_gb",
                         help="memory per task, e.g. 16G (default 16G)")
@@ -55,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-root", default="${SLURM_TMPDIR:-/tmp}",
                         help="where task work dirs go; may use shell variables of the node "
                              "(default: ${SLURM_TMPDIR:-/tmp})")
-    parser.add_argument("--script-dir", type=Path, default=Path("."),
+    parser.add_argument("--script-dir", type=resolved_path, default=Path("."),
                         help="where the two scripts and the logs/ folder of the tasks are "
                              "written (default: here)")
     parser.add_argument("--job-name", default="bids_mrisr",

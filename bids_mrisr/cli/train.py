@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bids_mrisr.cli.parser import UsageParser, _positive_int, expand_labels, is_within
+from bids_mrisr.cli.parser import (
+    UsageParser,
+    _positive_int,
+    expand_labels,
+    is_within,
+    resolved_path,
+)
 from bids_mrisr.cli.recipe_file import (
     REGRESSION_LIKE,
     RecipeOptions,
@@ -60,10 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                "interrupted by Ctrl-C or SIGTERM, the state saved for --resume "
                "(docs/training.md)",
     )
-    parser.add_argument("bids_dir", type=Path, nargs="?",
+    parser.add_argument("bids_dir", type=resolved_path, nargs="?",
                         help="BIDS dataset with high-resolution T1w/T2w runs (optional with "
                              "bundled volumes)")
-    parser.add_argument("output_dir", type=Path, help="where checkpoints and logs are written")
+    parser.add_argument("output_dir", type=resolved_path,
+                        help="where checkpoints and logs are written")
     data = parser.add_argument_group("selecting data")
     data.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
                       dest="participant_labels", help="subjects used for training")
@@ -81,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "as a posterior-mean regressor (OUT/teacher, for --model teacher), "
                              "with the same options; diffusion: teacher then progressive "
                              "distillation")
-    recipe.add_argument("--recipe-file", type=Path, default=None, metavar="FILE",
+    recipe.add_argument("--recipe-file", type=resolved_path, default=None, metavar="FILE",
                         help="TOML file of the recipe's experiment switches, recorded in the "
                              "checkpoint (provenance.recipe_options); absent keys keep their "
                              "defaults, keys the --recipe does not use are refused. Keys: "
@@ -89,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "default)")
     recipe.add_argument("--preset", choices=("default", "tiny"), default="default",
                         help="network sizes: the shipped ones, or tiny ones for smoke tests")
-    recipe.add_argument("--init-weights", type=Path, default=None, metavar="DIR",
+    recipe.add_argument("--init-weights", type=resolved_path, default=None, metavar="DIR",
                         help="regression recipe: fine-tune this checkpoint (e.g. the shipped "
                              "student) instead of starting from random weights; its "
                              "architecture is kept (with --acquisition-input a blind one "
