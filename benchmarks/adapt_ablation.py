@@ -56,7 +56,7 @@ from bids_mrisr.sr.geometry import blurred_axes
 from bids_mrisr.sr.inference import run_loaded
 from bids_mrisr.sr.networks import ModelConfig
 from bids_mrisr.sr.options import SROptions
-from bids_mrisr.sr.training.data import PairSampler, simulate_cubic
+from bids_mrisr.sr.pairs import PairSampler, simulate_cubic
 from bids_mrisr.sr.training.evaluate import score_in_head
 from bids_mrisr.sr.weights import default_weights
 

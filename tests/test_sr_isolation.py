@@ -79,6 +79,18 @@ def test_nothing_below_cli_imports_cli():
     assert offenders == []
 
 
+def test_adaptation_reaches_no_training_code():
+    """Per-scan adaptation runs at inference: it shares pairs and loss with training through
+    ``sr/pairs.py`` and ``sr/objectives.py``, never by importing ``sr/training/``."""
+    graph, seen, todo = _graph(), set(), ["bids_mrisr.sr.adapt"]
+    while todo:
+        for dep in graph[todo.pop()] - seen:
+            seen.add(dep)
+            todo.append(dep)
+    assert {"bids_mrisr.sr.pairs", "bids_mrisr.sr.objectives"} <= seen
+    assert sorted(m for m in seen if m.startswith("bids_mrisr.sr.training")) == []
+
+
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """Strongly connected components with more than one module (Tarjan)."""
     index: dict[str, int] = {}

@@ -14,7 +14,7 @@ from bids_mrisr.image.preprocess import preprocess_file
 from bids_mrisr.image.reorient import ras_zooms
 from bids_mrisr.sr.degrade import Degradation, degrade
 from bids_mrisr.sr.geometry import blurred_axes
-from bids_mrisr.sr.training.data import simulate_cubic
+from bids_mrisr.sr.pairs import simulate_cubic
 from tests.conftest import phantom_volume
 
 

@@ -33,8 +33,8 @@ from bids_mrisr.sr.acquisition import (
 )
 from bids_mrisr.sr.degrade import Degradation
 from bids_mrisr.sr.networks.config import acquisition_code
-from bids_mrisr.sr.training.data import PairSampler
-from bids_mrisr.sr.training.losses import mean_regression_loss
+from bids_mrisr.sr.objectives import mean_regression_loss
+from bids_mrisr.sr.pairs import PairSampler
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,8 @@
 """Training pairs: simulated thick-slice acquisitions, cubic-upsampled back to the HR grid.
 
+Shared by training (``sr/training/``) and per-scan adaptation at inference (``sr/adapt.py``),
+so that both draw their pairs from one pipeline and the inference path imports no training code.
+
 The networks work on the cubic-upsampled volume (the app resamples every input onto the target
 grid first), so a training pair is (condition stack of 2m+1 slices of the upsampled volume,
 scaled residual ``(HR - cubic) * residual_scale`` at the centre slice).

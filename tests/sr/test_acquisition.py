@@ -14,7 +14,7 @@ from bids_mrisr.sr.acquisition import (
 )
 from bids_mrisr.sr.adapt import adaptation_sampler
 from bids_mrisr.sr.degrade import Degradation
-from bids_mrisr.sr.training.data import simulate_cubic
+from bids_mrisr.sr.pairs import simulate_cubic
 from tests.sr.test_regression import _sharp_phantom
 
 

@@ -13,9 +13,9 @@ from bids_mrisr.sr.degrade import Degradation
 from bids_mrisr.sr.inference import run_loaded, run_model
 from bids_mrisr.sr.networks import ModelConfig, build_model
 from bids_mrisr.sr.networks.config import ACQUISITION_FEATURES, acquisition_code
+from bids_mrisr.sr.objectives import predict_mean
 from bids_mrisr.sr.options import SROptions
-from bids_mrisr.sr.training.data import PairSampler, simulate_cubic
-from bids_mrisr.sr.training.losses import predict_mean
+from bids_mrisr.sr.pairs import PairSampler, simulate_cubic
 from bids_mrisr.sr.training.regression import _warm_start
 from tests.sr.test_regression import _sharp_phantom
 

@@ -24,7 +24,7 @@ def _student():
 def _anisotropic_scan(factor: int = 3, axis: int = 2) -> np.ndarray:
     """A sharp phantom seen through thick slices along ``axis`` (cubic back onto the grid)."""
     from bids_mrisr.sr.degrade import Degradation
-    from bids_mrisr.sr.training.data import simulate_cubic
+    from bids_mrisr.sr.pairs import simulate_cubic
 
     return simulate_cubic(_sharp_phantom((40, 40, 40)), Degradation(axis=axis, factor=factor),
                           np.random.default_rng(0))
@@ -109,8 +109,8 @@ def test_a_mean_teacher_adapts_its_experts_and_keeps_its_router() -> None:
 def test_ready_made_pairs_replace_the_scans_own() -> None:
     """Benchmarks pass pairs built from the truth; adaptation must train and report on them."""
     from bids_mrisr.sr.degrade import Degradation
-    from bids_mrisr.sr.training.data import PairSampler
-    from bids_mrisr.sr.training.losses import mean_regression_loss
+    from bids_mrisr.sr.objectives import mean_regression_loss
+    from bids_mrisr.sr.pairs import PairSampler
 
     scan, truth = _anisotropic_scan(), _sharp_phantom((40, 40, 40))
     model = _student()
@@ -129,3 +129,27 @@ def test_ready_made_pairs_replace_the_scans_own() -> None:
     own = adapt_model(model, scan, 2, 3.0, AdaptOptions(steps=3, crop=32))[1]
     assert abs(info["LossBefore"] - round(float(expected), 5)) < 1e-5
     assert abs(own["LossBefore"] - info["LossBefore"]) > 1e-4  # the scan's pairs differ
+
+
+def test_adaptation_shares_training_pairs_and_loss_with_unchanged_numbers() -> None:
+    """Adaptation and training draw pairs and score them through the same modules
+    (``sr/pairs.py``, ``sr/objectives.py``), and the move out of ``sr/training/`` changed no
+    number: the golden values were computed at the commit before the move (same seed)."""
+    from bids_mrisr.sr import adapt, objectives, pairs
+    from bids_mrisr.sr.training import distill_mean, regression
+
+    assert adapt.PairSampler is pairs.PairSampler is regression.PairSampler
+    assert adapt.mean_regression_loss is objectives.mean_regression_loss
+    assert regression.regression_loss is objectives.regression_loss
+    assert distill_mean.MEAN_LOSS is objectives.MEAN_LOSS
+
+    sampler = adaptation_sampler(_anisotropic_scan(), 2, 3.0, 2, 10.0, 16, seed=5,
+                                 profile="gaussian", noise_sigma=0.01)
+    cond, x0 = sampler.sample(4)
+    with torch.no_grad():
+        loss, stats = objectives.mean_regression_loss(_student(), cond, x0)
+    got = [float(cond.double().sum()), float(x0.double().sum()), float(x0.double().abs().sum()),
+           float(loss), stats["mse_over_cubic"]]
+    golden = [1012.657822501511, -44.2875050175935, 208.38017998076975, 0.3289622962474823,
+              2.5283556819293853]
+    np.testing.assert_allclose(got, golden, rtol=1e-5)

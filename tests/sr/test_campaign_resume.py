@@ -14,8 +14,8 @@ import torch
 
 from bids_mrisr.sr.checkpoint import load_checkpoint
 from bids_mrisr.sr.networks import ModelConfig
+from bids_mrisr.sr.pairs import PairSampler
 from bids_mrisr.sr.training import regression
-from bids_mrisr.sr.training.data import PairSampler
 from bids_mrisr.sr.training.regression import STATE_FILE, RegressionRecipe, train_mean_regressor
 
 STEPS = 8

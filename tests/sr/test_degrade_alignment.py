@@ -13,7 +13,7 @@ import pytest
 
 from bids_mrisr.image.spline import cubic_resample_axis
 from bids_mrisr.sr.degrade import PROFILES, Degradation, degrade, slice_profile_kernel
-from bids_mrisr.sr.training.data import PairSampler
+from bids_mrisr.sr.pairs import PairSampler
 
 FACTORS = (1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
 

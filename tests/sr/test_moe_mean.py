@@ -140,7 +140,7 @@ def test_moe_recipe_trains_a_mean_teacher_the_engine_runs(tmp_path) -> None:
 def _assert_computes_the_student(teacher, student, config, *, tell_student: bool) -> None:
     """The upcycled ``teacher``, told two acquisition codes, gives the ``student``'s output
     (told the same codes, or nothing if it is blind)."""
-    from bids_mrisr.sr.training.losses import predict_mean
+    from bids_mrisr.sr.objectives import predict_mean
 
     cond = torch.randn(2, config.in_condition_channels, 32, 32)
     code = torch.tensor([[0.0, 1.0, 0.0], [-0.5, -1.0, 0.3]])

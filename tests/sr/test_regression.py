@@ -14,10 +14,10 @@ from bids_mrisr.sr.engine import SROptions
 from bids_mrisr.sr.geometry import anisotropy, blurred_axes
 from bids_mrisr.sr.inference import run_loaded
 from bids_mrisr.sr.networks import ModelConfig, build_model
+from bids_mrisr.sr.objectives import mean_regression_loss
 from bids_mrisr.sr.training.evaluate import evaluate_volume
 from bids_mrisr.sr.training.regression import (
     RegressionRecipe,
-    mean_regression_loss,
     train_mean_regressor,
 )
 

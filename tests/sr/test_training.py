@@ -18,14 +18,14 @@ from bids_mrisr.sr.diffusion.schedule import (
     v_from_x0_eps,
 )
 from bids_mrisr.sr.networks import ModelConfig, build_model
-from bids_mrisr.sr.slicing import planar_view
-from bids_mrisr.sr.training.data import (
+from bids_mrisr.sr.pairs import (
     PairSampler,
     coarse_along,
     degradation_family,
     simulate_cubic,
     zoom_volume,
 )
+from bids_mrisr.sr.slicing import planar_view
 from bids_mrisr.sr.training.distill import (
     DistillRecipe,
     distill_student,

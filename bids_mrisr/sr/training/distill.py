@@ -33,7 +33,7 @@ from bids_mrisr.sr.diffusion.sampler import CLIP_RESIDUAL, ddim_step, respaced_t
 from bids_mrisr.sr.diffusion.schedule import NoiseSchedule, q_sample
 from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.networks.factory import build_model
-from bids_mrisr.sr.training.data import PairSampler
+from bids_mrisr.sr.pairs import PairSampler
 from bids_mrisr.sr.training.loop import EMA_DECAY, run_steps, validate
 
 log = logging.getLogger(__name__)

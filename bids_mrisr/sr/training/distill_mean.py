@@ -28,11 +28,11 @@ from bids_mrisr.sr import device as devices
 from bids_mrisr.sr.checkpoint import load_checkpoint, save_checkpoint
 from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.networks.factory import build_model
+from bids_mrisr.sr.objectives import MEAN_LOSS, mean_call_inputs
 from bids_mrisr.sr.options import PROFILES
-from bids_mrisr.sr.training.data import PairSampler, degradation_family
+from bids_mrisr.sr.pairs import PairSampler, degradation_family
 from bids_mrisr.sr.training.distill import FeatureProjector
 from bids_mrisr.sr.training.loop import EMA_DECAY, run_steps, validate
-from bids_mrisr.sr.training.losses import MEAN_LOSS, _mean_call_inputs
 from bids_mrisr.sr.training.regression import REFRESH_EVERY
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def load_mean_teacher(directory: str | Path) -> tuple[nn.Module, str]:
 def _mean_forward(model: nn.Module, cond: Tensor, code: Tensor, features: bool,
                   ) -> tuple[Tensor, list[Tensor]]:
     """A mean regressor's prediction and (if ``features``) its decoder features."""
-    x_t, t = _mean_call_inputs(cond)
+    x_t, t = mean_call_inputs(cond)
     acquisition = code if model.config.acquisition_features else None
     if features:
         return model(x_t, cond, t, return_features=True, acquisition=acquisition)

@@ -13,7 +13,7 @@ from bids_mrisr.image.spline import cubic_resample_axis
 from bids_mrisr.sr.degrade import Degradation, degrade
 from bids_mrisr.sr.engine import SROptions
 from bids_mrisr.sr.inference import run_loaded
-from bids_mrisr.sr.training.data import FOREGROUND_THRESHOLD
+from bids_mrisr.sr.pairs import FOREGROUND_THRESHOLD
 
 
 def psnr(x: np.ndarray, ref: np.ndarray, mask: np.ndarray, peak: float) -> float:

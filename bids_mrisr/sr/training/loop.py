@@ -24,7 +24,7 @@ from bids_mrisr.atomic import atomic_write
 from bids_mrisr.sr.checkpoint import save_checkpoint
 from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.networks.factory import build_model
-from bids_mrisr.sr.training.data import PairSampler, degradation_family
+from bids_mrisr.sr.pairs import PairSampler, degradation_family
 from bids_mrisr.sr.training.losses import diffusion_batch, student_loss, teacher_loss
 
 log = logging.getLogger(__name__)

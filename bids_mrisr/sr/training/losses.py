@@ -1,4 +1,5 @@
-"""Training objectives: v-prediction batches, the MoE teacher losses, the student loss."""
+"""Training objectives: v-prediction batches, the MoE teacher losses, the diffusion student's
+loss (the mean regressor's loss is shared with adaptation in ``sr/objectives.py``)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bids_mrisr.sr.diffusion.schedule import NoiseSchedule, q_sample, v_target
-from bids_mrisr.sr.networks.config import MEAN_TIMESTEP
 from bids_mrisr.sr.networks.gating import upsample_gates
+from bids_mrisr.sr.objectives import mean_call_inputs
 
 MAD_TO_SIGMA = 1.4826
 
@@ -103,9 +104,9 @@ def moe_mean_loss(teacher: nn.Module, cond: Tensor, x0: Tensor,
                   gate_weight: float = 0.1) -> tuple[Tensor, dict[str, float]]:
     """The MoE teacher as a posterior-mean regressor (``--recipe moe``): the objective of
     :func:`teacher_loss` with the mean residual as target and L1 for squared errors (as the
-    student's :data:`MEAN_LOSS`). Each expert learns only where it is routed (detached gates),
-    the router is pulled toward the expert that is best on each token, and the routed mixture
-    is what is scored."""
+    student's :data:`MEAN_LOSS` in ``sr/objectives.py``). Each expert learns only where it is
+    routed (detached gates), the router is pulled toward the expert that is best on each token,
+    and the routed mixture is what is scored."""
     logits = teacher.route_tokens(cond, return_logits=True)
     preds = expert_means(teacher, cond, acquisition).float()
     err = (preds - x0).abs()
@@ -154,52 +155,10 @@ def student_loss(
     return loss, {"loss": float(loss.detach())}
 
 
-# --- posterior-mean regression (the shipped student, per-scan adaptation) ---------------
-MEAN_LOSS = "L1"
-"""L1 on the scaled residual: converges to higher PSNR than L2 for SR networks (EDSR's
-finding), and does not chase the rare large errors at skull and background edges."""
-
-
-def predict_mean(model: nn.Module, cond: torch.Tensor,
-                 acquisition: torch.Tensor | None = None) -> torch.Tensor:
-    """The regressor's call: zeros in the noisy-input channel, the constant timestep, and the
-    acquisition code where the network takes one (``acquisition`` is ignored otherwise)."""
-    x_t, t = _mean_call_inputs(cond)
-    config = getattr(model, "config", None) or getattr(getattr(model, "module", None),
-                                                       "config", None)
-    if acquisition is not None and getattr(config, "acquisition_features", 0):
-        return model(x_t, cond, t, acquisition=acquisition)
-    return model(x_t, cond, t)
-
-
-def _mean_call_inputs(cond: Tensor) -> tuple[Tensor, Tensor]:
-    """What a mean regressor takes besides its condition: zeros in the noisy-input channel
-    and the constant timestep."""
-    b, _, h, w = cond.shape
-    t = torch.full((b,), float(MEAN_TIMESTEP), device=cond.device)
-    return torch.zeros((b, 1, h, w), device=cond.device, dtype=cond.dtype), t
-
-
 def expert_means(teacher: nn.Module, cond: Tensor, acquisition: Tensor | None = None,
                  ) -> Tensor:
     """Each expert's mean estimate [B, K, H, W] of a MoE mean teacher (told ``acquisition``
     where its experts take the code)."""
-    x_t, t = _mean_call_inputs(cond)
+    x_t, t = mean_call_inputs(cond)
     code = acquisition if teacher.config.acquisition_features else None
     return teacher.expert_outputs(x_t, cond, t, acquisition=code)
-
-
-def mean_regression_loss(model: nn.Module, cond: torch.Tensor, x0: torch.Tensor,
-                         acquisition: torch.Tensor | None = None,
-                         ) -> tuple[torch.Tensor, dict[str, float]]:
-    return regression_loss(predict_mean(model, cond, acquisition), x0)
-
-
-def regression_loss(pred: torch.Tensor, x0: torch.Tensor,
-                    ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L1 loss, and the MSE relative to predicting no residual (cubic) for the logs."""
-    loss = F.l1_loss(pred, x0)
-    with torch.no_grad():
-        mse = float(F.mse_loss(pred, x0))
-        base = float((x0**2).mean())  # the error of predicting no residual (= cubic)
-    return loss, {"l1": float(loss.detach()), "mse_over_cubic": mse / max(base, 1e-12)}

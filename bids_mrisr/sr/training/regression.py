@@ -23,8 +23,9 @@ from torch import nn
 from bids_mrisr.sr.checkpoint import save_checkpoint
 from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.networks.factory import build_model
+from bids_mrisr.sr.objectives import MEAN_LOSS, predict_mean, regression_loss
 from bids_mrisr.sr.options import PROFILES
-from bids_mrisr.sr.training.data import PairSampler, degradation_family
+from bids_mrisr.sr.pairs import PairSampler, degradation_family
 from bids_mrisr.sr.training.loop import (
     EMA_DECAY,
     SamplerState,
@@ -32,14 +33,7 @@ from bids_mrisr.sr.training.loop import (
     run_steps,
     validate,
 )
-from bids_mrisr.sr.training.losses import (  # noqa: F401 (mean_regression_loss re-exported)
-    MEAN_LOSS,
-    gate_benefit,
-    mean_regression_loss,
-    moe_mean_loss,
-    predict_mean,
-    regression_loss,
-)
+from bids_mrisr.sr.training.losses import gate_benefit, moe_mean_loss
 
 if TYPE_CHECKING:
     from bids_mrisr.sr.training.distributed import Rank
