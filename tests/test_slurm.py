@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bids_mrisr.cli.run import main
-from bids_mrisr.slurm import ArrayJob, render_array_script, render_group_script
+from bids_mrisr.hpc.slurm import ArrayJob, render_array_script, render_group_script
 from tests.conftest import make_dataset
 
 

@@ -23,7 +23,7 @@ from bids_mrisr.cli.parser import (
     resolved_path,
 )
 from bids_mrisr.errors import ExitCode, UserError
-from bids_mrisr.slurm import ArrayJob, render_array_script, render_group_script, submit_commands
+from bids_mrisr.hpc.slurm import ArrayJob, render_array_script, render_group_script, submit_commands
 
 LOGGER = logging.getLogger("bids_mrisr")
 
