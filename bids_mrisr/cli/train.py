@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bids_mrisr.bids.training_data import collect_volumes
 from bids_mrisr.cli.parser import (
     UsageParser,
     _positive_int,
@@ -33,7 +34,6 @@ from bids_mrisr.cli.recipe_file import (
 )
 from bids_mrisr.errors import ExitCode, UserError
 from bids_mrisr.progress import progress_callback
-from bids_mrisr.training_data import collect_volumes
 
 if TYPE_CHECKING:
     from bids_mrisr.sr.networks.config import ModelConfig

@@ -1,7 +1,7 @@
 """Pack the training volumes into one compressed npz for a one-shot GPU call.
 
 The GPU machine has no nibabel, nipype or pybids, so the volumes are prepared HERE exactly as
-``bids_mrisr train`` prepares them (:func:`bids_mrisr.training_data.collect_volumes`: the app's
+``bids_mrisr train`` prepares them (:func:`bids_mrisr.bids.training_data.collect_volumes`: the app's
 preprocessing chain plus the bundled volumes), cropped to the head's bounding box (the
 background outside it only costs bytes) and stored as float16. The result is derived from
 licensed data: it is git-ignored and travels to the GPU machine with ``carry`` only.
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
+    from bids_mrisr.bids.training_data import collect_volumes
     from bids_mrisr.cli.parser import expand_labels
-    from bids_mrisr.training_data import collect_volumes
 
     train_labels = expand_labels(args.participants, "sub-")
     val_labels = expand_labels(args.validation, "sub-")
