@@ -45,7 +45,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from bids_mrisr.demo import thick_slice_affine
+from bids_mrisr.bids.demo import thick_slice_affine
 from bids_mrisr.image.resample import resample_to_resolution
 from bids_mrisr.sr.degrade import Degradation, degrade
 from bids_mrisr.sr.inference import VARIANTS

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_mrisr.demo import thick_slice_affine
+from bids_mrisr.bids.demo import thick_slice_affine
 from bids_mrisr.image.normalize import fit_normalisation
 from bids_mrisr.image.preprocess import preprocess_file
 from bids_mrisr.image.reorient import ras_zooms

@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
                         help="further options passed to the participant level")
     args = parser.parse_args(argv)
 
-    from bids_mrisr.demo import build_demo_dataset
+    from bids_mrisr.bids.demo import build_demo_dataset
     from bids_mrisr.sr.weights import default_weights
 
     root = args.out.expanduser().absolute()
@@ -61,8 +61,8 @@ def main(argv: list[str]) -> int:
 
 def _print_scores(bids_dir: Path, output_dir: Path, reference: Path, model: str) -> None:
     """PSNR/SSIM of plain cubic and of the app's output against the 1 mm reference."""
+    from bids_mrisr.bids.demo import DEMO_DEGRADATION, DEMO_SUBJECT, reference_volumes
     from bids_mrisr.bids.derivatives import output_volumes
-    from bids_mrisr.demo import DEMO_DEGRADATION, DEMO_SUBJECT, reference_volumes
     from bids_mrisr.reports.figures import display_window, side_by_side_crops
     from bids_mrisr.reports.html import add_reference_section
     from bids_mrisr.sr.training.evaluate import score_in_head
