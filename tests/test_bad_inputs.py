@@ -327,7 +327,7 @@ def test_full_disk_while_writing_fails_the_run_without_partial_files(tmp_path, c
     import errno
 
     import bids_mrisr.image.io as image_io
-    from bids_mrisr.atomic import atomic_write
+    from bids_mrisr.runtime.atomic import atomic_write
 
     def write(path, writer, suffix=".tmp"):  # the disk fills up half way through sub-bad's SR
         if "sub-bad" in str(path) and str(path).endswith(".nii.gz"):

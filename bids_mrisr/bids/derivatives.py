@@ -35,9 +35,10 @@ import nibabel as nib
 import numpy as np
 
 from bids_mrisr import __version__
-from bids_mrisr.image.io import atomic_write_bytes, save_nifti
+from bids_mrisr.image.io import save_nifti
 from bids_mrisr.image.normalize import HIGH_PERCENTILE, LOW_PERCENTILE
 from bids_mrisr.image.preprocess import N4_SHRINK_FACTOR
+from bids_mrisr.runtime.atomic import atomic_write_bytes
 
 BIDS_VERSION = "1.10.0"
 RAW_LINK = "raw"

@@ -17,10 +17,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_mrisr.atomic import atomic_write
 from bids_mrisr.bids.layout import discover_runs
 from bids_mrisr.errors import ExitCode, UserError
 from bids_mrisr.image.preprocess import preprocess_file
+from bids_mrisr.runtime.atomic import atomic_write
 
 LOGGER = logging.getLogger("bids_mrisr")
 

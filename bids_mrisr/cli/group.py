@@ -18,7 +18,7 @@ from bids_mrisr.bids.derivatives import (
 )
 from bids_mrisr.config import Settings
 from bids_mrisr.errors import ExitCode, UserError
-from bids_mrisr.image.io import atomic_write_bytes
+from bids_mrisr.runtime.atomic import atomic_write_bytes
 
 LOGGER = logging.getLogger("bids_mrisr")
 COLUMNS = ("output", "sources", "model", "weights_sha256", "steps", "seed", "device",

@@ -15,8 +15,8 @@ import multiprocessing
 from pathlib import Path
 from typing import Any
 
-from bids_mrisr.atomic import leftover_temporaries
 from bids_mrisr.interrupts import Interrupted, raise_if_interrupted
+from bids_mrisr.runtime.atomic import leftover_temporaries
 
 LOGGER = logging.getLogger("bids_mrisr")
 LOCAL_PLUGINS = ("Linear", "MultiProc", "LegacyMultiProc")

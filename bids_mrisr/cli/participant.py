@@ -23,7 +23,7 @@ from bids_mrisr.bids.validator import ValidatorUnavailableError, validation_erro
 from bids_mrisr.cli.graph import RunStatus, run_graph
 from bids_mrisr.config import Settings
 from bids_mrisr.errors import ExitCode, UserError
-from bids_mrisr.image.io import atomic_write_bytes
+from bids_mrisr.runtime.atomic import atomic_write_bytes
 
 LOGGER = logging.getLogger("bids_mrisr")
 

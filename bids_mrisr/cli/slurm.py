@@ -12,7 +12,6 @@ import logging
 import sys
 from pathlib import Path
 
-from bids_mrisr.atomic import atomic_write
 from bids_mrisr.bids.layout import discover_runs
 from bids_mrisr.cli.parser import (
     UsageParser,
@@ -24,6 +23,7 @@ from bids_mrisr.cli.parser import (
 )
 from bids_mrisr.errors import ExitCode, UserError
 from bids_mrisr.hpc.slurm import ArrayJob, render_array_script, render_group_script, submit_commands
+from bids_mrisr.runtime.atomic import atomic_write
 
 LOGGER = logging.getLogger("bids_mrisr")
 

@@ -7,12 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_mrisr.atomic import atomic_write
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` atomically (see :mod:`bids_mrisr.atomic`)."""
-    atomic_write(Path(path), lambda tmp: tmp.write_bytes(payload))
+from bids_mrisr.runtime.atomic import atomic_write
 
 
 def save_nifti(image: nib.Nifti1Image, path: Path) -> Path:

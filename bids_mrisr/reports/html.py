@@ -21,7 +21,6 @@ import nibabel as nib
 import numpy as np
 
 from bids_mrisr import __version__
-from bids_mrisr.atomic import atomic_write
 from bids_mrisr.bids.derivatives import (
     SUPER_RESOLVED,
     nothing_restored,
@@ -30,6 +29,7 @@ from bids_mrisr.bids.derivatives import (
 )
 from bids_mrisr.image.resample import resample_to_resolution
 from bids_mrisr.reports import figures
+from bids_mrisr.runtime.atomic import atomic_write
 
 LOGGER = logging.getLogger("bids_mrisr")
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bids_mrisr.atomic import atomic_write
+from bids_mrisr.runtime.atomic import atomic_write
 from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.networks.factory import build_model
 from bids_mrisr.sr.options import SRError

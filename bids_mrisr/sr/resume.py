@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from bids_mrisr import __version__
-from bids_mrisr.atomic import atomic_write
+from bids_mrisr.runtime.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 

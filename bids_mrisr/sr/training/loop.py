@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bids_mrisr.atomic import atomic_write
+from bids_mrisr.runtime.atomic import atomic_write
 from bids_mrisr.sr.checkpoint import save_checkpoint
 from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.networks.factory import build_model

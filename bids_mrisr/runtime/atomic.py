@@ -1,4 +1,4 @@
-"""The one atomic-write helper: write a temporary file beside the target, then rename it.
+"""The atomic-write helpers: write a temporary file beside the target, then rename it.
 
 Readers (a concurrent run, a resumed one, a user's viewer) never see half a file, and a crash
 leaves either the old file or the new one. Standard library only, so every layer can use it.
@@ -32,6 +32,11 @@ def atomic_write(path: Path, write: Callable[[Path], object], suffix: str = ".tm
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` atomically (reports, sidecars, logs, copied files)."""
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(payload))
 
 
 def _umask() -> int:
