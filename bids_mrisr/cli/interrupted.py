@@ -1,6 +1,6 @@
 """Running the nipype graph so that Ctrl-C or SIGTERM stops it cleanly at any point.
 
-The signal raises :class:`~bids_mrisr.interrupts.Interrupted` in the main process; nipype's
+The signal raises :class:`~bids_mrisr.runtime.interrupts.Interrupted` in the main process; nipype's
 Linear plugin would record it as a node crash and go on with the next node, so the plugin's
 status callback raises it again. Then the parallel workers are stopped, and what the
 interruption left is removed: crash files that only say "interrupted" and temporary files of
@@ -15,8 +15,8 @@ import multiprocessing
 from pathlib import Path
 from typing import Any
 
-from bids_mrisr.interrupts import Interrupted, raise_if_interrupted
 from bids_mrisr.runtime.atomic import leftover_temporaries
+from bids_mrisr.runtime.interrupts import Interrupted, raise_if_interrupted
 
 LOGGER = logging.getLogger("bids_mrisr")
 LOCAL_PLUGINS = ("Linear", "MultiProc", "LegacyMultiProc")

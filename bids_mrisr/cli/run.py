@@ -12,8 +12,8 @@ import sys
 
 from bids_mrisr.cli.bids_app import run_bids_app, setup_logging
 from bids_mrisr.errors import ExitCode, UserError
-from bids_mrisr.interrupts import Interrupted
-from bids_mrisr.interrupts import install as install_interrupt_handlers
+from bids_mrisr.runtime.interrupts import Interrupted
+from bids_mrisr.runtime.interrupts import install as install_interrupt_handlers
 
 LOGGER = logging.getLogger("bids_mrisr")
 

@@ -23,8 +23,8 @@ from bids_mrisr.image.air import zero_input_air
 from bids_mrisr.image.io import float_image, save_nifti
 from bids_mrisr.image.normalize import Normalisation
 from bids_mrisr.image.resample import resample_to_resolution
-from bids_mrisr.interrupts import install_in_worker, raise_if_interrupted
 from bids_mrisr.progress import progress_callback
+from bids_mrisr.runtime.interrupts import install_in_worker, raise_if_interrupted
 from bids_mrisr.sr.engine import super_resolve
 from bids_mrisr.sr.options import METHODS, PLANES, PROFILES, SROptions
 
