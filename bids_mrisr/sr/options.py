@@ -6,9 +6,11 @@ code can share them without importing each other (no import cycles inside ``sr/`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from collections.abc import Collection
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import numpy as np
 
@@ -85,3 +87,50 @@ class SROptions:
     """Self-ensemble size: the mean over this many flipped views of the volume (1, 2, 4 or 8;
     see ``sr.inference.FLIP_VIEWS``). None: 2 for an input with a single thick axis
     and a one-call mean estimate, else 1."""
+
+    RUNTIME_FIELDS = frozenset({"device", "batch_size", "max_memory_gb", "threads"})
+    """Fields that decide where and how fast the engine runs, not what it writes: a cache of
+    finished results (the nipype node's hash) may ignore them."""
+
+    def to_json(self, only: Collection[str] | None = None) -> str:
+        """The options as one JSON object (``only``: just these fields), so that they cross
+        process and workflow boundaries as one value; :meth:`from_json` gives them back
+        equal, with their types (Paths, tuples, None)."""
+        values = {item.name: _to_plain(getattr(self, item.name)) for item in fields(self)
+                  if only is None or item.name in only}
+        return json.dumps(values, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, *texts: str) -> SROptions:
+        """The options that :meth:`to_json` wrote, the objects of ``texts`` merged (fields in
+        none of them take their defaults)."""
+        values: dict[str, Any] = {}
+        for text in texts:
+            values.update(json.loads(text))
+        return cls(**{name: _from_plain(value, name in _path_fields())
+                      for name, value in values.items()})
+
+
+def _to_plain(value: Any) -> Any:
+    """A field's value as JSON has it: Paths as text, tuples as lists."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_to_plain(item) for item in value]
+    return value
+
+
+def _from_plain(value: Any, is_path: bool) -> Any:
+    """The inverse of :func:`_to_plain` for a field (``is_path``: typed ``Path``)."""
+    if isinstance(value, list):
+        return tuple(_from_plain(item, False) for item in value)
+    if is_path and value is not None:
+        return Path(value)
+    return value
+
+
+def _path_fields() -> frozenset[str]:
+    """The fields of :class:`SROptions` typed ``Path`` (or ``Path | None``)."""
+    hints = get_type_hints(SROptions)
+    return frozenset(name for name, hint in hints.items()
+                     if hint is Path or Path in getattr(hint, "__args__", ()))
