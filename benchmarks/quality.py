@@ -48,8 +48,8 @@ from scipy import ndimage
 from bids_mrisr.bids.demo import thick_slice_affine
 from bids_mrisr.image.resample import resample_to_resolution
 from bids_mrisr.sr.degrade import Degradation, degrade
-from bids_mrisr.sr.inference import VARIANTS
 from bids_mrisr.sr.training.evaluate import psnr, score_in_head, ssim
+from bids_mrisr.sr.variants import VARIANTS
 from bids_mrisr.sr.weights import default_weights
 
 HERE = Path(__file__).resolve().parent

@@ -1,7 +1,7 @@
 """How much memory a run needs at the least, estimated from its output grid before any work.
 
 The SR engine cuts each slice into tiles until the network's activations fit what ``--mem``
-leaves (sr/inference.py ``plan_memory``), so what cannot shrink is the process itself and the
+leaves (sr/planning.py ``plan_memory``), so what cannot shrink is the process itself and the
 whole volumes on the output grid that are alive at once. Measured on this project's CPU machine:
 about 0.48 GB of peak RSS for a tiny phantom (interpreter, torch, nipype, the network); for the
 192x256x256 grid of ds-real xa30 (restored along three axes, one view), tracemalloc saw at most
@@ -22,7 +22,7 @@ VIEW_VOLUMES = 2
 """More volumes for a self-ensemble of flipped views (the default for one thick axis)."""
 SMALLEST_TILE_GB = 0.02
 """A batch of one smallest tile of the shipped student (6.5 MB of activations) and its weights
-(a larger network that needs more is refused by the engine, sr/inference.py)."""
+(a larger network that needs more is refused by the engine, sr/planning.py)."""
 
 
 def untileable_bytes(output_voxels: int, extra_volumes: int = 0) -> float:

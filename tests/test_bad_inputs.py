@@ -220,7 +220,7 @@ def test_mem_below_the_untiled_need_tiles_the_engine(tmp_path, capsys):
     import json
 
     from bids_mrisr.sr.checkpoint import verify_checkpoint
-    from bids_mrisr.sr.inference import activation_bytes_per_pixel
+    from bids_mrisr.sr.planning import activation_bytes_per_pixel
     from bids_mrisr.sr.weights import default_weights
 
     voxels = 128 * 128 * 120  # 3 mm slices along the last axis, restored on a 1 mm grid

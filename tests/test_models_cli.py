@@ -211,7 +211,7 @@ def test_weights_variants_are_checked_up_front_and_key_the_cache(tmp_path, small
 
     from bids_mrisr.cli.participant import resolve_weights
     from bids_mrisr.errors import UserError
-    from bids_mrisr.sr.inference import BOX_WEIGHTS, MULTI_AXIS_WEIGHTS
+    from bids_mrisr.sr.variants import BOX_WEIGHTS, MULTI_AXIS_WEIGHTS
 
     weights = tmp_path / "student"
     sha = random_checkpoint(weights, ModelConfig.tiny_student(), seed=0)

@@ -80,7 +80,7 @@ def resolve_weights(settings: Settings) -> tuple[Path | None, str | None]:
     if settings.adapt == "auto" and config.prediction_type != "mean":
         raise UserError(f"{weights}: --adapt auto needs a posterior-mean regressor checkpoint "
                         "(the shipped student); this one is a diffusion model", ExitCode.USAGE)
-    from bids_mrisr.sr.inference import VARIANTS, weights_variant
+    from bids_mrisr.sr.variants import VARIANTS, weights_variant
 
     for name in VARIANTS:
         variant = weights_variant(weights, name)

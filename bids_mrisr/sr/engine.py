@@ -18,12 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_mrisr.sr.options import METHODS, SRError, SROptions, SRResult
+from bids_mrisr.sr.options import METHODS, NOTHING_RESTORED, SRError, SROptions, SRResult
 
 __all__ = ["METHODS", "NOTHING_RESTORED", "SRError", "SROptions", "SRResult", "super_resolve"]
-
-NOTHING_RESTORED = "nothing: the input is already sampled at the target resolution"
-"""``Restored`` in the provenance of a run with no axis to restore (``RestoredAxes: []``)."""
 
 
 def super_resolve(

@@ -22,6 +22,9 @@ PROFILES = ("gaussian", "box")
 """Slice profiles: ``gaussian`` (FWHM = thickness), ``box`` (soft-edged rectangle of width
 thickness, as a sinc-shaped RF pulse gives); ``--slice-profile`` picks one for adaptation."""
 
+NOTHING_RESTORED = "nothing: the input is already sampled at the target resolution"
+"""``Restored`` in the provenance of a run with no axis to restore (``RestoredAxes: []``)."""
+
 VIEW_COUNTS = (1, 2, 4, 8)
 """Sizes of the flip self-ensemble (``--flip-views``): the mean over this many flipped views."""
 

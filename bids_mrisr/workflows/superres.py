@@ -12,7 +12,7 @@ from bids_mrisr.sr.options import SROptions
 
 DEFAULT_DECLARED_GB = 3.0
 """Memory declared for an SR node without --mem: the engine's 2 GB CPU activation budget
-(sr.inference.DEFAULT_CPU_BUDGET_GB) plus about 1 GB of full-size volumes."""
+(sr.planning.DEFAULT_CPU_BUDGET_GB) plus about 1 GB of full-size volumes."""
 
 
 def init_superres_wf(options: SROptions, weights_sha256: str | None = None,

@@ -16,7 +16,8 @@ from bids_mrisr.sr import slicing
 from bids_mrisr.sr.device import resolve_device
 from bids_mrisr.sr.diffusion.schedule import alpha_bar, predict_eps_from_x0, v_from_x0_eps
 from bids_mrisr.sr.engine import SRError, SROptions, super_resolve
-from bids_mrisr.sr.inference import plan_memory, run_loaded, run_model
+from bids_mrisr.sr.inference import run_loaded, run_model
+from bids_mrisr.sr.planning import plan_memory
 
 
 def _phantom(shape: Sequence[int] = (20, 24, 18), seed: int = 0) -> np.ndarray:
@@ -184,7 +185,7 @@ def test_tiling_approximates_untiled_for_real_networks(tiny_models) -> None:
 
 
 def test_memory_budget_drives_tiling() -> None:
-    from bids_mrisr.sr.inference import activation_bytes_per_pixel
+    from bids_mrisr.sr.planning import activation_bytes_per_pixel
 
     cfg = _cfg("teacher")
     bpp = activation_bytes_per_pixel(cfg)
@@ -205,7 +206,7 @@ def test_budgeted_run_tiles_and_stays_close() -> None:
     cfg = _cfg("student")
     model = LocalStandIn(cfg)
     vol = _phantom((90, 90, 3))
-    from bids_mrisr.sr.inference import activation_bytes_per_pixel
+    from bids_mrisr.sr.planning import activation_bytes_per_pixel
 
     bpp = activation_bytes_per_pixel(cfg)
     fixed = untileable_bytes(vol.size) + sum(p.numel() * 4 for p in model.parameters())
@@ -369,8 +370,8 @@ def test_flip_views_default_to_two_for_one_thick_axis_and_a_mean_estimate_only()
 
 def test_inputs_coarse_along_several_axes_use_the_checkpoints_multi_axis_variant(tmp_path):
     ck = pytest.importorskip("bids_mrisr.sr.checkpoint")
-    from bids_mrisr.sr.inference import MULTI_AXIS_WEIGHTS
     from bids_mrisr.sr.networks.config import ModelConfig
+    from bids_mrisr.sr.variants import MULTI_AXIS_WEIGHTS
 
     vol = _phantom()
     cfg = dataclasses.replace(ModelConfig.tiny_student(), prediction_type="mean")
@@ -391,8 +392,8 @@ def test_inputs_coarse_along_several_axes_use_the_checkpoints_multi_axis_variant
 
 def test_a_scan_told_box_slices_uses_the_checkpoints_box_variant(tmp_path):
     ck = pytest.importorskip("bids_mrisr.sr.checkpoint")
-    from bids_mrisr.sr.inference import BOX_WEIGHTS, MULTI_AXIS_WEIGHTS
     from bids_mrisr.sr.networks.config import ModelConfig
+    from bids_mrisr.sr.variants import BOX_WEIGHTS, MULTI_AXIS_WEIGHTS
 
     vol = _phantom()
     cfg = dataclasses.replace(ModelConfig.tiny_student(), prediction_type="mean")

@@ -1,0 +1,104 @@
+"""What a super-resolution run records about itself: the ``SuperResolution`` sidecar entries.
+
+Assembled here from what the engine decided (model, sampling, passes, planes, views, plans)
+and what it counted (expert evaluations), so the engine's loops carry no bookkeeping.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from bids_mrisr.sr import device as devices
+from bids_mrisr.sr import slicing
+from bids_mrisr.sr.acquisition_input import describe_acquisition
+from bids_mrisr.sr.diffusion.sampler import CLIP_RESIDUAL
+from bids_mrisr.sr.options import NOTHING_RESTORED, SROptions
+from bids_mrisr.sr.planning import Plan
+from bids_mrisr.sr.variants import VARIANT_USE
+
+if TYPE_CHECKING:
+    from bids_mrisr.sr.acquisition import AcquisitionEstimate
+
+
+def provenance_steps(prov: dict[str, Any]) -> int | None:
+    """The sampling steps the trainer recorded (``steps`` there counts optimisation steps)."""
+    val = prov.get("sampling_steps")
+    return val if isinstance(val, int) and val > 0 else None
+
+
+def nothing_restored(kind: str, model_name: str, sha256: str) -> dict[str, Any]:
+    """The record of a run whose input is already at the target resolution."""
+    return {"Model": kind, "ModelName": model_name, "WeightsSHA256": sha256,
+            "Restored": NOTHING_RESTORED, "RestoredAxes": []}
+
+
+def run_info(
+    config: Any, options: SROptions, *, model_name: str, sha256: str, steps: int, direct: bool,
+    estimate: str, passes: list[int | None], pass_planes: list[tuple[str, ...]], eta: float,
+    n: int, device: torch.device, views: tuple[tuple[int, ...], ...],
+    plans: dict[tuple[int, str], Plan], stats: dict[str, int], nthreads: int | None,
+    conditioned: bool,
+) -> dict[str, Any]:
+    """The engine's record of one run (``conditioned``: the network was told the acquisition)."""
+    planes = tuple(options.planes)
+    blurred = options.blurred_axes
+    used = [p for p in slicing.PLANE_AXES if any(p in pp for pp in pass_planes)]
+    info: dict[str, Any] = {
+        "Model": config.kind,
+        "ModelName": model_name,
+        "WeightsSHA256": sha256,
+        "SamplingSteps": steps,
+        "Sampler": "direct posterior-mean regression" if direct else "DDIM",
+        "Estimate": estimate,
+        "RestoredAxes": None if blurred is None else list(blurred),
+        "Passes": [{"Axis": thick, "Planes": list(pp)} for thick, pp in
+                   zip(passes, pass_planes, strict=True)],
+        "Eta": eta,
+        "NumSamples": n,
+        "Seed": options.seed,
+        "Device": str(device),
+        "Precision": devices.precision_name(device),
+        "Planes": sorted(used, key=planes.index) if all(p in planes for p in used) else used,
+        "PlaneFusion": "mean" if any(len(pp) > 1 for pp in pass_planes) else "none",
+        "FlipViews": [list(flips) for flips in views],
+        "ContextSlices": config.context_slices,
+        "ResidualScale": float(config.residual_scale),
+        "ClipResidual": CLIP_RESIDUAL,
+        "BatchSize": {p: plan.batch_size for (_, p), plan in plans.items()},
+        "TileSize": {p: plan.tile for (_, p), plan in plans.items()},
+        "TileHalo": {p: plan.halo if plan.tile else None for (_, p), plan in plans.items()},
+        "ExpertEvaluations": stats["evaluated"],
+        "SkippedExpertEvaluations": stats["skipped"],
+        "GateSkipThreshold": options.gate_skip_threshold,
+        "Threads": nthreads if device.type == "cpu" else None,
+    }
+    if conditioned:
+        info["AcquisitionInput"] = [describe_acquisition(options, thick) for thick in passes]
+    if n > 1:
+        info["UncertaintyMeasure"] = "voxel-wise standard deviation over draws (ddof=1)"
+    return info
+
+
+def add_weights_and_sources(
+    info: dict[str, Any], prov: dict[str, Any], variant: str | None, options: SROptions,
+    given: str | None, estimate: AcquisitionEstimate | None,
+    adaptation: dict[str, Any] | None,
+) -> None:
+    """Add to ``info`` what :func:`~bids_mrisr.sr.inference.run_model` knows beyond the engine:
+    whether the weights were trained, their variant, where each told slice profile came from
+    (``given``: the profile the caller gave, None: read from the scan) and the adaptation."""
+    if "trained" in prov:
+        info["WeightsTrained"] = bool(prov["trained"])
+    if variant is not None:
+        info["WeightsVariant"] = f"{variant}: the checkpoint's variant for {VARIANT_USE[variant]}"
+    for entry in info.get("AcquisitionInput", []):
+        if entry["SliceProfile"] != "unknown":
+            entry["SliceProfile"] += (f" ({options.slice_profile_source})" if given else
+                                      " (estimated from the scan's spectrum)")
+        elif estimate is not None and given is None:
+            entry["SliceProfile"] += (f" (the scan's spectrum reads {estimate.profile}, which "
+                                      "is told only when it reads box by a clear margin)")
+    if adaptation is not None:
+        info["Adaptation"] = adaptation

@@ -1,0 +1,67 @@
+"""Weight variants: the sub-folders of a checkpoint trained for particular inputs, and loading.
+
+A checkpoint directory may hold variants of itself (each with its own ``model.json``); the
+engine picks one from the input's geometry and told slice profile (:mod:`bids_mrisr.sr.inference`)
+and the command line checks them up front and folds their hashes into the cache key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bids_mrisr.sr.options import SRError
+
+if TYPE_CHECKING:
+    import torch
+
+    from bids_mrisr.sr.checkpoint import LoadedCheckpoint
+
+MULTI_AXIS_WEIGHTS = "multi-axis"
+"""Sub-folder of a checkpoint with its variant for inputs coarse along several axes (e.g. 2 mm
+isotropic). The app restores those one axis at a time, so each pass meets axes that are still
+coarse and noise that interpolation smoothed in every coarse direction; the variant was trained
+on such passes (``bids_mrisr train --multi-axis-rate``). Measured on the held-out 2x isotropic
+benchmark cases it gains 0.1-1.5 dB over the single-axis weights, which in turn stay better on
+single-axis inputs (docs/model-card.md)."""
+BOX_WEIGHTS = "box"
+"""Sub-folder of a checkpoint with its variant for inputs with one thick axis whose slice
+profile is told ``box`` (``--slice-profile box``, a ``2D`` sidecar, or a clear reading of the
+scan's spectrum). Box slices alias more and gain least; the variant is the checkpoint fine-tuned
+on box profiles only (``bids_mrisr train --profiles box``), so one shape no longer shares the
+network's capacity with the other (none ships; benchmarks/EXPERIMENTS.md)."""
+VARIANTS = (MULTI_AXIS_WEIGHTS, BOX_WEIGHTS)
+VARIANT_USE = {MULTI_AXIS_WEIGHTS: "inputs coarse along several axes",
+               BOX_WEIGHTS: "inputs with one thick axis told a box slice profile"}
+
+
+def weights_variant(weights: Path, name: str) -> Path | None:
+    """The checkpoint's variant ``name`` (one of :data:`VARIANTS`), if it has one."""
+    variant = Path(weights) / name
+    return variant if (variant / "model.json").is_file() else None
+
+
+def weights_for_geometry(weights: Path, blurred_axes: tuple[int, ...] | None) -> Path:
+    """``weights``, or its multi-axis variant where the input is coarse along several axes and
+    the checkpoint has one."""
+    if blurred_axes is not None and len(blurred_axes) > 1:
+        variant = weights_variant(weights, MULTI_AXIS_WEIGHTS)
+        if variant is not None:
+            return variant
+    return Path(weights)
+
+
+def load(weights: Path, device: torch.device, method: str) -> LoadedCheckpoint:
+    """A verified checkpoint of the requested kind, its problems as :class:`SRError`."""
+    from bids_mrisr.sr.checkpoint import load_checkpoint  # its errors are SRErrors already
+
+    try:
+        ckpt = load_checkpoint(weights, device)
+    except OSError as exc:
+        raise SRError(f"cannot read weights from {weights}: {exc}") from exc
+    if ckpt.config.kind != method:
+        raise SRError(
+            f"the checkpoint in {weights} holds a {ckpt.config.kind} model but "
+            f"--method {method} was requested"
+        )
+    return ckpt
