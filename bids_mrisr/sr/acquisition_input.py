@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from bids_mrisr.sr import device as devices
-from bids_mrisr.sr.networks.config import acquisition_code
+from bids_mrisr.sr.networks.config import ModelConfig, acquisition_code
 from bids_mrisr.sr.options import SROptions
 
 if TYPE_CHECKING:
@@ -27,13 +27,13 @@ def single_thick_axis(options: SROptions) -> int | None:
     return axes[0] if len(axes) == 1 and options.axis_factors is not None else None
 
 
-def scan_estimate(config: Any, volume: np.ndarray, options: SROptions,
+def scan_estimate(config: ModelConfig, volume: np.ndarray, options: SROptions,
                   ) -> AcquisitionEstimate | None:
     """The scan's slice-profile shape and noise, read once from its voxels when a conditioned
     network or adaptation needs them and the user gave no ``--slice-profile`` (0.5-1 s measured
     on the 3x benchmark volumes)."""
     thick = single_thick_axis(options)
-    needed = getattr(config, "acquisition_features", 0) or options.adapt_steps > 0
+    needed = config.acquisition_features or options.adapt_steps > 0
     if thick is None or not needed or (options.slice_profile and options.adapt_steps <= 0):
         return None
     from bids_mrisr.sr.acquisition import estimate_acquisition
@@ -55,10 +55,10 @@ def told_acquisition(options: SROptions, thick: int | None,
     return float(options.axis_factors[thick]), profile, options.slice_thickness_ratio
 
 
-def acquisition_input(config: Any, options: SROptions, thick: int | None,
+def acquisition_input(config: ModelConfig, options: SROptions, thick: int | None,
                       ) -> torch.Tensor | None:
     """[1, F] acquisition code of one pass for a conditioned network (None: a blind one)."""
-    if not getattr(config, "acquisition_features", 0):
+    if not config.acquisition_features:
         return None
     factor, profile, ratio = told_acquisition(options, thick)
     code = ([0.0] * config.acquisition_features if factor is None  # the family's average

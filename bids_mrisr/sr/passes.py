@@ -9,7 +9,9 @@ change which noise a slice sees.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,9 +20,95 @@ import torch
 from bids_mrisr.sr import device as devices
 from bids_mrisr.sr import slicing
 from bids_mrisr.sr.diffusion.sampler import CLIP_RESIDUAL, ddim_sample, randn
+from bids_mrisr.sr.diffusion.schedule import NoiseSchedule
 from bids_mrisr.sr.networks.config import MEAN_TIMESTEP
-from bids_mrisr.sr.options import SROptions
 from bids_mrisr.sr.planning import Plan
+from bids_mrisr.sr.resume import BatchStore
+
+Arrays = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
+"""One batch's residual mean, its std over draws (N > 1) and its fused gates (teacher)."""
+Region = tuple[tuple[slice, slice], tuple[slice, slice], tuple[slice, slice], torch.Tensor | None]
+"""One network call's window, the core it writes, the core inside the window, its blend weight."""
+Routed = tuple[torch.Tensor | None, list[int] | None, int]
+"""A region's gates, the experts run on it (None: all) and how many were skipped."""
+
+
+@dataclass
+class Counter:
+    """Progress ticks (one per network step of a batch) and expert evaluations of a run."""
+
+    total: int
+    progress: Callable[[int, int], None] | None = None
+    done: int = 0
+    stats: dict[str, int] = field(default_factory=lambda: {"skipped": 0, "evaluated": 0})
+
+    def tick(self, *_: Any) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def count(self, batch: int, experts: int, skipped: int) -> None:
+        self.stats["skipped"] += batch * skipped
+        self.stats["evaluated"] += batch * (experts - skipped)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """How the output estimate is made: draws, steps per draw, eta, and its name."""
+
+    direct: bool
+    """A posterior-mean regressor: one deterministic call, no sampler."""
+    n: int
+    steps: int
+    eta: float
+    name: str
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What every batch of one run shares: the network and how it is sampled."""
+
+    model: torch.nn.Module
+    device: torch.device
+    steps: int
+    eta: float
+    n: int
+    """Draws per slice (their mean is the estimate; N > 1 also gives a std)."""
+    k: int
+    """Experts (teacher), 0 for the student."""
+    scale: float
+    """The network's residual scale."""
+    context: int
+    """m: the condition stack holds 2m+1 neighbouring slices."""
+    seed: int
+    gate_skip_threshold: float
+    direct: bool
+    """A posterior-mean regressor: one deterministic call, no sampler."""
+    schedule: NoiseSchedule
+    counter: Counter
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of slices of one plane in one pass, and its condition stack."""
+
+    cond: torch.Tensor
+    sl: range
+    plane: str
+    plan: Plan
+    pass_index: int = 0
+    acquisition: torch.Tensor | None = None
+    """[1, F]: the pass's acquisition code (conditioned networks)."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The run's passes: the axis each restores, its planes, their plans, its acquisition code."""
+
+    axes: list[int | None]
+    planes: list[tuple[str, ...]]
+    plans: dict[tuple[int, str], Plan]
+    codes: list[torch.Tensor | None]
 
 
 def _seed_for(seed: int, plane: str, index: int, sample: int, pass_index: int = 0) -> int:
@@ -49,104 +137,202 @@ def _effective(gates: torch.Tensor, active: list[int] | None) -> torch.Tensor:
     return g / g.sum(dim=1, keepdim=True).clamp(min=1e-12)
 
 
-def sample_batch(
-    model: torch.nn.Module,
-    cond: torch.Tensor,
-    sl: range,
-    plane: str,
-    plan: Plan,
-    scale: float,
-    options: SROptions,
-    steps: int,
-    eta: float,
-    n: int,
-    k: int,
-    device: torch.device,
-    stats: dict[str, int],
-    tick: Callable[..., None],
-    direct: bool = False,
-    pass_index: int = 0,
-    schedule: Any = None,
-    acquisition: torch.Tensor | None = None,
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Residual mean (and std over draws) plus fused gates for one batch of slices;
-    ``acquisition`` [1, F]: the pass's acquisition code (conditioned networks)."""
-    extra = {} if acquisition is None else {"acquisition": acquisition.expand(cond.shape[0], -1)}
-    b, _, h, w = cond.shape
+def _regions(batch: Batch, h: int, w: int, device: torch.device) -> list[Region] | None:
+    """The batch's network calls (None: untiled), each with its blend weight on ``device``."""
+    plan = batch.plan
     tiles = slicing.plan_tiles(h, w, plan.tile, plan.overlap, plan.halo, plan.align)
-    ac = devices.autocast(device)
-    full = (slice(None), slice(None))
-    regions = (
-        [(full, full, full, None)]
-        if tiles is None
-        else [(t.window, t.core, t.inner, t.weight.to(device)) for t in tiles]
-    )
-    # Route once per batch/tile: gates depend on the condition only.
-    per_region: list[tuple[torch.Tensor | None, list[int] | None, int]] = []
-    gate_map = torch.zeros((b, k, h, w), device=device) if k else None
+    if tiles is None:
+        return None
+    return [(t.window, t.core, t.inner, t.weight.to(device)) for t in tiles]
+
+
+def _route(run: Sampling, cond: torch.Tensor, regions: list[Region],
+           ) -> tuple[list[Routed], torch.Tensor | None]:
+    """Route once per batch/tile (gates depend on the condition only): each region's gates and
+    active experts, and the fused gate map as applied (unnormalised over tiles)."""
+    b, _, h, w = cond.shape
+    k = run.k
+    per_region: list[Routed] = []
+    gate_map = torch.zeros((b, k, h, w), device=run.device) if k else None
     for (wy, wx), (cy, cx), (iy, ix), wt in regions:
         g = None
         active, skipped = None, 0
         if k:
-            with ac:
-                g = model.route(cond[:, :, wy, wx]).float()
-            active, skipped = _active(g[:, :, iy, ix], k, options.gate_skip_threshold)
+            with devices.autocast(run.device):
+                g = run.model.route(cond[:, :, wy, wx]).float()
+            active, skipped = _active(g[:, :, iy, ix], k, run.gate_skip_threshold)
             eff = _effective(g[:, :, iy, ix], active)
             gate_map[:, :, cy, cx] += eff if wt is None else eff * wt
         per_region.append((g, active, skipped))
-    wsum = None
-    if tiles is not None:
-        wsum = torch.zeros((h, w), device=device)
-        for _, (cy, cx), _, wt in regions:
-            wsum[cy, cx] += wt
-        if gate_map is not None:
-            gate_map /= wsum
+    return per_region, gate_map
+
+
+def _network(run: Sampling, batch: Batch, regions: list[Region] | None,
+             routed: list[Routed], wsum: torch.Tensor | None,
+             ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The batch's v (or mean) prediction as a function of (x_t, t), tile by tile."""
+    cond = batch.cond
+    b = cond.shape[0]
+    extra = ({} if batch.acquisition is None
+             else {"acquisition": batch.acquisition.expand(b, -1)})
+    ac = devices.autocast(run.device)
 
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if tiles is None:
-            g, active, skipped = per_region[0]
-            stats["skipped"] += b * skipped
-            stats["evaluated"] += b * (k - skipped)
+        if regions is None:
+            g, active, skipped = routed[0]
+            run.counter.count(b, run.k, skipped)
             with ac:
-                return model(x_t, cond, t, gates=g, active_experts=active, **extra).float()
+                return run.model(x_t, cond, t, gates=g, active_experts=active, **extra).float()
         v = torch.zeros_like(x_t)
         for ((wy, wx), (cy, cx), (iy, ix), wt), (g, active, skipped) in zip(
-            regions, per_region, strict=True
+            regions, routed, strict=True
         ):
-            stats["skipped"] += b * skipped
-            stats["evaluated"] += b * (k - skipped)
+            run.counter.count(b, run.k, skipped)
             with ac:
-                vt = model(x_t[:, :, wy, wx], cond[:, :, wy, wx], t, gates=g,
-                           active_experts=active, **extra)
+                vt = run.model(x_t[:, :, wy, wx], cond[:, :, wy, wx], t, gates=g,
+                               active_experts=active, **extra)
             v[:, :, cy, cx] += vt[:, :, iy, ix].float() * wt
         return v / wsum
 
-    if direct:  # one deterministic pass of a mean regressor
-        t = torch.full((b,), float(MEAN_TIMESTEP), device=device)
-        x0 = model_fn(torch.zeros((b, 1, h, w), device=device), t)
-        x0 = x0.clamp(-CLIP_RESIDUAL * scale, CLIP_RESIDUAL * scale)
-        tick()
-        gates = gate_map.cpu().numpy() if gate_map is not None else None
-        return x0[:, 0].float().cpu().numpy(), None, gates
+    return model_fn
+
+
+def _draws(run: Sampling, batch: Batch,
+           model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+           ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The residual's mean (and std over N > 1 draws) from seeded DDIM sampling."""
+    b, _, h, w = batch.cond.shape
     draws = []
-    for s in range(n):
-        gens = [torch.Generator().manual_seed(_seed_for(options.seed, plane, i, s, pass_index))
-                for i in sl]
-        x_T = randn((b, 1, h, w), gens, device)
+    for s in range(run.n):
+        gens = [torch.Generator().manual_seed(
+            _seed_for(run.seed, batch.plane, i, s, batch.pass_index)) for i in batch.sl]
+        x_T = randn((b, 1, h, w), gens, run.device)
         x0 = ddim_sample(
             model_fn,
-            steps=steps,
-            eta=eta,
+            steps=run.steps,
+            eta=run.eta,
             generator=gens,
             x_T=x_T,
-            device=device,
-            clip_x0=CLIP_RESIDUAL * scale,
-            callback=tick,
-            schedule=schedule,
+            device=run.device,
+            clip_x0=CLIP_RESIDUAL * run.scale,
+            callback=run.counter.tick,
+            schedule=run.schedule,
         )
         draws.append(x0[:, 0].float().cpu())
     stack = torch.stack(draws)
     mean = stack.mean(dim=0).numpy()
-    std = stack.std(dim=0, unbiased=True).numpy() if n > 1 else None
-    gates = gate_map.cpu().numpy() if gate_map is not None else None
-    return mean, std, gates
+    std = stack.std(dim=0, unbiased=True).numpy() if run.n > 1 else None
+    return mean, std
+
+
+def sample_batch(run: Sampling, batch: Batch) -> Arrays:
+    """Residual mean (and std over draws) plus fused gates for one batch of slices."""
+    b, _, h, w = batch.cond.shape
+    regions = _regions(batch, h, w, run.device)
+    full = (slice(None), slice(None))
+    routed, gate_map = _route(run, batch.cond, regions or [(full, full, full, None)])
+    wsum = None
+    if regions is not None:
+        wsum = torch.zeros((h, w), device=run.device)
+        for _, (cy, cx), _, wt in regions:
+            wsum[cy, cx] += wt
+        if gate_map is not None:
+            gate_map /= wsum
+    model_fn = _network(run, batch, regions, routed, wsum)
+    if run.direct:  # one deterministic pass of a mean regressor
+        t = torch.full((b,), float(MEAN_TIMESTEP), device=run.device)
+        x0 = model_fn(torch.zeros((b, 1, h, w), device=run.device), t)
+        x0 = x0.clamp(-CLIP_RESIDUAL * run.scale, CLIP_RESIDUAL * run.scale)
+        run.counter.tick()
+        mean, std = x0[:, 0].float().cpu().numpy(), None
+    else:
+        mean, std = _draws(run, batch, model_fn)
+    return mean, std, gate_map.cpu().numpy() if gate_map is not None else None
+
+
+def _restore_plane(run: Sampling, geometry: Geometry, current: torch.Tensor, i: int, p: str,
+                   sums: tuple[np.ndarray, np.ndarray | None], flips: tuple[int, ...],
+                   gates_acc: np.ndarray | None, store: BatchStore | None) -> None:
+    """Every batch of one plane of pass ``i``, added into ``sums`` (image, std) and
+    ``gates_acc`` (written through this view's flips)."""
+    thick = geometry.axes[i]
+    axis = slicing.PLANE_AXES[p]
+    planar = slicing.planar_view(current, axis, thick)
+    plan = geometry.plans[(i, p)]
+    code = geometry.codes[i]
+    view_name = "view" + ("".join(map(str, flips)) or "-")
+    out, unc = sums
+    for sl in slicing.batches(planar.shape[0], plan.batch_size):
+        def compute(sl: range = sl) -> Arrays:
+            cond = slicing.condition_stack(planar, sl, run.context).to(run.device).contiguous(
+                memory_format=torch.channels_last)
+            return sample_batch(run, Batch(cond, sl, p, plan, i,
+                                           None if code is None else code.to(run.device)))
+
+        res, std, gates = compute() if store is None else store.batch(
+            f"{view_name}_pass{i}_{p}_{sl.start}-{sl.stop}", compute, run.counter.stats,
+            functools.partial(_replay, run))
+        centre = planar[sl.start : sl.stop].numpy()
+        slicing.planar_view(out, axis, thick)[sl.start : sl.stop] += centre + res / run.scale
+        if unc is not None and std is not None:
+            slicing.planar_view(unc, axis, thick)[sl.start : sl.stop] += std / run.scale
+        if gates_acc is not None and gates is not None:
+            for e in range(run.k):  # written through, in this view's flips
+                g_view = slicing.planar_view(np.flip(gates_acc[e], flips), axis, thick)
+                g_view[sl.start : sl.stop] += gates[:, e]
+
+
+def _replay(run: Sampling) -> None:
+    """The progress ticks of a batch loaded instead of computed."""
+    for _ in range(run.n * run.steps):
+        run.counter.tick()
+
+
+def restore_view(run: Sampling, geometry: Geometry, current: np.ndarray,
+                 flips: tuple[int, ...], gates_acc: np.ndarray | None,
+                 store: BatchStore | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every pass over one view of the volume (``flips`` applied): the image and its summed
+    variance, in the view's orientation; gates go straight into ``gates_acc``."""
+    unc_sq = np.zeros_like(current) if run.n > 1 else None
+    shape = current.shape
+    with torch.inference_mode():
+        for i in range(len(geometry.axes)):
+            out = np.zeros(shape, np.float32)
+            unc = np.zeros(shape, np.float32) if run.n > 1 else None
+            vol_t = torch.from_numpy(current)
+            for p in geometry.planes[i]:
+                _restore_plane(run, geometry, vol_t, i, p, (out, unc), flips, gates_acc, store)
+            inv = np.float32(1.0 / len(geometry.planes[i]))
+            out *= inv
+            if unc is not None and unc_sq is not None:
+                unc *= inv
+                unc_sq += unc * unc  # passes add independent variances
+            del vol_t
+            current = out
+    return current, unc_sq
+
+
+def restore_views(run: Sampling, geometry: Geometry, volume: np.ndarray,
+                  views: tuple[tuple[int, ...], ...], gates_acc: np.ndarray | None,
+                  store: BatchStore | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The mean restoration over the flipped views, and its std (N > 1 draws) or None."""
+    image: np.ndarray | None = None
+    unc_sq: np.ndarray | None = None
+    for flips in views:  # each view is flipped in, restored, and flipped back
+        view = np.ascontiguousarray(np.flip(volume, flips)) if flips else volume
+        restored, var = restore_view(run, geometry, view, flips, gates_acc, store)
+        del view
+        if flips:
+            restored = np.flip(restored, flips)
+            var = None if var is None else np.flip(var, flips)
+        if image is None:
+            image, unc_sq = np.ascontiguousarray(restored), var
+        else:
+            image += restored
+            if unc_sq is not None and var is not None:
+                unc_sq += var
+    if len(views) > 1:  # mean image; mean variance of the views
+        image *= np.float32(1.0 / len(views))
+        if unc_sq is not None:
+            unc_sq *= np.float32(1.0 / len(views))
+    return image, np.sqrt(unc_sq, out=unc_sq) if unc_sq is not None else None

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
 from bids_mrisr import memory
 from bids_mrisr.sr import device as devices
+from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.options import SRError, SROptions
 
 DEFAULT_CPU_BUDGET_GB = 2.0
@@ -39,13 +39,10 @@ class Plan:
     align: int = 1
 
 
-def _grid_align(config: Any) -> int:
+def _grid_align(config: ModelConfig) -> int:
     """Tiles start on the networks' coarsest internal grid (U-Net pooling after the stem, router
     patches and attention windows), so overlapping tiles see the same grids."""
-    alignment = getattr(config, "tile_alignment", None)
-    if alignment is not None:
-        return int(alignment)
-    return 2 ** max(0, len(getattr(config, "channel_mults", (1,))) - 1)
+    return int(config.tile_alignment)
 
 
 def _halo(align: int) -> int:
@@ -53,13 +50,13 @@ def _halo(align: int) -> int:
     return -(-MIN_HALO // align) * align
 
 
-def _smallest_window(config: Any) -> int:
+def _smallest_window(config: ModelConfig) -> int:
     """Side of the smallest network call a tiled run can make: one grid cell plus halos."""
     align = _grid_align(config)
     return max(MIN_TILE, align) + 2 * _halo(align)
 
 
-def with_tiles(plan: Plan, config: Any, core: int) -> Plan:
+def with_tiles(plan: Plan, config: ModelConfig, core: int) -> Plan:
     """``plan`` cut into tiles with cores of about ``core`` px, on the networks' grid."""
     align = _grid_align(config)
     plan.align = align
@@ -70,32 +67,29 @@ def with_tiles(plan: Plan, config: Any, core: int) -> Plan:
     return plan
 
 
-def activation_bytes_per_pixel(config: Any) -> int:
+def activation_bytes_per_pixel(config: ModelConfig) -> int:
     """Rough peak activation bytes per in-plane pixel of one slice (a planning heuristic).
 
     U-Net: the skip tensors of every level plus a few working tensors, at 1/4 the pixels per
     level down; experts run one after another. Router: token features and windowed attention.
     A factor 2 covers allocator slack and the conv workspace.
     """
-    base = getattr(config, "base_width", 8)
-    mults = getattr(config, "channel_mults", (1, 2, 2, 4))
-    rb = getattr(config, "num_res_blocks", 1)
+    base, mults, rb = config.base_width, config.channel_mults, config.num_res_blocks
     ch = sum(base * mu * (rb + 7) / 4**lvl for lvl, mu in enumerate(mults))
     ch += 3 * config.in_condition_channels + 8
     if config.kind == "teacher":
-        ps = getattr(config, "patch_sizes", (16, 8, 4))
-        emb = getattr(config, "embed_dim", 64)
+        ps, emb = config.patch_sizes, config.embed_dim
         tokens_pp = sum(1.0 / p**2 for p in ps)
         ch += tokens_pp * emb * 12 + 2 * config.num_experts
-        win = getattr(config, "window_size", 4)
+        win = config.window_size
         if win > 0:
             n_tok = sum((win * ps[0] // p) ** 2 for p in ps)
-            ch += n_tok * n_tok * getattr(config, "num_heads", 4) / (win * ps[0]) ** 2
+            ch += n_tok * n_tok * config.num_heads / (win * ps[0]) ** 2
     return int(4 * ch * 2)
 
 
 def plan_memory(
-    config: Any,
+    config: ModelConfig,
     shape: tuple[int, int, int],
     volume_shape: tuple[int, ...],
     options: SROptions,

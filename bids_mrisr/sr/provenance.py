@@ -14,8 +14,9 @@ from bids_mrisr.sr import device as devices
 from bids_mrisr.sr import slicing
 from bids_mrisr.sr.acquisition_input import describe_acquisition
 from bids_mrisr.sr.diffusion.sampler import CLIP_RESIDUAL
+from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.options import NOTHING_RESTORED, SROptions
-from bids_mrisr.sr.planning import Plan
+from bids_mrisr.sr.passes import Estimate, Geometry
 from bids_mrisr.sr.variants import VARIANT_USE
 
 if TYPE_CHECKING:
@@ -35,14 +36,14 @@ def nothing_restored(kind: str, model_name: str, sha256: str) -> dict[str, Any]:
 
 
 def run_info(
-    config: Any, options: SROptions, *, model_name: str, sha256: str, steps: int, direct: bool,
-    estimate: str, passes: list[int | None], pass_planes: list[tuple[str, ...]], eta: float,
-    n: int, device: torch.device, views: tuple[tuple[int, ...], ...],
-    plans: dict[tuple[int, str], Plan], stats: dict[str, int], nthreads: int | None,
-    conditioned: bool,
+    config: ModelConfig, options: SROptions, est: Estimate, geometry: Geometry,
+    views: tuple[tuple[int, ...], ...], *, model_name: str, sha256: str, device: torch.device,
+    stats: dict[str, int], nthreads: int | None,
 ) -> dict[str, Any]:
-    """The engine's record of one run (``conditioned``: the network was told the acquisition)."""
+    """The engine's record of one run (``stats``: expert evaluations and skips)."""
     planes = tuple(options.planes)
+    passes, pass_planes, plans = geometry.axes, geometry.planes, geometry.plans
+    steps, n, eta = est.steps, est.n, est.eta
     blurred = options.blurred_axes
     used = [p for p in slicing.PLANE_AXES if any(p in pp for pp in pass_planes)]
     info: dict[str, Any] = {
@@ -50,8 +51,8 @@ def run_info(
         "ModelName": model_name,
         "WeightsSHA256": sha256,
         "SamplingSteps": steps,
-        "Sampler": "direct posterior-mean regression" if direct else "DDIM",
-        "Estimate": estimate,
+        "Sampler": "direct posterior-mean regression" if est.direct else "DDIM",
+        "Estimate": est.name,
         "RestoredAxes": None if blurred is None else list(blurred),
         "Passes": [{"Axis": thick, "Planes": list(pp)} for thick, pp in
                    zip(passes, pass_planes, strict=True)],
@@ -74,7 +75,7 @@ def run_info(
         "GateSkipThreshold": options.gate_skip_threshold,
         "Threads": nthreads if device.type == "cpu" else None,
     }
-    if conditioned:
+    if any(code is not None for code in geometry.codes):
         info["AcquisitionInput"] = [describe_acquisition(options, thick) for thick in passes]
     if n > 1:
         info["UncertaintyMeasure"] = "voxel-wise standard deviation over draws (ddof=1)"

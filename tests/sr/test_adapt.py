@@ -9,9 +9,10 @@ import numpy as np
 import torch
 
 from bids_mrisr.sr.adapt import AdaptOptions, adapt_model, adaptation_sampler
-from bids_mrisr.sr.inference import _maybe_adapt, run_loaded
+from bids_mrisr.sr.inference import run_loaded
 from bids_mrisr.sr.networks import ModelConfig, build_model
 from bids_mrisr.sr.options import SROptions
+from bids_mrisr.sr.refinement import maybe_adapt
 from tests.sr.test_regression import _sharp_phantom
 
 
@@ -72,7 +73,7 @@ def test_isotropic_input_skips_adaptation_with_a_log_line(caplog) -> None:
     model = _student()
     options = SROptions(adapt_steps=50, blurred_axes=(0, 1, 2), axis_factors=(2.0, 2.0, 2.0))
     with caplog.at_level(logging.INFO, logger="bids_mrisr"):
-        same, info = _maybe_adapt(model, np.zeros((8, 8, 8), np.float32), options, "abc", None)
+        same, info = maybe_adapt(model, np.zeros((8, 8, 8), np.float32), options, "abc", None)
     assert same is model and info["Status"].startswith("skipped")
     assert "adaptation skipped" in caplog.text
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from bids_mrisr.sr.device import resolve_device
 from bids_mrisr.sr.diffusion.schedule import alpha_bar, predict_eps_from_x0, v_from_x0_eps
 from bids_mrisr.sr.engine import SRError, SROptions, super_resolve
 from bids_mrisr.sr.inference import run_loaded, run_model
+from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.planning import plan_memory
 
 
@@ -29,17 +29,18 @@ def _phantom(shape: Sequence[int] = (20, 24, 18), seed: int = 0) -> np.ndarray:
     return (vol + 0.02 * rng.standard_normal(shape)).astype(np.float32)
 
 
-def _cfg(kind: str, m: int = 1, k: int = 3) -> SimpleNamespace:
-    return SimpleNamespace(
+def _cfg(kind: str, m: int = 1, k: int = 3) -> ModelConfig:
+    return ModelConfig(
         kind=kind,
         context_slices=m,
-        in_condition_channels=2 * m + 1,
         num_experts=k,
         expert_names=tuple(f"e{i}" for i in range(k)),
+        expert_biases=("none",) * k,
         residual_scale=10.0,
         base_width=4,
         channel_mults=(1,),
         num_res_blocks=1,
+        stem=1,
         patch_sizes=(8,),
         embed_dim=8,
         window_size=0,
@@ -51,7 +52,7 @@ class LocalStandIn(nn.Module):
     """Follows the networks call contract with purely local convolutions (receptive field 5 px),
     so tiled and untiled inference must agree up to float rounding."""
 
-    def __init__(self, cfg: SimpleNamespace) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(0)
         c, k = cfg.in_condition_channels, max(cfg.num_experts, 1)
