@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bids_mrisr.bids.layout import discover_runs
 from bids_mrisr.cli.parser import build_settings
+from bids_mrisr.interfaces.superres import node_options
 from bids_mrisr.workflows.base import init_bids_mrisr_wf
 from bids_mrisr.workflows.preproc import init_preproc_wf
 
@@ -27,7 +28,7 @@ def test_full_graph_has_one_branch_per_run(phantom_dataset, tmp_path):
     superres = [n for n in graph.nodes if n.name == "superres"]
     writers = [n for n in graph.nodes if n.name.startswith("write_")]
     assert len(superres) == len(writers) == len(runs) == 4
-    assert all(node.inputs.method == "interp" for node in superres)
+    assert all(node_options(node.inputs).method == "interp" for node in superres)
     assert all(node.overwrite for node in writers)
 
 
@@ -41,10 +42,11 @@ def test_parallel_jobs_share_memory_and_threads_and_sr_gets_the_geometry(phantom
     graph = workflow._create_flat_graph()
     superres = [n for n in graph.nodes if n.name == "superres"]
     for node in superres:
-        assert node.inputs.max_memory_gb == 4.0  # half of --mem each: two jobs side by side
+        options = node_options(node.inputs)
+        assert options.max_memory_gb == 4.0  # half of --mem each: two jobs side by side
         assert node.mem_gb == 4.0  # and that is what MultiProc is told
-        assert node.inputs.threads == 1
-        assert node.inputs.blurred_axes == [2]  # the phantoms are 1 x 1 x 3 mm
+        assert options.threads == 1
+        assert options.blurred_axes == (2,)  # the phantoms are 1 x 1 x 3 mm
     fields = {dst for _, b, data in graph.edges(data=True) if b.name == "superres"
               for _, dst in data["connect"]}
     assert "bias_file" in fields  # the N4 field goes back into the output
@@ -63,8 +65,9 @@ def test_sidecar_metadata_is_inherited_through_pybids_and_reaches_the_sr_node(tm
                                "-w", str(tmp_path / "work"), "--model", "interp"])
     graph = init_bids_mrisr_wf(runs, settings)._create_flat_graph()
     (node,) = [n for n in graph.nodes if n.name == "superres"]
-    assert abs(node.inputs.slice_thickness_ratio - 1.2) < 1e-6  # 3.6 mm over 3 mm spacing
-    assert node.inputs.axis_factors == [1.0, 1.0, 3.0]
+    options = node_options(node.inputs)
+    assert abs(options.slice_thickness_ratio - 1.2) < 1e-6  # 3.6 mm over 3 mm spacing
+    assert options.axis_factors == (1.0, 1.0, 3.0)
 
 
 def test_a_2d_acquisition_tells_a_box_profile_unless_the_flag_says_otherwise(tmp_path):
@@ -90,15 +93,13 @@ def test_a_2d_acquisition_tells_a_box_profile_unless_the_flag_says_otherwise(tmp
         settings = build_settings([str(bids), str(tmp_path / "out"), "participant",
                                    "-w", str(tmp_path / "work"), "--model", "interp", *flags])
         graph = init_bids_mrisr_wf(runs, settings)._create_flat_graph()
-        return {n._hierarchy.split(".")[1]: (n.inputs.slice_profile,
-                                              n.inputs.slice_profile_source)
+        return {n._hierarchy.split(".")[1]: (node_options(n.inputs).slice_profile,
+                                              node_options(n.inputs).slice_profile_source)
                 for n in graph.nodes if n.name == "superres"}
-
-    from nipype.interfaces.base import Undefined
 
     auto = told()
     assert auto["sub_01_wf"] == ("box", "from MRAcquisitionType 2D")
-    assert auto["sub_02_wf"] == (Undefined, "given")  # isotropic: no thick axis, no profile
+    assert auto["sub_02_wf"] == (None, "given")  # isotropic: no thick axis, no profile
     assert told("--slice-profile", "gaussian")["sub_01_wf"] == ("gaussian", "given")
 
 
@@ -140,5 +141,34 @@ def test_a_run_already_at_the_target_resolution_is_written_as_resampled_only(tmp
     assert writers["sub-thick"].inputs.restored is True
     superres = {n.fullname.split(".")[2]: n for n in graph.nodes if n.name == "superres"}
     iso = next(node for name, node in superres.items() if "iso" in name)
-    assert iso.inputs.blurred_axes == []
+    assert node_options(iso.inputs).blurred_axes == ()
     assert "resampled only" in iso.inputs.description
+
+
+def test_sr_node_hash_follows_every_result_option_and_ignores_the_runtime_ones():
+    import dataclasses
+    from pathlib import Path
+
+    from bids_mrisr.interfaces.superres import SuperResolve, set_node_options
+    from bids_mrisr.sr.options import SROptions
+
+    def hashval(options: SROptions) -> str:
+        node = SuperResolve()
+        set_node_options(node.inputs, options)
+        return node.inputs.get_hashval()[1]
+
+    base = SROptions(weights=Path("/w"), blurred_axes=(2,), axis_factors=(1.0, 1.0, 3.0))
+    assert hashval(base) == hashval(dataclasses.replace(base))  # a rerun: the cache holds
+    changes = {"method": "teacher", "weights": Path("/v"), "seed": 1, "steps": 4,
+               "num_samples": 2, "eta": 0.5, "planes": ("axial",),
+               "gate_skip_threshold": 0.0, "blurred_axes": (1,),
+               "axis_factors": (1.0, 3.0, 1.0), "adapt_steps": 3, "slice_thickness_ratio": 1.2,
+               "slice_profile": "box", "slice_profile_source": "sidecar",
+               "input_consistency": False, "flip_views": 4}
+    runtime = {"device": "cpu", "batch_size": 8, "max_memory_gb": 2.0, "threads": 4}
+    assert set(changes) | set(runtime) == {f.name for f in dataclasses.fields(SROptions)}
+    assert set(runtime) == SROptions.RUNTIME_FIELDS
+    for name, value in changes.items():
+        assert hashval(dataclasses.replace(base, **{name: value})) != hashval(base), name
+    for name, value in runtime.items():
+        assert hashval(dataclasses.replace(base, **{name: value})) == hashval(base), name

@@ -26,7 +26,7 @@ from bids_mrisr.image.resample import resample_to_resolution
 from bids_mrisr.progress import progress_callback
 from bids_mrisr.runtime.interrupts import install_in_worker, raise_if_interrupted
 from bids_mrisr.sr.engine import super_resolve
-from bids_mrisr.sr.options import METHODS, PLANES, PROFILES, SROptions
+from bids_mrisr.sr.options import SROptions
 
 PARTIAL_DIRNAME = "partial"
 """The SR node's folder of finished batches (sr/resume.py), removed once its outputs exist."""
@@ -122,34 +122,27 @@ class _SuperResolveInputSpec(BaseInterfaceInputSpec):
     bias_file = File(exists=True, desc="N4 bias field on the reoriented input grid")
     source_file = File(exists=True, desc="the reoriented input: where it is 0 all around, the "
                        "output is 0")
-    blurred_axes = traits.List(traits.Int, desc="target-grid axes the input sampled coarsely, "
-                               "coarsest first (unset: unknown, all planes in one pass)")
-    # One input per field of SROptions, under the same name (see workflows/superres.py); unset
-    # inputs take SROptions' defaults. Fields that cannot change the result are not hashed.
-    method = traits.Enum(*METHODS, desc="super-resolution method")
-    weights = traits.Str(desc="checkpoint directory")
-    device = traits.Str(nohash=True, desc="auto, cpu, cuda or cuda:N")
-    seed = traits.Int(desc="seed of the sampler's noise")
-    steps = traits.Int(desc="DDIM steps of a diffusion model (default: its mean estimate)")
-    num_samples = traits.Int(desc="stochastic draws (> 1: mean and uncertainty)")
-    eta = traits.Float(desc="DDIM eta")
-    planes = traits.List(traits.Enum(*PLANES), desc="slicing planes to fuse")
-    batch_size = traits.Int(nohash=True, desc="slices per network call")
-    max_memory_gb = traits.Float(nohash=True, desc="memory budget for tiling")
-    threads = traits.Int(nohash=True, desc="CPU threads")
-    gate_skip_threshold = traits.Float(desc="experts below this gate over a tile are skipped")
-    axis_factors = traits.List(traits.Float, desc="input over target spacing, per axis")
-    adapt_steps = traits.Int(desc="per-scan adaptation steps (0: off)")
-    slice_thickness_ratio = traits.Float(desc="slice thickness / spacing on the thick axis")
-    slice_profile = traits.Enum(*PROFILES, desc="slice-profile shape told to the student and "
-                                "simulated by adaptation (unset: read from the scan)")
-    slice_profile_source = traits.Str(desc="where slice_profile came from (sidecar text)")
-    input_consistency = traits.Bool(desc="one shrunk step toward the input's own slices for "
-                                    "an input with one thick axis")
-    flip_views = traits.Int(desc="flipped views averaged (1, 2, 4 or 8; unset: 2 for one "
-                            "thick axis, else 1)")
+    # The engine's options as one value (SROptions.to_json): the fields that decide the result
+    # are hashed, so a change to any of them reruns the node; those that only decide where and
+    # how fast it runs (SROptions.RUNTIME_FIELDS) are not.
+    options = traits.Str(mandatory=True, desc="SROptions.to_json() without its runtime fields")
+    runtime_options = traits.Str("{}", usedefault=True, nohash=True,
+                                 desc="SROptions.to_json() of its runtime fields")
     weights_sha256 = traits.Str(desc="hash of the weights, so new weights invalidate the cache")
     description = traits.Str("super-resolution", usedefault=True, nohash=True)
+
+
+def set_node_options(inputs: _SuperResolveInputSpec, options: SROptions) -> None:
+    """Give the node ``options``: the result-deciding fields hashed, the runtime ones not."""
+    runtime = SROptions.RUNTIME_FIELDS
+    inputs.options = options.to_json(only=[f.name for f in dataclasses.fields(SROptions)
+                                           if f.name not in runtime])
+    inputs.runtime_options = options.to_json(only=runtime)
+
+
+def node_options(inputs: _SuperResolveInputSpec) -> SROptions:
+    """The engine options that :func:`set_node_options` gave the node."""
+    return SROptions.from_json(inputs.options, inputs.runtime_options)
 
 
 class _SuperResolveOutputSpec(TraitedSpec):
@@ -177,13 +170,7 @@ class SuperResolve(SimpleInterface):
     def _run_interface(self, runtime):
         install_in_worker()
         inputs = self.inputs
-        values = {}
-        for field in dataclasses.fields(SROptions):
-            value = getattr(inputs, field.name)
-            if isdefined(value):
-                values[field.name] = (Path(value) if field.name == "weights" else
-                                      tuple(value) if isinstance(value, list) else value)
-        options = SROptions(**values)
+        options = node_options(inputs)
         bias = Path(inputs.bias_file) if isdefined(inputs.bias_file) else None
         source = Path(inputs.source_file) if isdefined(inputs.source_file) else None
         outputs = super_resolve_file(Path(inputs.in_file), Path(inputs.params_file), options,

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from bids_mrisr.interfaces.superres import SuperResolve
+from bids_mrisr.interfaces.superres import SuperResolve, set_node_options
 from bids_mrisr.sr.options import SROptions
 
 DEFAULT_DECLARED_GB = 3.0
@@ -23,8 +21,8 @@ def init_superres_wf(options: SROptions, weights_sha256: str | None = None,
     Outputs: ``out_file``, ``gates_file``, ``std_file``, ``info_file`` (see
     :class:`SuperResolve`).
 
-    ``options`` is the engine's own settings object, built once in ``workflows/base.py``; the
-    node's inputs carry its fields under the same names (nipype needs traits to hash them).
+    ``options`` is the engine's own settings object, built once in ``workflows/base.py``; it
+    reaches the node as JSON (:func:`set_node_options`), hashed but for its runtime fields.
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(
@@ -34,12 +32,7 @@ def init_superres_wf(options: SROptions, weights_sha256: str | None = None,
         name="outputnode",
     )
     node = SuperResolve(description=description)
-    for field in dataclasses.fields(SROptions):
-        value = getattr(options, field.name)
-        if value is not None:
-            setattr(node.inputs, field.name,
-                    str(value) if field.name == "weights" else
-                    list(value) if isinstance(value, tuple) else value)
+    set_node_options(node.inputs, options)
     if weights_sha256:
         node.inputs.weights_sha256 = weights_sha256
     threads = options.threads or 1
