@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bids_mrisr.cli.parser import build_settings
+from bids_mrisr.cli.parser import build_parser, build_settings
 from bids_mrisr.cli.run import main
 from bids_mrisr.errors import ExitCode, UserError
 
@@ -236,3 +236,12 @@ def test_paths_are_made_absolute_and_tidy(phantom_dataset, tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert f"{(tmp_path / 'missing').resolve()}: input BIDS directory does not exist" in err
     assert "/../" not in err
+
+
+def test_main_help_lists_every_exit_code(capsys):
+    """The epilog is hand-written text: every ExitCode the app can return must be in it."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    missing = [code for code in ExitCode if f" {int(code)} " not in text.split("exit codes:")[1]]
+    assert not missing, f"exit codes not in --help: {missing}"

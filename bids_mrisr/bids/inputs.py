@@ -171,10 +171,11 @@ def _memory_problem(image: nib.spatialimages.SpatialImage, output_resolution: fl
     if limit is None or need <= limit:
         return None
     fov = " x ".join(f"{n * z:.0f}" for n, z in zip(image.shape[:3], zooms, strict=True))
+    digits = next(d for d in (2, 3, 4, 6) if round(need, d) != round(limit, d) or d == 6)
     return NotEnoughMemory(
-        f"needs about {need:.2f} GB for its {shape[0]}x{shape[1]}x{shape[2]} output grid at "
+        f"needs about {need:.{digits}f} GB for its {shape[0]}x{shape[1]}x{shape[2]} output grid at "
         f"{resolution:g} mm even in the smallest tiles (field of view {fov} mm), more than "
-        f"{what} ({limit:.2f} GB); give it more memory or use a coarser --output-resolution")
+        f"{what} ({limit:.{digits}f} GB); give it more memory or use a coarser --output-resolution")
 
 
 def input_problem(path: Path, output_resolution: float | None = None,

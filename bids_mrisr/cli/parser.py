@@ -79,6 +79,7 @@ EXIT_CODE_HELP = (
     (ExitCode.INVALID_BIDS, "invalid BIDS input"), (ExitCode.UNKNOWN_LEVEL, "unknown level"),
     (ExitCode.NOTHING_SELECTED, "the filters selected nothing"), (ExitCode.USAGE, "usage error"),
     (ExitCode.BAD_DATA, "every selected input is unusable"), (ExitCode.NO_INPUT, "no T1w/T2w"),
+    (ExitCode.NOT_ENOUGH_MEMORY, "every run refused, one at least for lack of memory"),
     (ExitCode.CANT_CREATE, "cannot create output"), (ExitCode.IO_ERROR, "input/output error"),
     (ExitCode.INTERRUPTED, "interrupted (Ctrl-C)"),
     (ExitCode.TERMINATED, "stopped by SIGTERM (a rerun with the same -w resumes both)"))

@@ -85,6 +85,15 @@ class RunReport:
     """False for a run resampled only (its input already at the target resolution)."""
 
 
+HEAD_FRACTION = 0.1
+"""A voxel is in the head where the input is above this fraction of its 99.5th percentile."""
+
+
+def head_mask(before: np.ndarray) -> np.ndarray:
+    """The head, read from the input alone: the region every report figure is computed in."""
+    return before > HEAD_FRACTION * (float(np.percentile(before, 99.5)) or 1.0)
+
+
 def no_reference_metrics(before: np.ndarray, after: np.ndarray, axis: int | None,
                          ) -> dict[str, float]:
     """Edge sharpness gain along the restored axis and a noise estimate, in the head.
@@ -92,8 +101,7 @@ def no_reference_metrics(before: np.ndarray, after: np.ndarray, axis: int | None
     Sharpness: mean absolute gradient along the restored axis (SR over cubic). Noise: median
     absolute deviation of the second difference, relative to the head's median intensity.
     """
-    top = float(np.percentile(before, 99.5)) or 1.0
-    head = before > 0.1 * top
+    head = head_mask(before)
     ax = 2 if axis is None else axis
     grad_b = np.abs(np.diff(before, axis=ax))
     grad_a = np.abs(np.diff(after, axis=ax))
@@ -171,7 +179,7 @@ def build_run_figures(output_dir: Path, input_file: Path, sr_file: Path, stem: s
     tissue_table = None
     if gates_file is not None and gates_file.is_file():
         gates = np.asanyarray(nib.load(str(gates_file)).dataobj).astype(np.float32)
-        head = before > 0.1 * (float(np.percentile(before, 99.5)) or 1.0)
+        head = head_mask(before)
         names = info.get("ExpertNames") or [f"expert{k}" for k in range(gates.shape[-1])]
         for k, name in enumerate(names[: gates.shape[-1]]):
             path = fig_dir / f"{stem}_gate-{k}.png"

@@ -1,3 +1,3 @@
 """What every layer needs from the running process, standard library only: atomic file writes
-(``atomic``), Ctrl-C and SIGTERM handling (``interrupts``) and progress display (``progress``).
+(``atomic``) and Ctrl-C and SIGTERM handling (``interrupts``).
 Nothing here imports another part of the package, so ``sr/`` may use it as a plain library."""
