@@ -7,6 +7,13 @@ scaled) as a fraction of the matmul peak, and the student-over-teacher speed-up.
 
     python benchmarks/inference.py --student-steps 2 --teacher-steps 20 --teacher-slices 8
     python benchmarks/inference.py --quick           # cropped volume, smoke run
+    python benchmarks/inference.py --app shipped=bids_mrisr/data/weights/student \
+        campaign=scripts/campaign/out/student --repeats 3   # the whole app, as users run it
+
+With ``--app LABEL=DIR`` the benchmark instead runs the installed app (participant level,
+preprocessing included, fresh output and work folders each time) on the same 2 mm scan with
+each student checkpoint, and reports the median wall time, the engine's own seconds (from the
+sidecar) and the peak RSS of the app process.
 
 With ``--teacher-slices K`` the teacher runs only K slices of each plane and its time is scaled
 to the whole volume; the output then says "extrapolated from K slices".
@@ -211,6 +218,74 @@ def time_model(
     }
 
 
+def app_run(weights: Path, threads: int, tmp: Path) -> dict:
+    """One participant-level run of the installed app on the 2 mm scan: wall seconds, the
+    engine's seconds and the peak RSS of the app process (its own, read from wait4)."""
+    import shutil
+    import subprocess
+
+    base = Path(os.environ.get("BIDS_MRISR_TEST_DATA", DEFAULT_DATA))
+    subject = VOLUME.split("/", 1)[0]
+    bids = tmp / "bids"
+    if not bids.exists():
+        shutil.copytree(base / subject, bids / subject)
+        shutil.copy(base / "dataset_description.json", bids)
+    out, work = tmp / "out", tmp / "work"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
+    cmd = [sys.executable, "-m", "bids_mrisr.cli.run", str(bids), str(out), "participant",
+           "--model", "student", "--weights", str(weights), "-w", str(work),
+           "--skip-bids-validation", "--omp-nthreads", str(threads), "--nprocs", "1"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    stderr = proc.stderr.read() if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{stderr[-2000:]}")
+    sidecar = next(out.glob(f"{subject}/anat/*_desc-sr_*.json"))
+    info = json.loads(sidecar.read_text()).get("SuperResolution", {})
+    return {"seconds": seconds, "engine_seconds": info.get("Seconds"),
+            "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9}
+
+
+def app_timings(specs: list[str], threads: int, repeats: int) -> list[dict]:
+    """Median over ``repeats`` app runs per checkpoint, the checkpoints interleaved so that a
+    noisy neighbour hurts them alike."""
+    labelled = [spec.split("=", 1) for spec in specs]
+    runs: dict[str, list[dict]] = {label: [] for label, _ in labelled}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            for label, directory in labelled:
+                runs[label].append(app_run(Path(directory).resolve(), threads, Path(tmp)))
+    rows = []
+    for label, directory in labelled:
+        manifest = json.loads((Path(directory) / "model.json").read_text())
+        model = load_checkpoint(Path(directory), "cpu").model
+        rows.append({
+            "label": label, "weights": directory,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "base_width": manifest["config"].get("base_width"),
+            "repeats": repeats,
+            "seconds": statistics.median(r["seconds"] for r in runs[label]),
+            "engine_seconds": statistics.median(r["engine_seconds"] for r in runs[label]),
+            "peak_rss_gb": max(r["peak_rss_gb"] for r in runs[label]),
+            "runs": runs[label]})
+    return rows
+
+
+def print_app_table(result: dict) -> None:
+    print(f"whole app on {result['volume']} (2 mm -> 1 mm), {result['threads']} threads, "
+          f"median of {result['models'][0]['repeats']}")
+    print(f"{'label':12} {'params':>9} {'width':>5} {'app s':>7} {'engine s':>8} {'RSS GB':>7} "
+          f"{'vs first':>8}")
+    first = result["models"][0]["seconds"]
+    for r in result["models"]:
+        print(f"{r['label']:12} {r['parameters']:>9} {r['base_width']!s:>5} "
+              f"{r['seconds']:>7.1f} {r['engine_seconds']:>8.1f} {r['peak_rss_gb']:>7.2f} "
+              f"{r['seconds'] / first:>7.2f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher-steps", type=int, default=20)
@@ -232,7 +307,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="48^3 crop, smoke run")
     ap.add_argument("--skip-teacher", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "inference.json")
+    ap.add_argument("--app", nargs="+", metavar="LABEL=DIR", default=None,
+                    help="time the whole app (preprocessing included) with these student "
+                         "checkpoints instead of the engine alone")
+    ap.add_argument("--repeats", type=int, default=3, help="app runs per checkpoint (--app)")
     args = ap.parse_args(argv)
+    if args.app:
+        threads = args.threads or 2
+        result = {"benchmark": "inference-app", "volume": VOLUME, "threads": threads,
+                  "torch": torch.__version__, "cpus": os.cpu_count(),
+                  "cpu": platform.processor() or platform.machine(),
+                  "load_average_before": os.getloadavg(),
+                  "models": app_timings(args.app, threads, args.repeats)}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print_app_table(result)
+        print(f"wrote {args.out}")
+        return 0
 
     peak = matmul_peak()
     vol, src = load_volume(args.quick)
