@@ -7,7 +7,6 @@ import logging
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from bids_mrisr import __version__
 from bids_mrisr.bids.derivatives import LOG_DIRNAME, init_derivatives_dataset
@@ -51,9 +50,8 @@ def validate_input_dataset(settings: Settings) -> None:
 def resolve_weights(settings: Settings) -> tuple[Path | None, str | None]:
     """Check the checkpoint up front, so a bad --weights fails before any work starts.
 
-    Returns the weights and the cache key of the SR nodes: the checkpoint's sha256, joined by
-    its variants' (multi-axis, box) where it has them, so new weights of any invalidate the
-    cache."""
+    Returns the weights and the cache key of the SR nodes
+    (:attr:`bids_mrisr.sr.variants.VerifiedWeights.cache_key`)."""
     if settings.model == "interp":
         return None, None
     from bids_mrisr.sr.device import resolve_device
@@ -72,38 +70,20 @@ def resolve_weights(settings: Settings) -> tuple[Path | None, str | None]:
             "--weights DIR pointing at a bids_mrisr checkpoint, or use --model interp",
             ExitCode.USAGE,
         )
-    config, sha256 = _verified(weights)
-    if config.kind != settings.model:
-        raise UserError(
-            f"{weights}: is a {config.kind} checkpoint but --model {settings.model} "
-            "was requested", ExitCode.USAGE)
-    if settings.adapt == "auto" and config.prediction_type != "mean":
-        raise UserError(f"{weights}: --adapt auto needs a posterior-mean regressor checkpoint "
-                        "(the shipped student); this one is a diffusion model", ExitCode.USAGE)
-    from bids_mrisr.sr.variants import VARIANTS, weights_variant
-
-    for name in VARIANTS:
-        variant = weights_variant(weights, name)
-        if variant is None:
-            continue
-        variant_config, variant_sha = _verified(variant)
-        if variant_config.kind != config.kind:
-            raise UserError(f"{variant}: a {variant_config.kind} checkpoint inside a "
-                            f"{config.kind} one", ExitCode.USAGE)
-        sha256 = f"{sha256}+{variant_sha}"
-    return weights, sha256
-
-
-def _verified(directory: Path) -> tuple[Any, str]:
-    """A checkpoint's config and sha256; a bad one is a usage error before any work starts."""
-    from bids_mrisr.sr.checkpoint import verify_checkpoint
-    from bids_mrisr.sr.engine import SRError
+    from bids_mrisr.sr.variants import verify_with_variants
 
     try:
-        _, config, sha256 = verify_checkpoint(directory)
+        verified = verify_with_variants(weights)
     except SRError as err:
         raise UserError(str(err), ExitCode.USAGE) from None
-    return config, sha256
+    if verified.config.kind != settings.model:
+        raise UserError(
+            f"{weights}: is a {verified.config.kind} checkpoint but --model {settings.model} "
+            "was requested", ExitCode.USAGE)
+    if settings.adapt == "auto" and verified.config.prediction_type != "mean":
+        raise UserError(f"{weights}: --adapt auto needs a posterior-mean regressor checkpoint "
+                        "(the shipped student); this one is a diffusion model", ExitCode.USAGE)
+    return weights, verified.cache_key
 
 
 def print_summary(statuses: list[RunStatus]) -> None:

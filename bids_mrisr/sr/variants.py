@@ -1,15 +1,17 @@
 """Weight variants: the sub-folders of a checkpoint trained for particular inputs, and loading.
 
 A checkpoint directory may hold variants of itself (each with its own ``model.json``); the
-engine picks one from the input's geometry and told slice profile (:mod:`bids_mrisr.sr.inference`)
-and the command line checks them up front and folds their hashes into the cache key.
+engine picks one from the input's geometry and told slice profile (:mod:`bids_mrisr.sr.inference`);
+:func:`verify_with_variants` checks them all up front and gives the cache key from their hashes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.options import SRError
 
 if TYPE_CHECKING:
@@ -65,3 +67,39 @@ def load(weights: Path, device: torch.device, method: str) -> LoadedCheckpoint:
             f"--method {method} was requested"
         )
     return ckpt
+
+
+@dataclass(frozen=True)
+class VerifiedWeights:
+    """A checkpoint and its variants, each checked against its recorded sha256 once."""
+
+    path: Path
+    config: ModelConfig
+    sha256: str
+    variants: dict[str, str]  # variant name -> its sha256, for the variants the checkpoint has
+
+    @property
+    def cache_key(self) -> str:
+        """The checkpoint's sha256 joined by its variants', so new weights of any of them
+        invalidate results computed with the old ones."""
+        return "+".join([self.sha256, *(self.variants[name] for name in VARIANTS
+                                        if name in self.variants)])
+
+
+def verify_with_variants(weights: Path) -> VerifiedWeights:
+    """Verify ``weights`` and every variant it holds (no network is built): a missing, corrupt
+    or mismatched one is an :class:`SRError` before any work starts."""
+    from bids_mrisr.sr.checkpoint import verify_checkpoint  # its errors are SRErrors already
+
+    weights = Path(weights)
+    _, config, sha256 = verify_checkpoint(weights)
+    variants = {}
+    for name in VARIANTS:
+        variant = weights_variant(weights, name)
+        if variant is None:
+            continue
+        _, variant_config, variants[name] = verify_checkpoint(variant)
+        if variant_config.kind != config.kind:
+            raise SRError(f"{variant}: a {variant_config.kind} checkpoint inside a "
+                          f"{config.kind} one")
+    return VerifiedWeights(weights, config, sha256, variants)
