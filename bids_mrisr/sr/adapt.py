@@ -106,7 +106,7 @@ def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: f
     what adaptation could reach with pairs from the truth (``benchmarks/adapt_ablation.py``);
     the app never passes it."""
     config = model.config
-    if getattr(config, "prediction_type", None) != "mean":
+    if config.prediction_type != "mean":
         raise ValueError("adaptation needs a posterior-mean regressor (the shipped student)")
     start = time.perf_counter()
     torch.manual_seed(options.seed)
@@ -136,17 +136,7 @@ def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: f
 
     before = held_loss(adapted.eval())
     adapted.train()
-    opt = torch.optim.Adam(trained, lr=options.lr)
-    for step in range(options.steps):
-        for group in opt.param_groups:  # cosine decay to zero: the last steps barely move
-            group["lr"] = options.lr * 0.5 * (1 + math.cos(math.pi * step / options.steps))
-        cond, x0 = sampler.sample(options.batch_size)
-        loss, _ = mean_regression_loss(adapted, cond.to(device), x0.to(device), code)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if progress is not None:
-            progress(step + 1, options.steps)
+    _fine_tune(adapted, trained, sampler, code, options, progress)
     with torch.no_grad():
         keep = float(np.clip(options.keep_pretrained, 0.0, 1.0))
         for p, a in zip(adapted.parameters(), anchor, strict=True):
@@ -160,14 +150,41 @@ def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: f
         "LossAfter": round(after, 5),
         "ThickAxis": thick_axis,
         "Factor": round(float(factor), 4),
+        **_acquisition_record(options, profile, ratio, acquisition.misfit, sigma),
+    }
+    return adapted, info
+
+
+def _fine_tune(adapted: nn.Module, trained: list[nn.Parameter], sampler: PairSampler,
+               code: torch.Tensor, options: AdaptOptions,
+               progress: Callable[[int, int], None] | None) -> None:
+    """Adam over ``trained`` on the scan's own pairs, the rate decaying to zero (cosine), so
+    the last steps barely move."""
+    device = code.device
+    opt = torch.optim.Adam(trained, lr=options.lr)
+    for step in range(options.steps):
+        for group in opt.param_groups:
+            group["lr"] = options.lr * 0.5 * (1 + math.cos(math.pi * step / options.steps))
+        cond, x0 = sampler.sample(options.batch_size)
+        loss, _ = mean_regression_loss(adapted, cond.to(device), x0.to(device), code)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if progress is not None:
+            progress(step + 1, options.steps)
+
+
+def _acquisition_record(options: AdaptOptions, profile: str, ratio: float,
+                        misfit: dict[str, float], sigma: float) -> dict[str, Any]:
+    """What adaptation simulated, and where each value came from, for the sidecar."""
+    return {
         "SliceProfile": profile + (f" ({options.profile_source})" if options.profile else
                                    " (estimated from the scan's spectrum)"),
         "SliceWidth": (f"{ratio:g} x slice spacing (from SliceThickness)"
                        if options.thickness_ratio else
                        "slice spacing (default: no SliceThickness)"),
-        "ProfileMisfit": acquisition.misfit,
+        "ProfileMisfit": misfit,
         "NoiseSigma": round(sigma, 5),
         "KeepPretrained": options.keep_pretrained,
         "Seed": options.seed,
     }
-    return adapted, info
