@@ -29,11 +29,12 @@ from bids_mrisr.sr import provenance, slicing
 from bids_mrisr.sr.acquisition_input import acquisition_input, scan_estimate, single_thick_axis
 from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.options import VIEW_COUNTS, SRError, SROptions, SRResult
-from bids_mrisr.sr.passes import Counter, Estimate, Geometry, Sampling, restore_views
+from bids_mrisr.sr.passes import Counter, Estimate, Geometry, Sampling
 from bids_mrisr.sr.planning import Plan, plan_memory, with_tiles
 from bids_mrisr.sr.refinement import make_consistent, maybe_adapt
 from bids_mrisr.sr.resume import BatchStore, resume_key
 from bids_mrisr.sr.variants import BOX_WEIGHTS, load, weights_for_geometry, weights_variant
+from bids_mrisr.sr.views import restore_views
 
 DEFAULT_STEPS = {"teacher": 20, "student": 2}
 EXTRA_DRAW_ETA = 1.0
