@@ -48,7 +48,7 @@ from bids_mrisr.image.normalize import Normalisation
 from bids_mrisr.image.preprocess import preprocess_file
 from bids_mrisr.image.reorient import ras_zooms
 from bids_mrisr.interfaces.superres import bias_on_grid, restore_input_intensities
-from bids_mrisr.sr.acquisition import estimate_acquisition, profile_to_tell
+from bids_mrisr.sr.acquisition_input import read_scan, told_acquisitions
 from bids_mrisr.sr.adapt import AdaptOptions, adapt_model
 from bids_mrisr.sr.checkpoint import load_checkpoint
 from bids_mrisr.sr.degrade import Degradation
@@ -134,10 +134,9 @@ def main(argv: list[str] | None = None) -> int:
                 axes = blurred_axes(zooms, pre.resolution)
                 factors = tuple(z / pre.resolution for z in zooms)
                 thick = axes[0]
-                estimate = estimate_acquisition(volume, thick, factors[thick])
                 options = SROptions(blurred_axes=axes, axis_factors=factors,
-                                    threads=args.threads,
-                                    slice_profile=profile_to_tell(None, estimate))
+                                    threads=args.threads)
+                acquisition = read_scan(told_acquisitions(options)[0], volume)
                 norm = Normalisation.from_json(pre.params_file)
                 cubic = score_in_head(plain_resample(image, resolution, 3), truth)
                 mapped = scan = None
@@ -158,10 +157,11 @@ def main(argv: list[str] | None = None) -> int:
                             pairs = truth_pairs(kind, mapped, scan,
                                                 dataclasses.replace(params, axis=thick),
                                                 ckpt.config, adapt)
-                        model, info = adapt_model(ckpt.model, volume, thick, factors[thick],
-                                                  adapt, estimate=estimate, pairs=pairs)
+                        model, info = adapt_model(ckpt.model, volume, acquisition, adapt,
+                                                  pairs=pairs)
                     seconds = time.perf_counter() - start
-                    result = run_loaded(volume, model, ckpt.config, options)
+                    result = run_loaded(volume, model, ckpt.config, options,
+                                        acquisitions=(acquisition,))
                     restored = restore_input_intensities(result.image, norm,
                                                          pre.bias_field, grid)
                     scores = score_in_head(restored, truth)

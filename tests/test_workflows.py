@@ -99,7 +99,7 @@ def test_a_2d_acquisition_tells_a_box_profile_unless_the_flag_says_otherwise(tmp
 
     auto = told()
     assert auto["sub_01_wf"] == ("box", "from MRAcquisitionType 2D")
-    assert auto["sub_02_wf"] == (None, "given")  # isotropic: no thick axis, no profile
+    assert auto["sub_02_wf"] == ("unknown", "given")  # isotropic: no thick axis, no profile
     assert told("--slice-profile", "gaussian")["sub_01_wf"] == ("gaussian", "given")
 
 

@@ -31,7 +31,7 @@ from bids_mrisr.sr.degrade import (
     degrade,
     slice_profile_kernel,
 )
-from bids_mrisr.sr.options import PROFILES
+from bids_mrisr.sr.options import PROFILES, UNKNOWN
 
 HEAD_LEVEL = 0.1
 """Normalised intensity above which a voxel counts as head (background ~0, bright tissue ~1)."""
@@ -63,27 +63,18 @@ class AcquisitionEstimate:
     misfit: dict[str, float] = field(default_factory=dict)
     """Spectral-shape misfit of each candidate profile (lower fits better)."""
 
-    def told_profile(self) -> str | None:
+    def told_profile(self) -> str:
         """The shape a conditioned network is told: ``box`` when the spectrum names it by a
-        clear margin, else None (unknown: the network's average over the training family).
+        clear margin, else ``unknown`` (the network's average over the training family).
 
         Measured on the held-out benchmark cases (so chosen on them; 36 cases, 3x): the
         "Gaussian" code never beat "unknown" on a Gaussian scan, and a wrong "Gaussian" cost up
         to 0.5 dB on a box one (seg3d01, axis 1, which the spectrum misreads); near-ties (two
         cases, misfits within 1 %) went both ways."""
         if self.profile != "box" or len(self.misfit) < 2:
-            return None
+            return UNKNOWN
         best, other = sorted(self.misfit.values())[:2]
-        return "box" if other - best > DECISIVE_MARGIN * best else None
-
-
-def profile_to_tell(given: str | None, estimate: AcquisitionEstimate | None) -> str | None:
-    """The slice-profile shape a conditioned network is told, by the engine and by adaptation
-    alike: the one the user gave (``--slice-profile``), else the scan's clear reading, else
-    None (unknown)."""
-    if given is not None:
-        return given
-    return estimate.told_profile() if estimate is not None else None
+        return "box" if other - best > DECISIVE_MARGIN * best else UNKNOWN
 
 
 def noise_sigma(volume: np.ndarray, thick_axis: int) -> float:

@@ -25,15 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from bids_mrisr.sr.acquisition import (
-    AcquisitionEstimate,
-    estimate_acquisition,
-    profile_to_tell,
-    simulate_thick_axis,
-)
+from bids_mrisr.sr.acquisition import simulate_thick_axis
+from bids_mrisr.sr.acquisition_input import FROM_SPECTRUM, PassAcquisition, read_scan
 from bids_mrisr.sr.degrade import Degradation
-from bids_mrisr.sr.networks.config import acquisition_code
 from bids_mrisr.sr.objectives import mean_regression_loss
+from bids_mrisr.sr.options import UNKNOWN
 from bids_mrisr.sr.pairs import PairSampler
 
 
@@ -48,12 +44,6 @@ class AdaptOptions:
     keep_pretrained: float = 0.5
     """Final weights = keep * pretrained + (1 - keep) * adapted; 1 leaves the model as it was."""
     seed: int = 0
-    thickness_ratio: float | None = None
-    """Slice thickness / spacing from the header (None: 1, contiguous slices)."""
-    profile: str | None = None
-    """Slice-profile shape, ``gaussian`` or ``box``; None: estimated from the scan's spectrum."""
-    profile_source: str = "given"
-    """Where a set ``profile`` came from (sidecar text)."""
     match_noise: bool = True
     """Top the simulated thick slices' noise up to the scan's own (estimated in-plane)."""
 
@@ -94,14 +84,14 @@ def _adapted_parameters(model: nn.Module) -> list[nn.Parameter]:
     return list(model.experts.parameters())
 
 
-def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: float,
+def adapt_model(model: nn.Module, volume: np.ndarray, acquisition: PassAcquisition,
                 options: AdaptOptions, progress: Callable[[int, int], None] | None = None,
-                estimate: AcquisitionEstimate | None = None,
                 pairs: PairSampler | None = None,
                 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Return an adapted copy of ``model`` (a mean regressor) and provenance for the sidecar
-    (``estimate``: the scan's noise and profile when already read, else read here).
+    """Return an adapted copy of ``model`` (a mean regressor) and provenance for the sidecar.
 
+    ``acquisition``: the scan's thick axis, factor, width and profile, as the engine tells the
+    network (the scan's noise and shape are read here when it carries no reading).
     ``pairs`` replaces the scan's own pairs with ready-made ones, for benchmarks that measure
     what adaptation could reach with pairs from the truth (``benchmarks/adapt_ablation.py``);
     the app never passes it."""
@@ -110,23 +100,20 @@ def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: f
         raise ValueError("adaptation needs a posterior-mean regressor (the shipped student)")
     start = time.perf_counter()
     torch.manual_seed(options.seed)
-    ratio = options.thickness_ratio or 1.0
-    acquisition = estimate or estimate_acquisition(volume, thick_axis, factor, ratio,
-                                                   options.seed)
-    profile = options.profile or acquisition.profile
-    sigma = acquisition.noise_sigma if options.match_noise else 0.0
+    if acquisition.estimate is None:
+        acquisition = read_scan(acquisition, volume, seed=options.seed)
+    thick_axis, factor, ratio = acquisition.axis, acquisition.factor, acquisition.width or 1.0
+    sigma = acquisition.estimate.noise_sigma if options.match_noise else 0.0
     sampler = pairs if pairs is not None else adaptation_sampler(
         volume, thick_axis, factor, config.context_slices, config.residual_scale, options.crop,
-        options.seed, ratio, profile, sigma)
+        options.seed, ratio, acquisition.simulated_profile, sigma)
     device = next(model.parameters()).device
     adapted = copy.deepcopy(model).to(device).train()
     anchor = [p.detach().clone() for p in model.parameters()]
     trained = _adapted_parameters(adapted)
     held = [sampler.sample(options.batch_size) for _ in range(4)]  # fixed pairs, for the record
     # A conditioned network is told what the engine will tell it for this scan.
-    told = profile_to_tell(options.profile, acquisition)  # as the engine does
-    code = torch.tensor([acquisition_code(factor, told, options.thickness_ratio)],
-                        device=device).expand(options.batch_size, -1)
+    code = acquisition.code().to(device).expand(options.batch_size, -1)
 
     def held_loss(net: nn.Module) -> float:
         with torch.no_grad():
@@ -150,7 +137,7 @@ def adapt_model(model: nn.Module, volume: np.ndarray, thick_axis: int, factor: f
         "LossAfter": round(after, 5),
         "ThickAxis": thick_axis,
         "Factor": round(float(factor), 4),
-        **_acquisition_record(options, profile, ratio, acquisition.misfit, sigma),
+        **_acquisition_record(acquisition, options, sigma),
     }
     return adapted, info
 
@@ -174,16 +161,16 @@ def _fine_tune(adapted: nn.Module, trained: list[nn.Parameter], sampler: PairSam
             progress(step + 1, options.steps)
 
 
-def _acquisition_record(options: AdaptOptions, profile: str, ratio: float,
-                        misfit: dict[str, float], sigma: float) -> dict[str, Any]:
+def _acquisition_record(acquisition: PassAcquisition, options: AdaptOptions, sigma: float,
+                        ) -> dict[str, Any]:
     """What adaptation simulated, and where each value came from, for the sidecar."""
+    told = acquisition.profile != UNKNOWN
     return {
-        "SliceProfile": profile + (f" ({options.profile_source})" if options.profile else
-                                   " (estimated from the scan's spectrum)"),
-        "SliceWidth": (f"{ratio:g} x slice spacing (from SliceThickness)"
-                       if options.thickness_ratio else
-                       "slice spacing (default: no SliceThickness)"),
-        "ProfileMisfit": misfit,
+        "SliceProfile": f"{acquisition.simulated_profile} "
+                        f"({acquisition.profile_source if told else FROM_SPECTRUM})",
+        "SliceWidth": (f"{acquisition.width:g} x slice spacing (from SliceThickness)"
+                       if acquisition.width else "slice spacing (default: no SliceThickness)"),
+        "ProfileMisfit": acquisition.estimate.misfit,
         "NoiseSigma": round(sigma, 5),
         "KeepPretrained": options.keep_pretrained,
         "Seed": options.seed,

@@ -25,7 +25,7 @@ from scipy import ndimage
 from bids_mrisr.image.spline import cubic_resample_axis
 from bids_mrisr.sr.acquisition import HEAD_LEVEL
 from bids_mrisr.sr.degrade import slice_profile_blur, subsample_axis
-from bids_mrisr.sr.options import PROFILES
+from bids_mrisr.sr.options import PROFILES, UNKNOWN
 
 SHRINK_WINDOW = 5
 """In-plane edge (voxels) of the window over which the residual's local energy is measured."""
@@ -44,12 +44,12 @@ class ConsistencyReport:
     kept_fraction: float
     """Share of the residual's energy the shrinkage kept."""
 
-    def as_sidecar(self, profile: str | None, ratio: float | None) -> dict[str, object]:
+    def as_sidecar(self, profile: str, ratio: float | None) -> dict[str, object]:
         return {
             "Step": "one back-projection of the residual to the input's own slices, shrunk "
                     "where it is no larger than the noise (local Wiener)",
-            "SliceProfile": profile or (f"unknown: {UNKNOWN_BOX_WEIGHT:g} box + "
-                                        f"{1 - UNKNOWN_BOX_WEIGHT:g} Gaussian"),
+            "SliceProfile": profile if profile != UNKNOWN else (
+                f"unknown: {UNKNOWN_BOX_WEIGHT:g} box + {1 - UNKNOWN_BOX_WEIGHT:g} Gaussian"),
             "SliceWidth": f"{ratio:g} x slice spacing" if ratio else "slice spacing",
             "ResidualRMSBefore": round(self.residual_before, 5),
             "ResidualRMSAfter": round(self.residual_after, 5),
@@ -64,13 +64,13 @@ def input_slices(volume: np.ndarray, axis: int, factor: float) -> np.ndarray:
     return cubic_resample_axis(volume, axis, 1.0 / factor, count)
 
 
-def reacquire(estimate: np.ndarray, axis: int, factor: float, profile: str | None,
+def reacquire(estimate: np.ndarray, axis: int, factor: float, profile: str,
               ratio: float | None) -> np.ndarray:
     """The estimate put through the thick-slice acquisition (profile, then one sample per
-    slice), as the training pairs were made; ``profile`` None: the unknown-shape mixture."""
-    if profile is not None and profile not in PROFILES:
-        raise ValueError(f"profile must be one of {PROFILES} or None, got {profile!r}")
-    weights = ({profile: 1.0} if profile else
+    slice), as the training pairs were made; ``unknown``: the unknown-shape mixture."""
+    if profile != UNKNOWN and profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES} or {UNKNOWN!r}, got {profile!r}")
+    weights = ({profile: 1.0} if profile != UNKNOWN else
                {"box": UNKNOWN_BOX_WEIGHT, "gaussian": 1.0 - UNKNOWN_BOX_WEIGHT})
     return sum(weight * subsample_axis(slice_profile_blur(estimate, axis, factor, shape,
                                                           ratio or 1.0), axis, factor)
@@ -78,7 +78,7 @@ def reacquire(estimate: np.ndarray, axis: int, factor: float, profile: str | Non
 
 
 def project_onto_input(estimate: np.ndarray, volume: np.ndarray, axis: int, factor: float,
-                       profile: str | None, noise_sigma: float, ratio: float | None = None,
+                       profile: str, noise_sigma: float, ratio: float | None = None,
                        ) -> tuple[np.ndarray, ConsistencyReport]:
     """One shrunk back-projection step (module docstring). ``volume``: the normalised input on
     the target grid; ``estimate``: the network's output on the same grid; ``noise_sigma``: the

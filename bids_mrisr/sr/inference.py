@@ -17,7 +17,6 @@ For every plane the volume is cut into slices; each slice is conditioned on its 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +25,12 @@ import torch
 
 from bids_mrisr.sr import device as devices
 from bids_mrisr.sr import provenance, slicing
-from bids_mrisr.sr.acquisition_input import acquisition_input, scan_estimate, single_thick_axis
+from bids_mrisr.sr.acquisition_input import (
+    PassAcquisition,
+    only_thick_axis,
+    pass_acquisitions,
+    told_acquisitions,
+)
 from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.options import VIEW_COUNTS, SRError, SROptions, SRResult
 from bids_mrisr.sr.passes import Counter, Estimate, Geometry, Sampling
@@ -67,16 +71,11 @@ def run_model(
     device = devices.resolve_device(options.device)
     weights = weights_for_geometry(Path(options.weights), options.blurred_axes)
     ckpt = load(weights, device, options.method)
-    estimate = scan_estimate(ckpt.config, volume, options)
-    asked, given = options, options.slice_profile
-    if estimate is not None:
-        from bids_mrisr.sr.acquisition import profile_to_tell
-
-        options = dataclasses.replace(
-            options, slice_profile=profile_to_tell(options.slice_profile, estimate))
+    acquisitions = pass_acquisitions(ckpt.config, volume, options)
+    single = only_thick_axis(acquisitions)
     box = weights_variant(Path(options.weights), BOX_WEIGHTS)
-    if (weights == Path(options.weights) and box is not None and options.slice_profile == "box"
-            and single_thick_axis(options) is not None):
+    if (weights == Path(options.weights) and box is not None and single is not None
+            and single.profile == "box"):
         weights = box
         ckpt = load(weights, device, options.method)
     variant = weights.name if weights != Path(options.weights) else None
@@ -84,7 +83,7 @@ def run_model(
     name = Path(ckpt.path).name or ckpt.config.kind
     if variant is not None:
         name = f"{Path(options.weights).name}/{variant}"
-    model, adaptation = maybe_adapt(ckpt.model, volume, asked, ckpt.sha256, progress, estimate)
+    model, adaptation = maybe_adapt(ckpt.model, volume, single, options, ckpt.sha256, progress)
     result = run_loaded(
         volume,
         model,
@@ -96,11 +95,12 @@ def run_model(
         default_steps=provenance.provenance_steps(prov),
         progress=progress,
         resume_dir=resume_dir,
+        acquisitions=acquisitions,
     )
-    make_consistent(result, volume, options, estimate)
-    provenance.add_weights_and_sources(result.info, prov, variant, options, given, estimate,
-                                       adaptation)
+    make_consistent(result, volume, single, options)
+    provenance.add_weights(result.info, prov, variant, adaptation)
     return result
+
 
 def flip_views(options: SROptions, one_call: bool = True) -> tuple[tuple[int, ...], ...]:
     """The flips of the volume whose restorations are averaged (see ``FLIP_VIEWS``).
@@ -162,12 +162,12 @@ def _estimate(config: ModelConfig, options: SROptions, default_steps: int | None
 
 
 def _geometry(volume: np.ndarray, config: ModelConfig, options: SROptions, device: torch.device,
-              param_bytes: int, views: int, tile: int | None) -> Geometry:
+              param_bytes: int, views: int, tile: int | None,
+              acquisitions: tuple[PassAcquisition, ...]) -> Geometry:
     """One pass per blurred axis (coarsest first), each in the planes that contain that axis
     with it along the slice rows, as the networks are trained (None: one pass, all planes as
-    given); a memory plan per pass and plane; the acquisition code of each pass."""
-    blurred = options.blurred_axes
-    axes: list[int | None] = [None] if blurred is None else list(blurred)
+    given); a memory plan per pass and plane; the acquisition of each pass."""
+    axes = [value.axis for value in acquisitions]
     planes = [slicing.planes_for_geometry(tuple(options.planes), thick) for thick in axes]
     plans: dict[tuple[int, str], Plan] = {}
     for i, thick in enumerate(axes):
@@ -178,8 +178,8 @@ def _geometry(volume: np.ndarray, config: ModelConfig, options: SROptions, devic
             if tile is not None:
                 with_tiles(plan, config, tile)
             plans[(i, p)] = plan
-    codes = [acquisition_input(config, options, thick) for thick in axes]
-    return Geometry(axes, planes, plans, codes)
+    codes = [value.code() if config.acquisition_features else None for value in acquisitions]
+    return Geometry(axes, planes, plans, codes, acquisitions)
 
 
 def _normalise(gates: np.ndarray) -> None:
@@ -202,11 +202,14 @@ def run_loaded(
     progress: Callable[[int, int], None] | None = None,
     tile: int | None = None,
     resume_dir: Path | None = None,
+    acquisitions: tuple[PassAcquisition, ...] | None = None,
 ) -> SRResult:
     """The engine proper, for an already loaded network (see module docstring).
 
     ``tile`` forces an in-plane tile size (tests, expert use); normally the memory budget
     (``options.max_memory_gb``) decides. ``resume_dir``: where finished batches are kept.
+    ``acquisitions``: one per pass (:func:`~bids_mrisr.sr.acquisition_input.pass_acquisitions`);
+    by default what the options tell, without reading the scan.
     """
     volume = _checked(volume, options)
     if options.blurred_axes is not None and not options.blurred_axes:  # at the target grid
@@ -225,7 +228,8 @@ def run_loaded(
     model = model.to(memory_format=torch.channels_last)
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     gates_acc = np.zeros((k, *volume.shape), np.float32) if teacher else None
-    geometry = _geometry(volume, config, options, device, param_bytes, len(views), tile)
+    geometry = _geometry(volume, config, options, device, param_bytes, len(views), tile,
+                         acquisitions or told_acquisitions(options))
     total = sum(
         len(slicing.batches(volume.shape[slicing.PLANE_AXES[p]], plan.batch_size))
         for (_, p), plan in geometry.plans.items()

@@ -21,6 +21,9 @@ PLANES = ("axial", "coronal", "sagittal")
 PROFILES = ("gaussian", "box")
 """Slice profiles: ``gaussian`` (FWHM = thickness), ``box`` (soft-edged rectangle of width
 thickness, as a sinc-shaped RF pulse gives); ``--slice-profile`` picks one for adaptation."""
+UNKNOWN = "unknown"
+"""What is not known of an acquisition (a slice-profile shape, a factor, a width) is this value,
+never None: a conditioned network is then told the family's average."""
 
 NOTHING_RESTORED = "nothing: the input is already sampled at the target resolution"
 """``Restored`` in the provenance of a run with no axis to restore (``RestoredAxes: []``)."""
@@ -77,9 +80,9 @@ class SROptions:
     slice_thickness_ratio: float | None = None
     """Slice thickness over slice spacing along the thick axis (from the sidecar's
     ``SliceThickness``); adaptation then simulates that profile (default: 1, contiguous)."""
-    slice_profile: str | None = None
-    """Slice-profile shape told to a conditioned network and simulated by adaptation (one of
-    ``PROFILES``); None: read from the scan."""
+    slice_profile: str = UNKNOWN
+    """Slice-profile shape the caller tells (one of ``PROFILES``, from ``--slice-profile`` or
+    the sidecar); ``UNKNOWN``: the engine reads the scan (``sr/acquisition_input.py``)."""
     slice_profile_source: str = "given"
     """Where ``slice_profile`` came from, for the sidecar: ``given`` (``--slice-profile``) or
     the BIDS metadata it was read from."""

@@ -27,6 +27,7 @@ import torch
 from bids_mrisr.image.spline import cubic_resample, cubic_resample_axis
 from bids_mrisr.sr.degrade import PROFILES, Degradation, degrade, smooth_bias_field
 from bids_mrisr.sr.networks.config import acquisition_code
+from bids_mrisr.sr.options import UNKNOWN
 from bids_mrisr.sr.slicing import planar_view
 
 FOREGROUND_THRESHOLD = 0.05
@@ -283,7 +284,7 @@ class PairSampler:
         x0 = (target - cond[m]) * self.scale
         known_profile = r.random() >= UNKNOWN_PROFILE_RATE
         known_width = r.random() >= UNKNOWN_WIDTH_RATE
-        code = acquisition_code(params.factor, params.profile if known_profile else None,
+        code = acquisition_code(params.factor, params.profile if known_profile else UNKNOWN,
                                 params.thickness_ratio if known_width else None)
         return cond, x0[None], np.asarray(code, dtype=np.float32)
 

@@ -19,6 +19,7 @@ import torch
 
 from bids_mrisr.sr import device as devices
 from bids_mrisr.sr import slicing
+from bids_mrisr.sr.acquisition_input import PassAcquisition
 from bids_mrisr.sr.diffusion.sampler import CLIP_RESIDUAL, ddim_sample, randn
 from bids_mrisr.sr.diffusion.schedule import NoiseSchedule
 from bids_mrisr.sr.networks.config import MEAN_TIMESTEP
@@ -102,12 +103,14 @@ class Batch:
 
 @dataclass(frozen=True)
 class Geometry:
-    """The run's passes: the axis each restores, its planes, their plans, its acquisition code."""
+    """The run's passes: the axis each restores, its planes, their plans, its acquisition code
+    (None: a blind network) and what is known of its acquisition."""
 
     axes: list[int | None]
     planes: list[tuple[str, ...]]
     plans: dict[tuple[int, str], Plan]
     codes: list[torch.Tensor | None]
+    acquisitions: tuple[PassAcquisition, ...]
 
 
 def _seed_for(seed: int, plane: str, index: int, sample: int, pass_index: int = 0) -> int:

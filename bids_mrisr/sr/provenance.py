@@ -6,21 +6,17 @@ and what it counted (expert evaluations), so the engine's loops carry no bookkee
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from bids_mrisr.sr import device as devices
 from bids_mrisr.sr import slicing
-from bids_mrisr.sr.acquisition_input import describe_acquisition
 from bids_mrisr.sr.diffusion.sampler import CLIP_RESIDUAL
 from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.options import NOTHING_RESTORED, SROptions
 from bids_mrisr.sr.passes import Estimate, Geometry
 from bids_mrisr.sr.variants import VARIANT_USE
-
-if TYPE_CHECKING:
-    from bids_mrisr.sr.acquisition import AcquisitionEstimate
 
 
 def provenance_steps(prov: dict[str, Any]) -> int | None:
@@ -76,30 +72,19 @@ def run_info(
         "Threads": nthreads if device.type == "cpu" else None,
     }
     if any(code is not None for code in geometry.codes):
-        info["AcquisitionInput"] = [describe_acquisition(options, thick) for thick in passes]
+        info["AcquisitionInput"] = [value.describe() for value in geometry.acquisitions]
     if n > 1:
         info["UncertaintyMeasure"] = "voxel-wise standard deviation over draws (ddof=1)"
     return info
 
 
-def add_weights_and_sources(
-    info: dict[str, Any], prov: dict[str, Any], variant: str | None, options: SROptions,
-    given: str | None, estimate: AcquisitionEstimate | None,
-    adaptation: dict[str, Any] | None,
-) -> None:
+def add_weights(info: dict[str, Any], prov: dict[str, Any], variant: str | None,
+                adaptation: dict[str, Any] | None) -> None:
     """Add to ``info`` what :func:`~bids_mrisr.sr.inference.run_model` knows beyond the engine:
-    whether the weights were trained, their variant, where each told slice profile came from
-    (``given``: the profile the caller gave, None: read from the scan) and the adaptation."""
+    whether the weights were trained, their variant, and the adaptation."""
     if "trained" in prov:
         info["WeightsTrained"] = bool(prov["trained"])
     if variant is not None:
         info["WeightsVariant"] = f"{variant}: the checkpoint's variant for {VARIANT_USE[variant]}"
-    for entry in info.get("AcquisitionInput", []):
-        if entry["SliceProfile"] != "unknown":
-            entry["SliceProfile"] += (f" ({options.slice_profile_source})" if given else
-                                      " (estimated from the scan's spectrum)")
-        elif estimate is not None and given is None:
-            entry["SliceProfile"] += (f" (the scan's spectrum reads {estimate.profile}, which "
-                                      "is told only when it reads box by a clear margin)")
     if adaptation is not None:
         info["Adaptation"] = adaptation

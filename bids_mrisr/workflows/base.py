@@ -24,7 +24,7 @@ from bids_mrisr.config import Settings
 from bids_mrisr.image.reorient import ras_zooms
 from bids_mrisr.image.resample import default_resolution
 from bids_mrisr.sr.geometry import MIN_ANISOTROPY, anisotropy, blurred_axes
-from bids_mrisr.sr.options import SROptions
+from bids_mrisr.sr.options import UNKNOWN, SROptions
 from bids_mrisr.workflows.outputs import init_outputs_wf
 from bids_mrisr.workflows.preproc import init_preproc_wf
 from bids_mrisr.workflows.superres import init_superres_wf
@@ -116,15 +116,15 @@ def init_single_run_wf(run: AnatRun, settings: Settings, options: SROptions,
 
 
 def told_slice_profile(choice: str, run: AnatRun, restore: tuple[int, ...],
-                       ) -> tuple[str | None, str]:
+                       ) -> tuple[str, str]:
     """The slice-profile shape for one run and where it came from: ``--slice-profile`` when
     given, else what the sidecar's ``MRAcquisitionType`` implies for a single thick axis
-    (2D: box), else None (the engine reads the scan's spectrum)."""
+    (2D: box), else unknown (the engine reads the scan's spectrum)."""
     if choice != "auto":
         return choice, "given"
     implied = slice_profile_from_metadata(run.metadata) if len(restore) == 1 else None
     if implied is None:
-        return None, "given"
+        return UNKNOWN, "given"
     LOGGER.info("%s: MRAcquisitionType is %s (slice-selective excitation): the student is told "
                 "a %s slice profile (--slice-profile gaussian to override)", run.relpath,
                 SLICE_SELECTIVE, implied)

@@ -93,7 +93,7 @@ def test_the_engine_tells_the_network_the_profile_and_records_it() -> None:
                        dataclasses.replace(base, slice_profile="gaussian"))
     assert np.abs(box.image - gauss.image).max() > 1e-3  # the code reaches the network
     assert box.info["AcquisitionInput"] == [
-        {"Axis": 2, "Factor": 3.0, "SliceProfile": "box", "SliceWidth": "unknown"}]
+        {"Axis": 2, "Factor": 3.0, "SliceProfile": "box (given)", "SliceWidth": "unknown"}]
     iso = run_loaded(scan, model, model.config,
                      SROptions(blurred_axes=(0, 1), axis_factors=(2.0, 2.0, 1.0)))
     assert [p["SliceProfile"] for p in iso.info["AcquisitionInput"]] == ["unknown", "unknown"]
@@ -119,10 +119,71 @@ def test_run_model_reads_the_profile_from_the_scan_unless_given(tmp_path) -> Non
 def test_only_a_clear_box_reading_is_told() -> None:
     from bids_mrisr.sr.acquisition import AcquisitionEstimate
 
-    def told(profile: str, misfit: dict[str, float]) -> str | None:
+    def told(profile: str, misfit: dict[str, float]) -> str:
         return AcquisitionEstimate(profile, 0.01, misfit).told_profile()
 
     assert told("box", {"gaussian": 0.05, "box": 0.02}) == "box"
-    assert told("box", {"gaussian": 0.0201, "box": 0.02}) is None  # a near-tie names nothing
-    assert told("gaussian", {"gaussian": 0.01, "box": 0.03}) is None  # never beat "unknown"
-    assert told("gaussian", {}) is None  # no head to read
+    assert told("box", {"gaussian": 0.0201, "box": 0.02}) == "unknown"  # a near-tie: nothing
+    assert told("gaussian", {"gaussian": 0.01, "box": 0.03}) == "unknown"  # never beat unknown
+    assert told("gaussian", {}) == "unknown"  # no head to read
+
+
+def test_each_pass_gets_one_immutable_value_from_header_flags_and_scan() -> None:
+    from bids_mrisr.sr.acquisition import AcquisitionEstimate
+    from bids_mrisr.sr.acquisition_input import (
+        FROM_SPECTRUM,
+        PassAcquisition,
+        pass_acquisitions,
+        told_acquisitions,
+    )
+
+    (unknown,) = told_acquisitions(SROptions())  # no geometry: one pass, nothing known
+    assert (unknown.axis, unknown.factor, unknown.profile) == (None, None, "unknown")
+    assert unknown.code().tolist() == [[0.0] * ACQUISITION_FEATURES]
+    iso = told_acquisitions(SROptions(blurred_axes=(0, 2), axis_factors=(3.0, 1.0, 2.0),
+                                      slice_profile="box"))
+    assert [(v.axis, v.factor, v.profile) for v in iso] == [(0, 3.0, "unknown"),
+                                                            (2, 2.0, "unknown")]
+    (told,) = told_acquisitions(SROptions(blurred_axes=(2,), axis_factors=(1.0, 1.0, 3.0),
+                                          slice_profile="box", slice_thickness_ratio=1.2,
+                                          slice_profile_source="from MRAcquisitionType 2D"))
+    assert told == PassAcquisition(2, 3.0, 1.2, "box", "from MRAcquisitionType 2D")
+    assert told.code().tolist() == [pytest.approx(acquisition_code(3.0, "box", 1.2))]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        told.profile = "gaussian"  # type: ignore[misc]
+
+    clear = AcquisitionEstimate("box", 0.01, {"gaussian": 0.05, "box": 0.02})
+    tie = AcquisitionEstimate("box", 0.01, {"gaussian": 0.0201, "box": 0.02})
+    bare = PassAcquisition(2, 3.0)
+    assert (bare.with_reading(clear).profile, bare.with_reading(clear).profile_source) == (
+        "box", FROM_SPECTRUM)
+    near = bare.with_reading(tie)
+    assert near.profile == "unknown" and near.simulated_profile == "box"
+    assert "spectrum reads box" in near.describe()["SliceProfile"]
+    given = PassAcquisition(2, 3.0, None, "gaussian", "given").with_reading(clear)
+    assert given.describe()["SliceProfile"] == "gaussian (given)"
+
+    scan = simulate_cubic(_sharp_phantom((32, 32, 32)), Degradation(axis=2, factor=3.0),
+                          np.random.default_rng(0))
+    options = SROptions(blurred_axes=(2,), axis_factors=(1.0, 1.0, 3.0))
+    assert pass_acquisitions(_config(0), scan, options)[0].estimate is None  # blind: no reading
+    assert pass_acquisitions(_config(ACQUISITION_FEATURES), scan, options)[0].estimate is not None
+    assert pass_acquisitions(_config(0), scan, dataclasses.replace(options, adapt_steps=2),
+                             )[0].estimate is not None  # adaptation needs the noise
+
+
+def test_network_adaptation_and_consistency_record_the_same_acquisition(tmp_path) -> None:
+    """One value per pass reaches every step: the sidecar's three records agree."""
+    scan = simulate_cubic(_sharp_phantom((48, 48, 48)),
+                          Degradation(axis=2, factor=3.0, profile="box"),
+                          np.random.default_rng(0))
+    save_checkpoint(_conditioned_student(), tmp_path / "ck")
+    info = run_model(scan, SROptions(weights=tmp_path / "ck", device="cpu", blurred_axes=(2,),
+                                     axis_factors=(1.0, 1.0, 3.0), flip_views=1,
+                                     adapt_steps=2, slice_thickness_ratio=1.1)).info
+    told = info["AcquisitionInput"][0]
+    assert told["SliceProfile"] == "box (estimated from the scan's spectrum)"
+    assert info["Adaptation"]["SliceProfile"] == told["SliceProfile"]
+    assert info["InputConsistency"]["SliceProfile"] == "box"
+    assert info["Adaptation"]["NoiseSigma"] == info["InputConsistency"]["NoiseSigma"]
+    assert told["SliceWidth"] == info["InputConsistency"]["SliceWidth"] == "1.1 x slice spacing"

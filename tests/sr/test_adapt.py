@@ -8,12 +8,16 @@ import logging
 import numpy as np
 import torch
 
+from bids_mrisr.sr.acquisition_input import PassAcquisition
 from bids_mrisr.sr.adapt import AdaptOptions, adapt_model, adaptation_sampler
 from bids_mrisr.sr.inference import run_loaded
 from bids_mrisr.sr.networks import ModelConfig, build_model
 from bids_mrisr.sr.options import SROptions
 from bids_mrisr.sr.refinement import maybe_adapt
 from tests.sr.test_regression import _sharp_phantom
+
+THICK_Z = PassAcquisition(axis=2, factor=3.0)
+"""A 3x thick axis 2, with nothing told of its width or profile."""
 
 
 def _student():
@@ -53,16 +57,17 @@ def test_pairs_degrade_the_in_plane_axes_with_the_scans_factor() -> None:
 def test_adaptation_lowers_the_loss_and_full_regulariser_keeps_the_weights() -> None:
     scan = _anisotropic_scan()
     model = _student()
-    adapted, info = adapt_model(model, scan, 2, 3.0, AdaptOptions(steps=60, crop=32, lr=3e-3,
+    adapted, info = adapt_model(model, scan, THICK_Z, AdaptOptions(steps=60, crop=32, lr=3e-3,
                                                                   keep_pretrained=0.0))
     assert info["LossAfter"] < info["LossBefore"]
     # The sidecar says what was simulated, and why.
     assert info["SliceProfile"].split()[0] in ("gaussian", "box")
     assert set(info["ProfileMisfit"]) == {"gaussian", "box"} and info["NoiseSigma"] >= 0
-    given = adapt_model(model, scan, 2, 3.0, AdaptOptions(steps=2, crop=32, profile="box",
-                                                          match_noise=False))[1]
+    told_box = dataclasses.replace(THICK_Z, profile="box", profile_source="given")
+    given = adapt_model(model, scan, told_box, AdaptOptions(steps=2, crop=32,
+                                                            match_noise=False))[1]
     assert given["SliceProfile"] == "box (given)" and given["NoiseSigma"] == 0.0
-    frozen, info = adapt_model(model, scan, 2, 3.0, AdaptOptions(steps=10, crop=32,
+    frozen, info = adapt_model(model, scan, THICK_Z, AdaptOptions(steps=10, crop=32,
                                                                  keep_pretrained=1.0))
     for p, q in zip(model.parameters(), frozen.parameters(), strict=True):
         torch.testing.assert_close(p, q)
@@ -73,7 +78,8 @@ def test_isotropic_input_skips_adaptation_with_a_log_line(caplog) -> None:
     model = _student()
     options = SROptions(adapt_steps=50, blurred_axes=(0, 1, 2), axis_factors=(2.0, 2.0, 2.0))
     with caplog.at_level(logging.INFO, logger="bids_mrisr"):
-        same, info = maybe_adapt(model, np.zeros((8, 8, 8), np.float32), options, "abc", None)
+        same, info = maybe_adapt(model, np.zeros((8, 8, 8), np.float32), None, options, "abc",
+                                 None)
     assert same is model and info["Status"].startswith("skipped")
     assert "adaptation skipped" in caplog.text
 
@@ -82,7 +88,7 @@ def test_same_seed_same_adapted_output() -> None:
     scan = _anisotropic_scan()
     outs = []
     for _ in range(2):
-        adapted, _ = adapt_model(_student(), scan, 2, 3.0, AdaptOptions(steps=15, crop=32))
+        adapted, _ = adapt_model(_student(), scan, THICK_Z, AdaptOptions(steps=15, crop=32))
         res = run_loaded(scan, adapted, adapted.config, SROptions(blurred_axes=(2,)))
         outs.append(res.image)
     np.testing.assert_array_equal(outs[0], outs[1])
@@ -94,7 +100,7 @@ def test_a_mean_teacher_adapts_its_experts_and_keeps_its_router() -> None:
                                  router_top_k=2)
     teacher = build_model(config).eval()
     scan = _anisotropic_scan()
-    adapted, info = adapt_model(teacher, scan, 2, 3.0, AdaptOptions(steps=40, crop=32, lr=3e-3,
+    adapted, info = adapt_model(teacher, scan, THICK_Z, AdaptOptions(steps=40, crop=32, lr=3e-3,
                                                                     keep_pretrained=0.0))
     assert info["LossAfter"] < info["LossBefore"]
     for name, before in teacher.state_dict().items():
@@ -125,9 +131,9 @@ def test_ready_made_pairs_replace_the_scans_own() -> None:
     with torch.no_grad():
         expected = np.mean([float(mean_regression_loss(model, *twin.sample(8))[0])
                             for _ in range(4)])
-    _, info = adapt_model(model, scan, 2, 3.0, AdaptOptions(steps=3, crop=32),
+    _, info = adapt_model(model, scan, THICK_Z, AdaptOptions(steps=3, crop=32),
                           pairs=truth_sampler())
-    own = adapt_model(model, scan, 2, 3.0, AdaptOptions(steps=3, crop=32))[1]
+    own = adapt_model(model, scan, THICK_Z, AdaptOptions(steps=3, crop=32))[1]
     assert abs(info["LossBefore"] - round(float(expected), 5)) < 1e-5
     assert abs(own["LossBefore"] - info["LossBefore"]) > 1e-4  # the scan's pairs differ
 

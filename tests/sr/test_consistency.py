@@ -67,7 +67,7 @@ def test_an_unknown_shape_is_simulated_as_the_box_heavy_mixture() -> None:
 
     truth = _sharp_phantom((24, 24, 36))
     box, gaussian = (reacquire(truth, 2, 3.0, shape, None) for shape in ("box", "gaussian"))
-    mixed = reacquire(truth, 2, 3.0, None, None)
+    mixed = reacquire(truth, 2, 3.0, "unknown", None)
     assert np.allclose(mixed, UNKNOWN_BOX_WEIGHT * box + (1 - UNKNOWN_BOX_WEIGHT) * gaussian,
                        atol=1e-6)
     assert not np.allclose(box, gaussian, atol=1e-3)  # the two shapes do differ here

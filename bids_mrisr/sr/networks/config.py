@@ -209,7 +209,7 @@ class ModelConfig:
                    time_dim=8)
 
 
-def acquisition_code(factor: float, profile: str | None = None,
+def acquisition_code(factor: float, profile: str = "unknown",
                      thickness_ratio: float | None = None) -> list[float]:
     """The acquisition input of conditioned networks, each entry centred on the typical scan.
 
@@ -217,10 +217,10 @@ def acquisition_code(factor: float, profile: str | None = None,
     -1 for a Gaussian and 0 when unknown; an unknown slice width is 0 (contiguous slices).
     Training draws unknown entries too, so 0 means "average over what the family holds".
     """
-    from bids_mrisr.sr.options import PROFILES
+    from bids_mrisr.sr.options import PROFILES, UNKNOWN
 
-    if profile is not None and profile not in PROFILES:
-        raise ValueError(f"profile must be one of {PROFILES} or None, got {profile!r}")
-    shape = 0.0 if profile is None else (1.0 if profile == "box" else -1.0)
+    if profile != UNKNOWN and profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES} or {UNKNOWN!r}, got {profile!r}")
+    shape = 0.0 if profile == UNKNOWN else (1.0 if profile == "box" else -1.0)
     width = 0.0 if thickness_ratio is None else (float(thickness_ratio) - 1.0) / 0.3
     return [(float(factor) - 3.0) / 2.0, shape, width]
