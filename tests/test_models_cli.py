@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import nibabel as nib
@@ -216,11 +217,17 @@ def test_weights_variants_are_checked_up_front_and_key_the_cache(tmp_path, small
     weights = tmp_path / "student"
     sha = random_checkpoint(weights, ModelConfig.tiny_student(), seed=0)
     settings = SimpleNamespace(model="student", device="cpu", weights=weights, adapt="off")
-    assert resolve_weights(settings) == (weights, sha)
+
+    def key() -> tuple:
+        verified = resolve_weights(settings)
+        return verified.path, verified.cache_key
+
+    assert key() == (weights, sha)
     variant_sha = random_checkpoint(weights / MULTI_AXIS_WEIGHTS, ModelConfig.tiny_student(),
                                     seed=1)
     # new weights of the variant alone must invalidate the cached SR results
-    assert resolve_weights(settings) == (weights, f"{sha}+{variant_sha}")
+    assert key() == (weights, f"{sha}+{variant_sha}")
+    assert resolve_weights(settings).digests == (("", sha), (MULTI_AXIS_WEIGHTS, variant_sha))
     random_checkpoint(weights / MULTI_AXIS_WEIGHTS, ModelConfig.tiny_teacher(), seed=1)
     with pytest.raises(UserError, match="a teacher checkpoint inside a student one"):
         resolve_weights(settings)
@@ -234,4 +241,45 @@ def test_weights_variants_are_checked_up_front_and_key_the_cache(tmp_path, small
     (weights / MULTI_AXIS_WEIGHTS / "model.safetensors").unlink()
     (weights / MULTI_AXIS_WEIGHTS / "model.json").unlink()
     box_sha = random_checkpoint(weights / BOX_WEIGHTS, ModelConfig.tiny_student(), seed=2)
-    assert resolve_weights(settings) == (weights, f"{sha}+{box_sha}")
+    assert key() == (weights, f"{sha}+{box_sha}")
+
+
+def test_the_engine_loads_the_chosen_weights_once_and_rehashes_none_it_was_given(
+        tmp_path, monkeypatch):
+    """The app hashes every checkpoint and variant once, up front; the engine then loads only
+    the variant it picks and checks its manifest against the digest, without hashing."""
+    import safetensors.torch
+
+    from bids_mrisr.sr import checkpoint
+    from bids_mrisr.sr.inference import run_model
+    from bids_mrisr.sr.options import SRError, SROptions
+    from bids_mrisr.sr.variants import BOX_WEIGHTS, verify_with_variants
+
+    weights = tmp_path / "student"
+    random_checkpoint(weights, ModelConfig.tiny_student(), seed=0)
+    random_checkpoint(weights / BOX_WEIGHTS, ModelConfig.tiny_student(), seed=2)
+    verified = verify_with_variants(weights)
+    calls = {"hash": 0, "load": 0}
+    hash_file, load_file = checkpoint.sha256_file, safetensors.torch.load_file
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(checkpoint, "sha256_file", counted("hash", hash_file))
+    monkeypatch.setattr(safetensors.torch, "load_file", counted("load", load_file))
+    volume = np.random.default_rng(0).random((12, 12, 12), dtype=np.float32)
+    options = SROptions(weights=weights, weights_sha256=verified.digests, device="cpu",
+                        blurred_axes=(2,), axis_factors=(1.0, 1.0, 3.0), slice_profile="box",
+                        flip_views=1, input_consistency=False)
+    info = run_model(volume, options).info
+    assert info["ModelName"] == "student/box"
+    assert info["WeightsSHA256"] == dict(verified.digests)[BOX_WEIGHTS]
+    assert calls == {"hash": 0, "load": 1}
+    run_model(volume, dataclasses.replace(options, weights_sha256=()))  # a plain engine call
+    assert calls == {"hash": 1, "load": 2}  # verifies what it loads, once
+    random_checkpoint(weights / BOX_WEIGHTS, ModelConfig.tiny_student(), seed=3)
+    with pytest.raises(SRError, match="changed since the run verified it"):
+        run_model(volume, options)

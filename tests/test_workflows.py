@@ -160,6 +160,7 @@ def test_sr_node_hash_follows_every_result_option_and_ignores_the_runtime_ones()
     base = SROptions(weights=Path("/w"), blurred_axes=(2,), axis_factors=(1.0, 1.0, 3.0))
     assert hashval(base) == hashval(dataclasses.replace(base))  # a rerun: the cache holds
     changes = {"method": "teacher", "weights": Path("/v"), "seed": 1, "steps": 4,
+               "weights_sha256": (("", "ab"), ("box", "cd")),  # new weights of any variant
                "num_samples": 2, "eta": 0.5, "planes": ("axial",),
                "gate_skip_threshold": 0.0, "blurred_axes": (1,),
                "axis_factors": (1.0, 3.0, 1.0), "adapt_steps": 3, "slice_thickness_ratio": 1.2,

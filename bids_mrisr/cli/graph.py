@@ -11,6 +11,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bids_mrisr.bids.derivatives import (
     output_name,
@@ -22,6 +23,9 @@ from bids_mrisr.bids.derivatives import (
 from bids_mrisr.bids.layout import AnatRun
 from bids_mrisr.cli.interrupted import run_workflow
 from bids_mrisr.config import Settings
+
+if TYPE_CHECKING:
+    from bids_mrisr.sr.variants import VerifiedWeights
 
 LOGGER = logging.getLogger("bids_mrisr")
 
@@ -117,13 +121,13 @@ def _parallel_jobs(runs: list[AnatRun], settings: Settings) -> int:
     return jobs
 
 
-def run_graph(runs: list[AnatRun], settings: Settings, weights: Path | None,
-              sha256: str | None) -> list[RunStatus]:
+def run_graph(runs: list[AnatRun], settings: Settings,
+              weights: VerifiedWeights | None) -> list[RunStatus]:
     from bids_mrisr.workflows.base import init_bids_mrisr_wf
 
     _configure_nipype(settings)
     parallel_jobs = _parallel_jobs(runs, settings)
-    workflow = init_bids_mrisr_wf(runs, settings, weights, sha256, parallel_jobs)
+    workflow = init_bids_mrisr_wf(runs, settings, weights, parallel_jobs)
     started = time.time()
     plugin, plugin_args = execution_plugin(settings, parallel_jobs)
     LOGGER.info("processing %d run(s) with nipype %s (work dir %s)", len(runs), plugin,

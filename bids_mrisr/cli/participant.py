@@ -7,6 +7,7 @@ import logging
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bids_mrisr import __version__
 from bids_mrisr.bids.derivatives import LOG_DIRNAME, init_derivatives_dataset
@@ -23,6 +24,9 @@ from bids_mrisr.cli.graph import RunStatus, run_graph
 from bids_mrisr.config import Settings
 from bids_mrisr.errors import ExitCode, UserError
 from bids_mrisr.runtime.atomic import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from bids_mrisr.sr.variants import VerifiedWeights
 
 LOGGER = logging.getLogger("bids_mrisr")
 
@@ -47,13 +51,11 @@ def validate_input_dataset(settings: Settings) -> None:
     LOGGER.info("BIDS validation passed: %s", settings.bids_dir)
 
 
-def resolve_weights(settings: Settings) -> tuple[Path | None, str | None]:
-    """Check the checkpoint up front, so a bad --weights fails before any work starts.
-
-    Returns the weights and the cache key of the SR nodes
-    (:attr:`bids_mrisr.sr.variants.VerifiedWeights.cache_key`)."""
+def resolve_weights(settings: Settings) -> VerifiedWeights | None:
+    """Check the checkpoint and its variants up front, so a bad --weights fails before any
+    work starts; the engine then hashes nothing again (None: ``--model interp``)."""
     if settings.model == "interp":
-        return None, None
+        return None
     from bids_mrisr.sr.device import resolve_device
     from bids_mrisr.sr.engine import SRError
     from bids_mrisr.sr.weights import default_weights
@@ -83,7 +85,7 @@ def resolve_weights(settings: Settings) -> tuple[Path | None, str | None]:
     if settings.adapt == "auto" and verified.config.prediction_type != "mean":
         raise UserError(f"{weights}: --adapt auto needs a posterior-mean regressor checkpoint "
                         "(the shipped student); this one is a diffusion model", ExitCode.USAGE)
-    return weights, verified.cache_key
+    return verified
 
 
 def print_summary(statuses: list[RunStatus]) -> None:
@@ -246,7 +248,7 @@ def run_participant(settings: Settings, command_line: list[str]) -> ExitCode:
                 len({run.subject for run in runs}))
     if settings.reports_only:
         return rebuild_reports(runs, settings, command_line)
-    weights, sha256 = resolve_weights(settings)
+    weights = resolve_weights(settings)
 
     statuses: list[RunStatus] = []
     good: list[AnatRun] = []
@@ -277,8 +279,7 @@ def run_participant(settings: Settings, command_line: list[str]) -> ExitCode:
     locks, busy = _lock_subjects(settings.output_dir, {run.subject for run in runs})
     try:
         statuses = [s for s in statuses if s.run.subject not in busy]
-        statuses += run_graph([r for r in good if r.subject not in busy], settings, weights,
-                              sha256)
+        statuses += run_graph([r for r in good if r.subject not in busy], settings, weights)
         statuses.sort(key=lambda status: status.run.relpath)
         write_subject_logs(statuses, settings, command_line)
         write_reports(statuses, settings, command_line)

@@ -128,7 +128,6 @@ class _SuperResolveInputSpec(BaseInterfaceInputSpec):
     options = traits.Str(mandatory=True, desc="SROptions.to_json() without its runtime fields")
     runtime_options = traits.Str("{}", usedefault=True, nohash=True,
                                  desc="SROptions.to_json() of its runtime fields")
-    weights_sha256 = traits.Str(desc="hash of the weights, so new weights invalidate the cache")
     description = traits.Str("super-resolution", usedefault=True, nohash=True)
 
 

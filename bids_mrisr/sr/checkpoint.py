@@ -124,20 +124,24 @@ def verify_checkpoint(directory: Path) -> tuple[dict[str, Any], ModelConfig, str
             f"checkpoint {weights}: sha256 mismatch, weights are corrupt or modified "
             f"(expected {manifest['sha256']}, got {digest})"
         )
-    try:
-        config = ModelConfig.from_dict(manifest["config"])
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {directory}: invalid config ({exc})") from None
-    return manifest, config, digest
+    return manifest, _config(manifest, directory), digest
 
 
-def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
-    """Verify and load a checkpoint; the model comes back in eval mode on ``device``."""
+def load_checkpoint(directory: Path, device: str | torch.device = "cpu",
+                    verified_sha256: str | None = None) -> LoadedCheckpoint:
+    """Verify and load a checkpoint; the model comes back in eval mode on ``device``.
+
+    ``verified_sha256``: the digest this run already checked the weights against (the app
+    verifies every checkpoint and variant once, up front); the manifest must still name it, but
+    the weights are not hashed again."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    manifest, config, digest = verify_checkpoint(directory)
+    if verified_sha256 is None:
+        manifest, config, digest = verify_checkpoint(directory)
+    else:
+        manifest, config, digest = _verified_before(directory, verified_sha256)
     weights = directory / manifest["weights_file"]
     try:
         state = load_file(str(weights), device="cpu")
@@ -150,6 +154,28 @@ def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> Load
     provenance = manifest.get("provenance") or {}
     return LoadedCheckpoint(model=model, config=config, sha256=digest,
                             provenance=dict(provenance), path=directory)
+
+
+def read_config(directory: Path) -> ModelConfig:
+    """The architecture a checkpoint holds, from its manifest alone (no weights are read)."""
+    return _config(read_manifest(directory), Path(directory))
+
+
+def _config(manifest: dict[str, Any], directory: Path) -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(manifest["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {directory}: invalid config ({exc})") from None
+
+
+def _verified_before(directory: Path, sha256: str) -> tuple[dict[str, Any], ModelConfig, str]:
+    """Manifest and config of a checkpoint whose weights were hashed earlier in the run."""
+    manifest = read_manifest(directory)
+    if manifest["sha256"].lower() != sha256.lower():
+        raise CheckpointError(
+            f"checkpoint {directory}: {MANIFEST} changed since the run verified it (it now "
+            f"records {manifest['sha256']}, the run checked {sha256})")
+    return manifest, _config(manifest, directory), sha256.lower()
 
 
 def _check_state(model: nn.Module, state: dict[str, torch.Tensor], directory: Path) -> None:

@@ -31,13 +31,14 @@ from bids_mrisr.sr.acquisition_input import (
     pass_acquisitions,
     told_acquisitions,
 )
+from bids_mrisr.sr.checkpoint import read_config
 from bids_mrisr.sr.networks.config import ModelConfig
 from bids_mrisr.sr.options import VIEW_COUNTS, SRError, SROptions, SRResult
 from bids_mrisr.sr.passes import Counter, Estimate, Geometry, Sampling
 from bids_mrisr.sr.planning import Plan, plan_memory, with_tiles
 from bids_mrisr.sr.refinement import make_consistent, maybe_adapt
 from bids_mrisr.sr.resume import BatchStore, resume_key
-from bids_mrisr.sr.variants import BOX_WEIGHTS, load, weights_for_geometry, weights_variant
+from bids_mrisr.sr.variants import load, variant_name, weights_for_geometry, weights_for_profile
 from bids_mrisr.sr.views import restore_views
 
 DEFAULT_STEPS = {"teacher": 20, "student": 2}
@@ -69,20 +70,15 @@ def run_model(
             "pass --weights DIR pointing at a bids_mrisr checkpoint"
         )
     device = devices.resolve_device(options.device)
-    weights = weights_for_geometry(Path(options.weights), options.blurred_axes)
-    ckpt = load(weights, device, options.method)
-    acquisitions = pass_acquisitions(ckpt.config, volume, options)
+    root = Path(options.weights)
+    weights = weights_for_geometry(root, options.blurred_axes)
+    acquisitions = pass_acquisitions(read_config(weights), volume, options)
     single = only_thick_axis(acquisitions)
-    box = weights_variant(Path(options.weights), BOX_WEIGHTS)
-    if (weights == Path(options.weights) and box is not None and single is not None
-            and single.profile == "box"):
-        weights = box
-        ckpt = load(weights, device, options.method)
-    variant = weights.name if weights != Path(options.weights) else None
+    weights = weights_for_profile(root, weights, single is not None and single.profile == "box")
+    variant = variant_name(root, weights)
+    ckpt = load(weights, device, options.method, dict(options.weights_sha256).get(variant or ""))
     prov = dict(ckpt.provenance or {})
-    name = Path(ckpt.path).name or ckpt.config.kind
-    if variant is not None:
-        name = f"{Path(options.weights).name}/{variant}"
+    name = f"{root.name}/{variant}" if variant is not None else (root.name or ckpt.config.kind)
     model, adaptation = maybe_adapt(ckpt.model, volume, single, options, ckpt.sha256, progress)
     result = run_loaded(
         volume,

@@ -57,6 +57,11 @@ class SROptions:
 
     method: str = "student"
     weights: Path | None = None
+    weights_sha256: tuple[tuple[str, str], ...] = ()
+    """Digests of ``weights`` (name ``""``) and its variants as the run verified them when it
+    started (``sr.variants.VerifiedWeights.digests``): the engine checks each manifest against
+    them and hashes no weights again; being hashed with the options, they also key the
+    workflow's cache. Empty: the engine verifies the weights it loads itself."""
     device: str = "auto"
     seed: int = 0
     steps: int | None = None

@@ -53,12 +53,27 @@ def weights_for_geometry(weights: Path, blurred_axes: tuple[int, ...] | None) ->
     return Path(weights)
 
 
-def load(weights: Path, device: torch.device, method: str) -> LoadedCheckpoint:
-    """A verified checkpoint of the requested kind, its problems as :class:`SRError`."""
+def weights_for_profile(root: Path, weights: Path, told_box: bool) -> Path:
+    """``weights``, or the checkpoint's box variant for an input with one thick axis told a box
+    slice profile, where the geometry chose the checkpoint itself and it has one."""
+    box = weights_variant(root, BOX_WEIGHTS)
+    return box if told_box and box is not None and weights == Path(root) else weights
+
+
+def variant_name(root: Path, weights: Path) -> str | None:
+    """The name of the variant ``weights`` is, or None for the checkpoint ``root`` itself."""
+    return None if Path(weights) == Path(root) else Path(weights).name
+
+
+def load(weights: Path, device: torch.device, method: str,
+         verified_sha256: str | None = None) -> LoadedCheckpoint:
+    """A verified checkpoint of the requested kind, its problems as :class:`SRError`
+    (``verified_sha256``: its digest as the run checked it up front, so it is not hashed
+    again)."""
     from bids_mrisr.sr.checkpoint import load_checkpoint  # its errors are SRErrors already
 
     try:
-        ckpt = load_checkpoint(weights, device)
+        ckpt = load_checkpoint(weights, device, verified_sha256)
     except OSError as exc:
         raise SRError(f"cannot read weights from {weights}: {exc}") from exc
     if ckpt.config.kind != method:
@@ -79,11 +94,17 @@ class VerifiedWeights:
     variants: dict[str, str]  # variant name -> its sha256, for the variants the checkpoint has
 
     @property
+    def digests(self) -> tuple[tuple[str, str], ...]:
+        """(variant name, sha256) of the checkpoint (name ``""``) and each of its variants:
+        what ``SROptions.weights_sha256`` carries to the engine, which then hashes nothing."""
+        return (("", self.sha256), *((name, self.variants[name]) for name in VARIANTS
+                                     if name in self.variants))
+
+    @property
     def cache_key(self) -> str:
         """The checkpoint's sha256 joined by its variants', so new weights of any of them
         invalidate results computed with the old ones."""
-        return "+".join([self.sha256, *(self.variants[name] for name in VARIANTS
-                                        if name in self.variants)])
+        return "+".join(sha for _, sha in self.digests)
 
 
 def verify_with_variants(weights: Path) -> VerifiedWeights:

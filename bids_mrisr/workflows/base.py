@@ -9,6 +9,7 @@ import dataclasses
 import logging
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
@@ -29,17 +30,22 @@ from bids_mrisr.workflows.outputs import init_outputs_wf
 from bids_mrisr.workflows.preproc import init_preproc_wf
 from bids_mrisr.workflows.superres import init_superres_wf
 
+if TYPE_CHECKING:
+    from bids_mrisr.sr.variants import VerifiedWeights
+
 LOGGER = logging.getLogger("bids_mrisr")
 
 
-def sr_options(settings: Settings, weights: Path | None, threads: int,
+def sr_options(settings: Settings, weights: VerifiedWeights | None, threads: int,
                parallel_jobs: int = 1) -> SROptions:
     """The engine's settings, built once from the command line's: the only place where CLI
     names (``--model``, ``--mem``, ``--omp-nthreads``) become engine names. Threads and the
-    memory budget are this job's share of the machine."""
+    memory budget are this job's share of the machine; ``weights`` were verified up front, and
+    their digests travel with the options so that the engine hashes nothing again."""
     return SROptions(
         method=settings.model,
-        weights=weights,
+        weights=weights.path if weights is not None else None,
+        weights_sha256=weights.digests if weights is not None else (),
         device=settings.device,
         seed=settings.seed,
         steps=settings.steps,
@@ -53,7 +59,7 @@ def sr_options(settings: Settings, weights: Path | None, threads: int,
 
 
 def init_single_run_wf(run: AnatRun, settings: Settings, options: SROptions,
-                       weights_sha256: str | None = None) -> pe.Workflow:
+                       ) -> pe.Workflow:
     """preproc -> superres -> outputs for one run."""
     workflow = pe.Workflow(name=run_work_dir(Path("."), run).name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["in_file"]), name="inputnode")
@@ -89,7 +95,7 @@ def init_single_run_wf(run: AnatRun, settings: Settings, options: SROptions,
         LOGGER.info("%s: voxels %s mm, already at the %g mm target resolution: resampled only "
                     "(nothing to restore; written without desc-sr)", run.relpath,
                     "x".join(f"{z:g}" for z in zooms), resolution)
-    superres = init_superres_wf(run_options, weights_sha256, description=description)
+    superres = init_superres_wf(run_options, description=description)
     outputs = init_outputs_wf(
         run,
         settings.output_dir,
@@ -137,7 +143,7 @@ def run_work_dir(work_dir: Path, run: AnatRun) -> Path:
 
 
 def init_bids_mrisr_wf(runs: list[AnatRun], settings: Settings,
-                       weights: Path | None = None, weights_sha256: str | None = None,
+                       weights: VerifiedWeights | None = None,
                        parallel_jobs: int = 1) -> pe.Workflow:
     """The whole participant-level graph for the selected runs.
 
@@ -152,7 +158,7 @@ def init_bids_mrisr_wf(runs: list[AnatRun], settings: Settings,
         by_subject[run.subject].append(run)
     for subject, subject_runs in sorted(by_subject.items()):
         subject_wf = pe.Workflow(name=f"sub_{subject}_wf")
-        subject_wf.add_nodes([init_single_run_wf(run, settings, options, weights_sha256)
+        subject_wf.add_nodes([init_single_run_wf(run, settings, options)
                               for run in subject_runs])
         workflow.add_nodes([subject_wf])
     return workflow

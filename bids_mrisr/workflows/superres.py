@@ -13,8 +13,8 @@ DEFAULT_DECLARED_GB = 3.0
 (sr.planning.DEFAULT_CPU_BUDGET_GB) plus about 1 GB of full-size volumes."""
 
 
-def init_superres_wf(options: SROptions, weights_sha256: str | None = None,
-                     description: str = "super-resolution", name: str = "superres_wf",
+def init_superres_wf(options: SROptions, description: str = "super-resolution",
+                     name: str = "superres_wf",
                      ) -> pe.Workflow:
     """Inputs: ``in_file``, ``params_file``, ``bias_file`` (the N4 field, put back after SR),
     ``source_file`` (the reoriented input: the output is 0 where it is 0 all around).
@@ -33,8 +33,6 @@ def init_superres_wf(options: SROptions, weights_sha256: str | None = None,
     )
     node = SuperResolve(description=description)
     set_node_options(node.inputs, options)
-    if weights_sha256:
-        node.inputs.weights_sha256 = weights_sha256
     threads = options.threads or 1
     # Declare to MultiProc what the node may use: its share of --mem (it tiles to fit), or the
     # engine's default CPU working budget plus the volumes when no --mem is given.
