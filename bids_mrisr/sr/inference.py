@@ -178,6 +178,15 @@ def _geometry(volume: np.ndarray, config: ModelConfig, options: SROptions, devic
     return Geometry(axes, planes, plans, codes, acquisitions)
 
 
+def _network_calls(volume: np.ndarray, geometry: Geometry, est: Estimate,
+                   views: tuple[tuple[int, ...], ...]) -> int:
+    """Batches the run sends through the network, over passes, planes, draws, steps and views
+    (the progress bar's total)."""
+    batches = sum(len(slicing.batches(volume.shape[slicing.PLANE_AXES[p]], plan.batch_size))
+                  for (_, p), plan in geometry.plans.items())
+    return batches * est.n * est.steps * len(views)
+
+
 def _normalise(gates: np.ndarray) -> None:
     """Gates summed over passes, planes and views, scaled in place to sum to 1 over experts."""
     gsum = gates.sum(axis=0)
@@ -226,14 +235,10 @@ def run_loaded(
     gates_acc = np.zeros((k, *volume.shape), np.float32) if teacher else None
     geometry = _geometry(volume, config, options, device, param_bytes, len(views), tile,
                          acquisitions or told_acquisitions(options))
-    total = sum(
-        len(slicing.batches(volume.shape[slicing.PLANE_AXES[p]], plan.batch_size))
-        for (_, p), plan in geometry.plans.items()
-    ) * est.n * est.steps * len(views)
-    counter = Counter(total, progress)
+    counter = Counter(_network_calls(volume, geometry, est, views), progress)
     store = BatchStore(resume_dir, resume_key(volume, model, (
-        options, geometry.plans, views, est.steps, est.n, est.eta, str(device)))) \
-        if resume_dir else None
+        options, geometry.plans, geometry.acquisitions, views, est.steps, est.n, est.eta,
+        str(device)))) if resume_dir else None
     schedule = config.noise_schedule()  # the one it was trained with (saved in model.json)
     run = Sampling(model, device, est.steps, est.eta, est.n, k, float(config.residual_scale),
                    config.context_slices, options.seed, options.gate_skip_threshold, est.direct,
@@ -247,10 +252,5 @@ def run_loaded(
     info = provenance.run_info(config, options, est, geometry, views, model_name=model_name,
                                sha256=sha256, device=device, stats=counter.stats,
                                nthreads=nthreads)
-    return SRResult(
-        image=image,
-        gates=gates_acc,
-        expert_names=list(config.expert_names) if teacher else [],
-        uncertainty=unc_out,
-        info=info,
-    )
+    return SRResult(image=image, gates=gates_acc, uncertainty=unc_out, info=info,
+                    expert_names=list(config.expert_names) if teacher else [])
