@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bids_mrisr.sr.checkpoint import load_checkpoint, save_checkpoint
+from bids_mrisr.sr.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from bids_mrisr.sr.diffusion.sampler import CLIP_RESIDUAL, ddim_step, respaced_timesteps
 from bids_mrisr.sr.diffusion.schedule import NoiseSchedule, q_sample
 from bids_mrisr.sr.networks.config import ModelConfig
@@ -206,12 +206,8 @@ def distill_student(
     teacher_steps, feature_weight = recipe.teacher_steps, recipe.feature_weight
     batch_size, lr, seed, crop = recipe.batch_size, recipe.lr, recipe.seed, recipe.crop
 
-    loaded = load_checkpoint(Path(teacher_dir))
-    teacher = _frozen(loaded.model)
-    t_cfg = loaded.config
-    if t_cfg.context_slices != student_config.context_slices or \
-            t_cfg.residual_scale != student_config.residual_scale:
-        raise ValueError("teacher and student must share context_slices and residual_scale")
+    loaded = _matching_teacher(Path(teacher_dir), student_config)
+    teacher, t_cfg = _frozen(loaded.model), loaded.config
     sched = t_cfg.noise_schedule()  # the teacher's own, from its model.json
     clip = CLIP_RESIDUAL * student_config.residual_scale
     sampler = PairSampler(list(volumes), student_config.context_slices,
@@ -230,46 +226,12 @@ def distill_student(
         s_grid = t_grid[::2]
         valid = torch.nonzero(s_grid[:-1] != s_grid[1:]).flatten()  # skip 0 -> 0
         projector = FeatureProjector(student, teacher)
-        cur_teacher = teacher
-
-        def step_fn(_i: int, cur_teacher=cur_teacher, t_grid=t_grid, valid=valid,
-                    projector=projector) -> tuple[Tensor, dict[str, float]]:
-            cond, x0 = sampler.sample(batch_size)
-            b = x0.shape[0]
-            pick = valid[torch.randint(len(valid), (b,), generator=gen)]
-            t = t_grid[2 * pick]
-            t_mid = t_grid[2 * pick + 1]
-            t_end = t_grid[2 * pick + 2]
-            noise = torch.randn(x0.shape, generator=gen)
-            x_t = q_sample(x0, t, noise, sched)
-            with torch.no_grad():
-                feats: list[list[Tensor]] = []
-
-                def model_fn(x: Tensor, tt: Tensor) -> Tensor:
-                    if not feats:
-                        v, f = cur_teacher(x, cond, tt, return_features=True)
-                        feats.append(f)
-                        return v
-                    return cur_teacher(x, cond, tt)
-
-                x_end = two_steps(model_fn, x_t, t, t_mid, t_end, clip_x0=clip, schedule=sched)
-                target = v_for_jump(x_t, x_end, t, t_end, sched)
-            pred, s_feats = student(x_t, cond, t.float(), return_features=True)
-            mse = F.mse_loss(pred, target)
-            feat = projector.loss(s_feats, feats[0]) if feats and feature_weight else \
-                mse.new_zeros(())
-            loss = mse + feature_weight * feat
-            return loss, {"loss": float(loss.detach()), "mse": float(mse.detach()),
-                          "feature": float(feat.detach())}
-
-        def round_progress(i: int, total: int, base: int = done_total) -> None:
-            if progress is not None:
-                tot = budget_total or total * rounds
-                progress(min(base + i, tot), tot)
-
+        step_fn = _round_step(_Round(teacher, student, projector, t_grid, valid), sampler,
+                              gen, sched, clip, batch_size, feature_weight)
         run = run_steps(
             student, step_fn, minutes=round_minutes, steps=steps_per_round, lr=lr,
-            progress=round_progress, extra_params=list(projector.parameters()),
+            progress=_round_progress(progress, done_total, budget_total, rounds),
+            extra_params=list(projector.parameters()),
             label=f"distill round {r + 1}/{rounds} ({n_teacher}->{n_student} steps)",
         )
         ema, done, used = run.ema, run.steps, run.minutes
@@ -291,21 +253,89 @@ def distill_student(
         objective="progressive distillation (v-space) + feature guidance",
         distilled_from=loaded.sha256,
         teacher_config=t_cfg.to_dict(),
-        teacher_steps=teacher_steps,
-        rounds=rounds,
-        round_history=history,
-        sampling_steps=final_steps,
-        feature_weight=feature_weight,
-        steps=done_total,
-        minutes=round(used_total, 3),
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        crop=crop,
-        ema_decay=EMA_DECAY,
-        training=asdict(recipe),
+        **_schedule_record(recipe, history, done_total, used_total),
         training_volumes=list((provenance or {}).get("training_volumes", [])),
     )
     if metrics is not None:
         prov["metrics"] = metrics
     return save_checkpoint(student, Path(out_dir), prov)
+
+
+def _matching_teacher(teacher_dir: Path, student_config: ModelConfig) -> LoadedCheckpoint:
+    """The teacher checkpoint, which must read the student's condition slices at its scale."""
+    loaded = load_checkpoint(teacher_dir)
+    if (loaded.config.context_slices, loaded.config.residual_scale) != (
+            student_config.context_slices, student_config.residual_scale):
+        raise ValueError("teacher and student must share context_slices and residual_scale")
+    return loaded
+
+
+def _round_progress(progress: Callable[[int, int], None] | None, base: int,
+                    budget_total: int | None, rounds: int) -> Callable[[int, int], None]:
+    """One round's progress as steps of the whole distillation (``base``: earlier rounds')."""
+
+    def report(i: int, total: int) -> None:
+        if progress is not None:
+            tot = budget_total or total * rounds
+            progress(min(base + i, tot), tot)
+
+    return report
+
+
+def _schedule_record(recipe: DistillRecipe, history: list[dict[str, Any]], steps: int,
+                     minutes: float) -> dict[str, Any]:
+    """The rounds, compute and recipe as the checkpoint records them (the common recipe keys
+    at the top level too)."""
+    rounds, final_steps, _, _ = recipe.schedule()
+    return {"teacher_steps": recipe.teacher_steps, "rounds": rounds, "round_history": history,
+            "sampling_steps": final_steps, "feature_weight": recipe.feature_weight,
+            "steps": steps, "minutes": round(minutes, 3), "batch_size": recipe.batch_size,
+            "lr": recipe.lr, "seed": recipe.seed, "crop": recipe.crop, "ema_decay": EMA_DECAY,
+            "training": asdict(recipe)}
+
+
+@dataclass(frozen=True)
+class _Round:
+    """One halving round: the frozen teacher, the student it trains, the feature projector,
+    the teacher's time grid and the start indices whose two-step jump moves."""
+
+    teacher: nn.Module
+    student: nn.Module
+    projector: FeatureProjector
+    t_grid: Tensor
+    valid: Tensor
+
+
+def _round_step(rnd: _Round, sampler: PairSampler, gen: torch.Generator,
+                sched: NoiseSchedule, clip: float, batch_size: int, feature_weight: float,
+                ) -> Callable[[int], tuple[Tensor, dict[str, float]]]:
+    """The loss of one step: the student's single jump against two of the teacher's, with the
+    teacher's features guiding the student's through the projector."""
+
+    def step_fn(_i: int) -> tuple[Tensor, dict[str, float]]:
+        cond, x0 = sampler.sample(batch_size)
+        pick = rnd.valid[torch.randint(len(rnd.valid), (x0.shape[0],), generator=gen)]
+        t, t_mid, t_end = (rnd.t_grid[2 * pick + k] for k in range(3))
+        noise = torch.randn(x0.shape, generator=gen)
+        x_t = q_sample(x0, t, noise, sched)
+        with torch.no_grad():
+            feats: list[list[Tensor]] = []
+
+            def model_fn(x: Tensor, tt: Tensor) -> Tensor:
+                if not feats:
+                    v, f = rnd.teacher(x, cond, tt, return_features=True)
+                    feats.append(f)
+                    return v
+                return rnd.teacher(x, cond, tt)
+
+            x_end = two_steps(model_fn, x_t, t, t_mid, t_end, clip_x0=clip, schedule=sched)
+            target = v_for_jump(x_t, x_end, t, t_end, sched)
+        pred, s_feats = rnd.student(x_t, cond, t.float(), return_features=True)
+        mse = F.mse_loss(pred, target)
+        feat = rnd.projector.loss(s_feats, feats[0]) if feats and feature_weight else \
+            mse.new_zeros(())
+        loss = mse + feature_weight * feat
+        return loss, {"loss": float(loss.detach()), "mse": float(mse.detach()),
+                      "feature": float(feat.detach())}
+
+    return step_fn

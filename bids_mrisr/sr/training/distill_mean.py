@@ -32,7 +32,7 @@ from bids_mrisr.sr.objectives import MEAN_LOSS, mean_call_inputs
 from bids_mrisr.sr.options import PROFILES
 from bids_mrisr.sr.pairs import PairSampler, degradation_family
 from bids_mrisr.sr.training.distill import FeatureProjector
-from bids_mrisr.sr.training.loop import EMA_DECAY, run_steps, validate
+from bids_mrisr.sr.training.loop import EMA_DECAY, RunResult, run_steps, validate
 from bids_mrisr.sr.training.regression import REFRESH_EVERY
 
 log = logging.getLogger(__name__)
@@ -173,18 +173,8 @@ def distill_mean_student(
     dev = devices.resolve_device(recipe.device)
     torch.manual_seed(recipe.seed)
     student = build_model(config)
-    teacher: nn.Module | None = None
-    projector: FeatureProjector | None = None
-    teacher_sha = None
-    if recipe.uses_teacher:
-        teacher, teacher_sha = load_mean_teacher(teacher_dir)
-        t_cfg = teacher.config
-        if (t_cfg.context_slices, t_cfg.residual_scale) != (config.context_slices,
-                                                             config.residual_scale):
-            raise ValueError("teacher and student must share context_slices and residual_scale")
-        if recipe.feature_weight:
-            projector = FeatureProjector(student, teacher).to(dev)
-        teacher = teacher.to(dev)
+    teacher, projector, teacher_sha = (_teacher_for(teacher_dir, student, recipe, dev)
+                                       if recipe.uses_teacher else (None, None, None))
     student = student.to(dev)
     batches = crop_batches(volumes, config, recipe, pin=dev.type == "cuda")
     first = [next(batches)]  # worker start-up before the clock, not in the first steps' timing
@@ -207,7 +197,34 @@ def distill_mean_student(
     ema_model = run.ema.model.eval()
     metrics = validate(ema_model, config, val_volumes, steps=1)
     prov = dict(provenance or {})
-    prov.update(
+    prov.update(_provenance(recipe, run, teacher_sha, dev, started))
+    if teacher is not None:
+        prov["teacher_config"] = teacher.config.to_dict()
+    if metrics is not None:
+        prov["metrics"] = metrics
+        log.info("%s held-out: cubic %.2f dB, model %.2f dB (%+.2f dB)", label,
+                 metrics["psnr_cubic"], metrics["psnr_model"], metrics["gain_db"])
+    return save_checkpoint(ema_model.to("cpu"), Path(out_dir), prov)
+
+
+def _teacher_for(teacher_dir: str | Path | None, student: nn.Module,
+                 recipe: MeanDistillRecipe, dev: torch.device,
+                 ) -> tuple[nn.Module, FeatureProjector | None, str]:
+    """The frozen mean teacher on ``dev``, the feature projector when features guide, and
+    the teacher's sha256; the two must read the same condition slices at the same scale."""
+    teacher, teacher_sha = load_mean_teacher(teacher_dir)
+    t_cfg, config = teacher.config, student.config
+    if (t_cfg.context_slices, t_cfg.residual_scale) != (config.context_slices,
+                                                         config.residual_scale):
+        raise ValueError("teacher and student must share context_slices and residual_scale")
+    projector = FeatureProjector(student, teacher).to(dev) if recipe.feature_weight else None
+    return teacher.to(dev), projector, teacher_sha
+
+
+def _provenance(recipe: MeanDistillRecipe, run: RunResult, teacher_sha: str | None,
+                dev: torch.device, started: float) -> dict[str, Any]:
+    """What the checkpoint records of this training: objective, teacher, compute, recipe."""
+    return dict(
         trained=True,
         kind="student",
         objective=f"posterior-mean regression ({MEAN_LOSS})" + (
@@ -230,10 +247,3 @@ def distill_mean_student(
                   for k, v in dataclasses.asdict(recipe).items()},
         batch_size=recipe.batch_size, lr=recipe.lr, seed=recipe.seed, crop=recipe.crop,
     )
-    if teacher is not None:
-        prov["teacher_config"] = teacher.config.to_dict()
-    if metrics is not None:
-        prov["metrics"] = metrics
-        log.info("%s held-out: cubic %.2f dB, model %.2f dB (%+.2f dB)", label,
-                 metrics["psnr_cubic"], metrics["psnr_model"], metrics["gain_db"])
-    return save_checkpoint(ema_model.to("cpu"), Path(out_dir), prov)

@@ -34,6 +34,8 @@ EMA_DECAY = 0.999
 GRAD_CLIP = 1.0
 TIMING_STEPS = 20
 LOG_EVERY = 50
+ESTIMATED_STEPS = 1000
+"""The step budget a time-budgeted run plans with until its first steps are timed."""
 VAL_SLICES = 64
 """Validation volumes are cut to this many central slices along the thick axis (speed)."""
 
@@ -149,74 +151,112 @@ def run_steps(
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     ema = EMA(model)
-    total = int(steps) if steps is not None else None
-    est_total = total or 1000
-    warmup = max(1, min(100, est_total // 20))
-    start = time.perf_counter()
-    running: dict[str, float] = {}
-    i = 0
-    spent = 0.0
-    sittings: list[dict[str, Any]] = []
+    clock = _Clock.begin(steps)
     if resume and state_file is not None and Path(state_file).is_file():
         saved = _load_state(Path(state_file), model, opt, ema, sampler_state)
         check_record(Path(state_file), saved["record"], record)
-        i, spent, sittings = saved["step"], saved["seconds"], saved["sittings"]
-        total, warmup = saved.get("total") or total, saved.get("warmup") or warmup
-        start -= spent
+        clock.resume(saved)
         log.info("%s: resumed from %s at step %d (%.1f min of earlier compute)", label,
-                 state_file, i, spent / 60)
-    sitting = {"from_step": i, "threads": torch.get_num_threads(),
-               "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    sitting_start = time.perf_counter()
+                 state_file, clock.step, saved["seconds"] / 60)
+    clock.open_sitting()
 
     def save() -> None:
         if state_file is not None and is_main:
-            this_sitting = dict(sitting, to_step=i,
-                                minutes=round((time.perf_counter() - sitting_start) / 60, 3))
-            _save_state(Path(state_file), model, opt, ema, i, time.perf_counter() - start,
-                        total=total, warmup=warmup, sittings=[*sittings, this_sitting],
+            _save_state(Path(state_file), model, opt, ema, clock.step, clock.elapsed(),
+                        total=clock.total, warmup=clock.warmup, sittings=clock.all_sittings(),
                         sampler_state=sampler_state, record=record)
 
-    finished = True
+    finished, running = True, {}
     model.train()
     with _StopRequest() as stop:
-        while True:
-            if total is not None and i >= total:
-                break
-            elapsed = time.perf_counter() - start
-            if minutes is not None and elapsed >= minutes * 60 and i > 0:
-                break
-            if stop.signal is not None or (
-                    stop_minutes is not None
-                    and time.perf_counter() - sitting_start >= stop_minutes * 60):
+        while not clock.budget_spent(minutes):
+            if stop.signal is not None or clock.sitting_over(stop_minutes):
                 finished = False
                 save()
-                log.info("%s: sitting ended at step %d (%s); state saved to %s", label, i,
-                         "signal" if stop.signal is not None else f"{stop_minutes:g} min",
-                         state_file)
+                log.info("%s: sitting ended at step %d (%s); state saved to %s", label,
+                         clock.step, "signal" if stop.signal is not None
+                         else f"{stop_minutes:g} min", state_file)
                 break
-            _train_step(model, opt, ema, params, step_fn, i, total or est_total, warmup, lr,
-                        minutes, elapsed, running, label)
-            i += 1
-            if total is None and i == TIMING_STEPS:
-                per_step = (time.perf_counter() - start) / i
-                total = max(i, int(minutes * 60 / per_step))
-                warmup = min(warmup, max(1, total // 20))
-                log.info("%s: %.3f s/step, budget of %.1f min -> %d steps", label, per_step,
-                         minutes, total)
+            _train_step(model, opt, ema, params, step_fn, clock.step, clock.planned(),
+                        clock.warmup, lr, minutes, clock.elapsed(), running, label)
+            clock.step += 1
+            clock.fit_to_minutes(minutes, label)
             if progress is not None:
-                progress(i, _expected_total(i, total or est_total, minutes,
-                                            time.perf_counter() - start))
-            if i % save_every == 0:
+                progress(clock.step, _expected_total(clock.step, clock.planned(), minutes,
+                                                     clock.elapsed()))
+            if clock.step % save_every == 0:
                 save()
-            if i % LOG_EVERY == 0 or i == total:
+            if clock.step % LOG_EVERY == 0 or clock.step == clock.total:
                 text = " ".join(f"{k}={v:.4g}" for k, v in running.items())
-                log.info("%s step %d/%s %s", label, i, total or "?", text)
-    sittings.append(dict(sitting, to_step=i,
-                         minutes=round((time.perf_counter() - sitting_start) / 60, 3)))
+                log.info("%s step %d/%s %s", label, clock.step, clock.total or "?", text)
     if stop.signal is not None:
-        raise KeyboardInterrupt(f"signal {stop.signal} at step {i}; state saved")
-    return RunResult(ema, i, (time.perf_counter() - start) / 60.0, finished, sittings)
+        raise KeyboardInterrupt(f"signal {stop.signal} at step {clock.step}; state saved")
+    return RunResult(ema, clock.step, clock.elapsed() / 60.0, finished, clock.all_sittings())
+
+
+@dataclass
+class _Clock:
+    """Where a run stands: its step, step budget and warm-up, the compute spent over every
+    sitting (``origin`` is moved back by the earlier sittings' seconds), and this sitting."""
+
+    step: int
+    total: int | None
+    """None under a time budget until the first steps' timing fixes it."""
+    warmup: int
+    origin: float
+    sittings: list[dict[str, Any]]
+    sitting: dict[str, Any]
+    sitting_start: float
+
+    @classmethod
+    def begin(cls, steps: int | None) -> _Clock:
+        total = int(steps) if steps is not None else None
+        warmup = max(1, min(100, (total or ESTIMATED_STEPS) // 20))
+        return cls(0, total, warmup, time.perf_counter(), [], {}, time.perf_counter())
+
+    def resume(self, saved: dict[str, Any]) -> None:
+        """Continue a saved run: its step, budget, warm-up, compute and sittings."""
+        self.step, self.sittings = saved["step"], saved["sittings"]
+        self.total = saved.get("total") or self.total
+        self.warmup = saved.get("warmup") or self.warmup
+        self.origin -= saved["seconds"]
+
+    def open_sitting(self) -> None:
+        self.sitting = {"from_step": self.step, "threads": torch.get_num_threads(),
+                        "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.sitting_start = time.perf_counter()
+
+    def all_sittings(self) -> list[dict[str, Any]]:
+        """The earlier sittings and this one so far."""
+        minutes = round((time.perf_counter() - self.sitting_start) / 60, 3)
+        return [*self.sittings, dict(self.sitting, to_step=self.step, minutes=minutes)]
+
+    def elapsed(self) -> float:
+        """Seconds of optimisation over every sitting."""
+        return time.perf_counter() - self.origin
+
+    def planned(self) -> int:
+        """The step budget the schedule follows (an estimate until a time budget is fixed)."""
+        return self.total or ESTIMATED_STEPS
+
+    def budget_spent(self, minutes: float | None) -> bool:
+        if self.total is not None and self.step >= self.total:
+            return True
+        return minutes is not None and self.elapsed() >= minutes * 60 and self.step > 0
+
+    def sitting_over(self, stop_minutes: float | None) -> bool:
+        return (stop_minutes is not None
+                and time.perf_counter() - self.sitting_start >= stop_minutes * 60)
+
+    def fit_to_minutes(self, minutes: float | None, label: str) -> None:
+        """Under a time budget, turn it into a step budget once the first steps are timed."""
+        if self.total is not None or self.step != TIMING_STEPS or minutes is None:
+            return
+        per_step = self.elapsed() / self.step
+        self.total = max(self.step, int(minutes * 60 / per_step))
+        self.warmup = min(self.warmup, max(1, self.total // 20))
+        log.info("%s: %.3f s/step, budget of %.1f min -> %d steps", label, per_step, minutes,
+                 self.total)
 
 
 def _train_step(model: nn.Module, opt: torch.optim.Optimizer, ema: EMA,

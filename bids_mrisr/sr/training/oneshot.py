@@ -141,7 +141,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from bids_mrisr.sr.device import resolve_device
     from bids_mrisr.sr.training.distill_mean import MeanDistillRecipe, distill_mean_student
-    from bids_mrisr.sr.training.regression import RegressionRecipe, train_mean_regressor
 
     started = time.monotonic()
     dev = resolve_device(args.device)
@@ -173,24 +172,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     teacher_dir = args.teacher
     if teacher_dir is None and (args.teacher_minutes or args.teacher_steps):
         teacher_dir = out / "teacher"
-        steps, minutes = _budget(args.teacher_steps, args.teacher_minutes)
-        recipe = RegressionRecipe(steps=steps, minutes=minutes, batch_size=args.batch_size,
-                                  lr=args.lr, seed=args.seed, crop=args.crop,
-                                  device=str(dev), workers=workers,
-                                  save_every=10**9)  # the clock, not a resume, ends the call
-        log.info("teacher: %s", teacher_cfg)
-        train_mean_regressor(train, teacher_cfg, teacher_dir, recipe,
-                             progress=_progress("teacher"), val_volumes=val_used,
-                             provenance=dict(base, recipe="moe"))
+        _train_teacher(args, teacher_cfg, teacher_dir, str(dev), workers, train, val_used,
+                       dict(base, recipe="moe"))
         summary["phases"]["teacher"] = _manifest(teacher_dir)
         summary["gate_check"] = summary["phases"]["teacher"]["gates"]
         write_summary()
-    phases = []
-    if teacher_dir is not None and (args.distill_minutes or args.distill_steps):
-        phases.append(("student", args.lam, args.mu, args.distill_steps, args.distill_minutes))
-    if args.plain_minutes or args.plain_steps:
-        phases.append(("student_plain", 0.0, 0.0, args.plain_steps, args.plain_minutes))
-    for name, lam, mu, cap, budget in phases:
+    for name, lam, mu, cap, budget in _student_phases(args, teacher_dir):
         steps, minutes = _budget(cap, budget)
         recipe = MeanDistillRecipe(steps=steps, minutes=minutes, teacher_weight=lam,
                                    feature_weight=mu, batch_size=args.batch_size, lr=args.lr,
@@ -203,6 +190,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         write_summary()
     write_summary()
     return summary
+
+
+def _train_teacher(args: argparse.Namespace, config: Any, teacher_dir: Path, device: str,
+                   workers: int, train: list, val_used: list | None,
+                   provenance: dict[str, Any]) -> None:
+    """The MoE mean teacher on the phase's step or time budget."""
+    from bids_mrisr.sr.training.regression import RegressionRecipe, train_mean_regressor
+
+    steps, minutes = _budget(args.teacher_steps, args.teacher_minutes)
+    recipe = RegressionRecipe(steps=steps, minutes=minutes, batch_size=args.batch_size,
+                              lr=args.lr, seed=args.seed, crop=args.crop, device=device,
+                              workers=workers,
+                              save_every=10**9)  # the clock, not a resume, ends the call
+    log.info("teacher: %s", config)
+    train_mean_regressor(train, config, teacher_dir, recipe, progress=_progress("teacher"),
+                         val_volumes=val_used, provenance=provenance)
+
+
+def _student_phases(args: argparse.Namespace, teacher_dir: Path | None,
+                    ) -> list[tuple[str, float, float, int | None, float | None]]:
+    """(name, lambda, mu, step cap, minutes) of each student phase asked for: distilled from
+    the teacher (when there is one), and the same network without it (the comparison)."""
+    phases = []
+    if teacher_dir is not None and (args.distill_minutes or args.distill_steps):
+        phases.append(("student", args.lam, args.mu, args.distill_steps, args.distill_minutes))
+    if args.plain_minutes or args.plain_steps:
+        phases.append(("student_plain", 0.0, 0.0, args.plain_steps, args.plain_minutes))
+    return phases
 
 
 def main(argv: list[str] | None = None) -> int:

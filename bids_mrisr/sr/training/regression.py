@@ -28,6 +28,7 @@ from bids_mrisr.sr.options import PROFILES
 from bids_mrisr.sr.pairs import PairSampler, degradation_family
 from bids_mrisr.sr.training.loop import (
     EMA_DECAY,
+    RunResult,
     SamplerState,
     read_state_step,
     run_steps,
@@ -158,7 +159,6 @@ def train_mean_regressor(
     ``record`` (the recipe options) is kept with the resumable state; resuming with another
     record is refused (ValueError).
     """
-    from bids_mrisr.sr import device as devices
     from bids_mrisr.sr.training import distributed
 
     if config.prediction_type != "mean":
@@ -181,76 +181,107 @@ def train_mean_regressor(
         state_file = out_dir / STATE_FILE
         loader, sampler_state = _loader(volumes, config, recipe, rank, dev,
                                         read_state_step(state_file) if resume else 0)
-        autocast = devices.autocast(dev)
         started = time.perf_counter()
-
-        def step_fn(_i: int) -> tuple[torch.Tensor, dict[str, float]]:
-            cond, x0, code = next(loader)
-            cond = cond.to(dev, non_blocking=True)
-            x0 = x0.to(dev, non_blocking=True)
-            code = code.to(dev, non_blocking=True)
-            with autocast:
-                if moe:
-                    return net(cond, x0, code)
-                pred = predict_mean(net, cond, code)
-            return regression_loss(pred.float(), x0)
-
         run = run_steps(
-            model, step_fn, minutes=recipe.minutes, steps=recipe.steps, lr=recipe.lr,
+            model, _regression_step(net, loader, dev, moe), minutes=recipe.minutes,
+            steps=recipe.steps, lr=recipe.lr,
             progress=progress if rank.is_main else None,
             label=f"{config.kind} (mean regression)", state_file=state_file,
             resume=resume, is_main=rank.is_main, save_every=recipe.save_every,
             sampler_state=sampler_state, stop_minutes=recipe.stop_minutes, record=record)
-        ema, done, used = run.ema, run.steps, run.minutes
         if not rank.is_main:
             return None
-        ema_model = ema.model.to("cpu")
+        ema_model = run.ema.model.to("cpu")
         metrics = validate(ema_model, config, val_volumes, steps=1)
         prov = dict(provenance or {})
         if moe:  # accepted only if the learned routing beats averaging the same experts
-            gates = _gate_check(ema_model, val_volumes or volumes, config, recipe)
-            prov["gates"] = gates
-            log.info("gates: L1 %.5f learned against %.5f uniform (%s); entropy %.3f of %.3f",
-                     gates["l1_learned_gates"], gates["l1_uniform_gates"],
-                     "better" if gates["beats_uniform"] else "NOT better: the experts are "
-                     "no better than their average", gates["gate_entropy"],
-                     gates["uniform_entropy"])
-        prov.update(
-            trained=True,
-            kind=config.kind,
-            objective=f"posterior-mean regression of the residual ({MEAN_LOSS})"
-                      + (f", MoE top-{config.router_top_k} routing" if moe else ""),
-            steps=done,
-            minutes=round(used, 3),
-            wall_minutes=round((time.perf_counter() - started) / 60, 3),
-            finished=run.finished,
-            compute={"optimisation_minutes": round(used, 3), "steps": done,
-                     "crops": done * recipe.batch_size * rank.world_size,
-                     "sittings": run.sittings},
-            processes=rank.world_size,
-            device=str(dev),
-            precision=devices.precision_name(dev),
-            ema_decay=EMA_DECAY,
-            sampling_steps=1,
-            degradation=degradation_family(recipe.factor_range, recipe.zoom_range,
-                                           recipe.multi_axis_rate, recipe.profiles),
-            training={k: list(v) if isinstance(v, tuple) else v
-                      for k, v in dataclasses.asdict(recipe).items()},
-            # kept at the top level too: readers of earlier checkpoints look for them here
-            batch_size=recipe.batch_size, lr=recipe.lr, seed=recipe.seed, crop=recipe.crop,
-        )
-        if start is not None:
-            prov["init_weights"] = start
-        if metrics is not None:
-            prov["metrics"] = metrics
-            log.info("held-out: cubic %.2f dB, model %.2f dB (%+.2f dB)", metrics["psnr_cubic"],
-                     metrics["psnr_model"], metrics["gain_db"])
-        sha = save_checkpoint(ema_model, out_dir, prov)
-        if run.finished:  # a sitting that stopped early keeps its state for --resume
-            state_file.unlink(missing_ok=True)
-        else:
-            log.info("snapshot of the weights at step %d saved; continue with --resume", done)
-        return sha
+            prov["gates"] = _checked_gates(ema_model, val_volumes or volumes, config, recipe)
+        prov.update(_mean_provenance(config, recipe, run, rank.world_size, dev, started))
+        return _save_trained(ema_model, out_dir, prov, start, metrics, run)
+
+
+def _regression_step(net: nn.Module, loader: Iterator, dev: torch.device, moe: bool,
+                     ) -> Callable[[int], tuple[torch.Tensor, dict[str, float]]]:
+    """One optimisation step's loss: the next batch of crops through ``net`` (a MoE teacher's
+    objective computes its own loss, with load balancing), in the device's mixed precision."""
+    from bids_mrisr.sr import device as devices
+
+    autocast = devices.autocast(dev)
+
+    def step_fn(_i: int) -> tuple[torch.Tensor, dict[str, float]]:
+        cond, x0, code = next(loader)
+        cond = cond.to(dev, non_blocking=True)
+        x0 = x0.to(dev, non_blocking=True)
+        code = code.to(dev, non_blocking=True)
+        with autocast:
+            if moe:
+                return net(cond, x0, code)
+            pred = predict_mean(net, cond, code)
+        return regression_loss(pred.float(), x0)
+
+    return step_fn
+
+
+def _checked_gates(model: nn.Module, volumes: Sequence[np.ndarray], config: ModelConfig,
+                   recipe: RegressionRecipe) -> dict[str, Any]:
+    """A MoE teacher's learned routing against uniform gates over the same experts, logged."""
+    gates = _gate_check(model, volumes, config, recipe)
+    log.info("gates: L1 %.5f learned against %.5f uniform (%s); entropy %.3f of %.3f",
+             gates["l1_learned_gates"], gates["l1_uniform_gates"],
+             "better" if gates["beats_uniform"] else "NOT better: the experts are "
+             "no better than their average", gates["gate_entropy"], gates["uniform_entropy"])
+    return gates
+
+
+def _mean_provenance(config: ModelConfig, recipe: RegressionRecipe, run: RunResult,
+                     processes: int, dev: torch.device, started: float) -> dict[str, Any]:
+    """What the checkpoint records of this training: objective, compute, recipe, degradation."""
+    from bids_mrisr.sr import device as devices
+
+    moe = config.kind == "teacher"
+    return dict(
+        trained=True,
+        kind=config.kind,
+        objective=f"posterior-mean regression of the residual ({MEAN_LOSS})"
+                  + (f", MoE top-{config.router_top_k} routing" if moe else ""),
+        steps=run.steps,
+        minutes=round(run.minutes, 3),
+        wall_minutes=round((time.perf_counter() - started) / 60, 3),
+        finished=run.finished,
+        compute={"optimisation_minutes": round(run.minutes, 3), "steps": run.steps,
+                 "crops": run.steps * recipe.batch_size * processes,
+                 "sittings": run.sittings},
+        processes=processes,
+        device=str(dev),
+        precision=devices.precision_name(dev),
+        ema_decay=EMA_DECAY,
+        sampling_steps=1,
+        degradation=degradation_family(recipe.factor_range, recipe.zoom_range,
+                                       recipe.multi_axis_rate, recipe.profiles),
+        training={k: list(v) if isinstance(v, tuple) else v
+                  for k, v in dataclasses.asdict(recipe).items()},
+        # kept at the top level too: readers of earlier checkpoints look for them here
+        batch_size=recipe.batch_size, lr=recipe.lr, seed=recipe.seed, crop=recipe.crop,
+    )
+
+
+def _save_trained(ema_model: nn.Module, out_dir: Path, prov: dict[str, Any],
+                  start: dict[str, Any] | None, metrics: dict[str, Any] | None,
+                  run: RunResult) -> str:
+    """Save the EMA weights with ``prov`` (and the starting weights and held-out metrics); a
+    finished run drops its resumable state."""
+    if start is not None:
+        prov["init_weights"] = start
+    if metrics is not None:
+        prov["metrics"] = metrics
+        log.info("held-out: cubic %.2f dB, model %.2f dB (%+.2f dB)", metrics["psnr_cubic"],
+                 metrics["psnr_model"], metrics["gain_db"])
+    sha = save_checkpoint(ema_model, out_dir, prov)
+    if run.finished:  # a sitting that stopped early keeps its state for --resume
+        (out_dir / STATE_FILE).unlink(missing_ok=True)
+    else:
+        log.info("snapshot of the weights at step %d saved; continue with --resume", run.steps)
+    return sha
 
 
 def _loader(volumes: Sequence[np.ndarray], config: ModelConfig, recipe: RegressionRecipe,
