@@ -117,11 +117,12 @@ def truth_path(data: Path, volume: str, contrast: str) -> Path | None:
 
 
 def rank_correlations(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """Spearman's rho of each property with the gain over the volumes that have both."""
+    """Spearman's rho of each property with the gain over the volumes that have both (none
+    for a property or gain that is the same on every volume)."""
     out = {}
     for name in PROPERTIES:
         pairs = [(r[name], r["gain_db"]) for r in rows if r.get(name) is not None]
-        if len(pairs) >= 4:
+        if len(pairs) >= 4 and all(len(set(column)) > 1 for column in zip(*pairs, strict=True)):
             rho, p = stats.spearmanr(*zip(*pairs, strict=True))
             out[name] = {"rho": round(float(rho), 3), "p": round(float(p), 4), "n": len(pairs)}
     return out
