@@ -90,16 +90,10 @@ class PassAcquisition:
         }
 
 
-def _single_thick_axis(options: SROptions) -> int | None:
-    """The input's one thick axis, if it has exactly one and its factors are known."""
-    axes = options.blurred_axes or ()
-    return axes[0] if len(axes) == 1 and options.axis_factors is not None else None
-
-
 def told_acquisitions(options: SROptions) -> tuple[PassAcquisition, ...]:
     """One value per pass from what the header, sidecar and flags say (no reading of the
     scan); a profile is told for a single thick axis only."""
-    single = _single_thick_axis(options) is not None
+    single = len(options.blurred_axes or ()) == 1
     values = []
     for thick in [None] if options.blurred_axes is None else options.blurred_axes:
         if thick is None or options.axis_factors is None:
@@ -120,7 +114,7 @@ def pass_acquisitions(config: ModelConfig, volume: np.ndarray, options: SROption
     values = told_acquisitions(options)
     needs_reading = options.adapt_steps > 0 or (
         config.acquisition_features and options.slice_profile == UNKNOWN)
-    if _single_thick_axis(options) is None or not needs_reading:
+    if only_thick_axis(values) is None or not needs_reading:
         return values
     return (read_scan(values[0], volume, options.threads, options.seed),)
 
