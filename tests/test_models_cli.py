@@ -220,7 +220,7 @@ def test_weights_variants_are_checked_up_front_and_key_the_cache(tmp_path, small
 
     def key() -> tuple:
         verified = resolve_weights(settings)
-        return verified.path, verified.cache_key
+        return verified.path, "+".join(sha for _, sha in verified.digests)
 
     assert key() == (weights, sha)
     variant_sha = random_checkpoint(weights / MULTI_AXIS_WEIGHTS, ModelConfig.tiny_student(),

@@ -2,7 +2,7 @@
 
 A checkpoint directory may hold variants of itself (each with its own ``model.json``); the
 engine picks one from the input's geometry and told slice profile (:mod:`bids_mrisr.sr.inference`);
-:func:`verify_with_variants` checks them all up front and gives the cache key from their hashes.
+:func:`verify_with_variants` checks them all up front; their digests key the SR node's cache.
 """
 
 from __future__ import annotations
@@ -99,12 +99,6 @@ class VerifiedWeights:
         what ``SROptions.weights_sha256`` carries to the engine, which then hashes nothing."""
         return (("", self.sha256), *((name, self.variants[name]) for name in VARIANTS
                                      if name in self.variants))
-
-    @property
-    def cache_key(self) -> str:
-        """The checkpoint's sha256 joined by its variants', so new weights of any of them
-        invalidate results computed with the old ones."""
-        return "+".join(sha for _, sha in self.digests)
 
 
 def verify_with_variants(weights: Path) -> VerifiedWeights:
