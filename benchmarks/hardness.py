@@ -37,39 +37,34 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage, stats
+from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.quality import truth_volume  # noqa: E402
+from benchmarks.quality import truth_file, truth_volume  # noqa: E402
 from bids_mrisr.sr.acquisition import noise_sigma  # noqa: E402
 from bids_mrisr.sr.degrade import Degradation  # noqa: E402
 from bids_mrisr.sr.pairs import simulate_cubic  # noqa: E402
+from bids_mrisr.sr.training.evaluate import scoring_mask  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ds-real"
 PROPERTIES = ("truth_noise", "noise_ceiling_db", "headroom_db", "detail_lost", "head_fraction",
               "zero_background", "levels", "voxel_mm", "cubic_psnr")
 
 
-def head_and_peak(truth: np.ndarray) -> tuple[np.ndarray, float]:
-    """The scoring head mask and peak of ``sr.training.evaluate.score_in_head``."""
-    top = float(np.percentile(truth, 99.9))
-    head = ndimage.binary_fill_holes(ndimage.binary_opening(truth > 0.05 * top, iterations=2))
-    return head, top
-
-
-def case_parameters(case: str) -> Degradation:
-    """The degradation a ``quality.py`` case id names (``f3a2gn20``: factor 3, axis 2,
-    Gaussian, 2 % noise; ``b`` for box)."""
-    factor = float(case[1:case.index("a")])
-    axis = int(case[case.index("a") + 1])
-    profile = "box" if case[case.index("a") + 2] == "b" else "gaussian"
-    return Degradation(axis=axis, factor=factor, profile=profile)
+def case_degradation(row: dict) -> Degradation:
+    """The single thick axis, factor and profile of a ``quality.py`` case, as its JSON records
+    them (noise is left out: the properties describe the truth)."""
+    recorded = row["degradation"]
+    if recorded.get("isotropic"):
+        raise SystemExit(f"case {row['case']}: every axis coarse; choose a single-axis --case")
+    return Degradation(axis=recorded["axis"], factor=recorded["factor"],
+                       profile=recorded["profile"], thickness_ratio=recorded["thickness_ratio"])
 
 
 def properties(path: Path, params: Degradation) -> dict[str, float]:
     """The truth's properties (module docstring), in the units the scores use."""
     truth, _, resolution = truth_volume(path)
-    head, top = head_and_peak(truth)
+    head, top = scoring_mask(truth)
     scaled = truth / top
     in_plane = [a for a in range(3) if a != params.axis]
     sigma = noise_sigma(scaled, params.axis)  # in-plane Laplacian, head above 0.1 of peak
@@ -93,7 +88,8 @@ def properties(path: Path, params: Degradation) -> dict[str, float]:
 
 
 def gains(results: list[Path], case: str, method: str) -> dict[tuple[str, str], dict]:
-    """(volume, contrast) -> the method's gain, cubic PSNR and training flag for ``case``."""
+    """(volume, contrast) -> the method's gain, cubic PSNR, training flag and the case's
+    degradation."""
     found: dict[tuple[str, str], dict] = {}
     for path in results:
         data = json.loads(path.read_text())
@@ -107,13 +103,9 @@ def gains(results: list[Path], case: str, method: str) -> dict[tuple[str, str], 
                 "set": row.get("set", "other"),
                 "seen_in_training": bool(scored.get("seen_in_training")),
                 "source": str(path),
+                "degradation": case_degradation(row),
             }
     return found
-
-
-def truth_path(data: Path, volume: str, contrast: str) -> Path | None:
-    files = sorted((data / f"sub-{volume}" / "anat").glob(f"sub-{volume}_{contrast}.nii*"))
-    return files[0] if files else None
 
 
 def rank_correlations(rows: list[dict]) -> dict[str, dict[str, float]]:
@@ -138,13 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="student")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
-    params = case_parameters(args.case)
     rows = []
     for (volume, contrast), gain in sorted(gains(args.results, args.case, args.method).items()):
-        path = truth_path(args.data, volume, contrast)
+        path = truth_file(args.data, volume, contrast)
         if path is None:
             print(f"{volume} {contrast}: no truth under {args.data}, skipped", file=sys.stderr)
             continue
+        params = gain.pop("degradation")
         row = {"volume": volume, "contrast": contrast, **gain, **properties(path, params)}
         if row["noise_ceiling_db"] is not None:
             row["headroom_db"] = round(row["noise_ceiling_db"] - row["cubic_psnr"], 2)

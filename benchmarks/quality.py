@@ -48,7 +48,7 @@ from scipy import ndimage
 from bids_mrisr.bids.demo import thick_slice_affine
 from bids_mrisr.image.resample import resample_to_resolution
 from bids_mrisr.sr.degrade import Degradation, degrade
-from bids_mrisr.sr.training.evaluate import psnr, score_in_head, ssim
+from bids_mrisr.sr.training.evaluate import psnr, score_in_head, scoring_mask, ssim
 from bids_mrisr.sr.variants import VARIANTS
 from bids_mrisr.sr.weights import default_weights
 
@@ -79,6 +79,12 @@ REALISTIC_NOISE = 0.02
 """Rician sigma as a fraction of the 99.5th percentile: ~SNR 50, a typical 3T T1w."""
 APP_METHODS = ("interp", "student", "teacher")
 ISOTROPIC = "iso"
+
+
+def truth_file(data: Path, subject: str, contrast: str) -> Path | None:
+    """The 1 mm scan of ``subject`` in ``contrast`` under ``data`` (None: it has none)."""
+    found = sorted((data / f"sub-{subject}" / "anat").glob(f"sub-{subject}*_{contrast}.nii*"))
+    return found[0] if found else None
 
 
 def truth_volume(path: Path) -> tuple[np.ndarray, np.ndarray, float]:
@@ -123,8 +129,7 @@ def score(estimate: np.ndarray, truth: np.ndarray,
     est = np.asarray(estimate[crop], dtype=np.float32)
     ref = np.asarray(truth[crop], dtype=np.float32)
     ok = np.asarray(valid[crop], dtype=bool)
-    top = float(np.percentile(ref, 99.9))
-    head = ndimage.binary_fill_holes(ndimage.binary_opening(ref > 0.05 * top, iterations=2))
+    head, top = scoring_mask(ref)
     reach = ndimage.gaussian_filter((~ok).astype(np.float32), SSIM_SIGMA, mode="nearest")
     return {"psnr": psnr(est, ref, head & ok, top),
             "ssim": ssim(est, ref, head & (reach <= INFLUENCE), top)}
@@ -324,17 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     section = None
     try:
         for subject in subjects:
-            anat_in = args.data / f"sub-{subject}" / "anat"
-            src = sorted(anat_in.glob(f"sub-{subject}*_{args.contrast}.nii*"))
-            if not src:
+            src = truth_file(args.data, subject, args.contrast)
+            if src is None:
                 raise SystemExit(f"no {args.contrast} for sub-{subject} under {args.data}")
             if set_of(subject) != section:
                 section = set_of(subject)
                 print(f"\n{SET_HEADERS[section]}\n{header}", flush=True)
-            truth, affine, resolution = truth_volume(src[0])
+            truth, affine, resolution = truth_volume(src)
             filled = INTERPOLATED_SLICES.get(subject, ())
-            valid = truth_valid(src[0], filled)
-            seen = {label: seen_in_training(src[0], subject, volumes)
+            valid = truth_valid(src, filled)
+            seen = {label: seen_in_training(src, subject, volumes)
                     for label, volumes in trained_on.items()}
             for tag, params, isotropic in cases(args):
                 label = f"{subject}{tag}".replace("_", "")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from types import ModuleType
 
 import nibabel as nib
 import numpy as np
@@ -29,6 +31,15 @@ def phantom_volume(shape: tuple[int, int, int] = (40, 44, 14), seed: int = 0) ->
         data += np.where(blob < 0.15, 250.0, 0.0)
     data += rng.normal(0, 10, shape)
     return np.clip(data, 0, None).astype(np.float32)
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_volume(path: Path, data: np.ndarray, zooms: Iterable[float] = (1.0, 1.0, 3.0),

@@ -2,32 +2,30 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from tests.conftest import write_volume
+from tests.conftest import load_benchmark, write_volume
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "hardness.py"
+AXIS_2 = {"axis": 2, "factor": 3.0, "profile": "gaussian", "thickness_ratio": 1.0,
+          "noise_fraction": 0.02, "isotropic": False}
 
 
 @pytest.fixture(scope="module")
 def hardness():
-    spec = importlib.util.spec_from_file_location("hardness_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("hardness")
 
 
-def test_case_ids_name_their_degradation(hardness):
-    case = hardness.case_parameters("f3a2gn20")
-    assert (case.factor, case.axis, case.profile) == (3.0, 2, "gaussian")
-    case = hardness.case_parameters("f2.5a0bn0")
-    assert (case.factor, case.axis, case.profile) == (2.5, 0, "box")
+def test_a_case_degrades_the_truth_as_quality_py_recorded_it(hardness):
+    case = hardness.case_degradation({"case": "f2.5a0bn0", "degradation": dict(
+        AXIS_2, axis=0, factor=2.5, profile="box", thickness_ratio=1.2)})
+    assert (case.factor, case.axis, case.profile, case.thickness_ratio) == (2.5, 0, "box", 1.2)
+    with pytest.raises(SystemExit, match="single-axis"):
+        hardness.case_degradation({"case": "f2aisogn0",
+                                   "degradation": dict(AXIS_2, isotropic=True)})
 
 
 def _head(seed: int, noise: float) -> np.ndarray:
@@ -46,6 +44,7 @@ def test_the_truths_noise_ranks_volumes_and_joins_their_gains(hardness, tmp_path
         write_volume(tmp_path / f"sub-{name}" / "anat" / f"sub-{name}_T1w.nii.gz",
                      _head(seed, noise), zooms=(1.0, 1.0, 1.0))
     cases = [{"volume": name, "contrast": "T1w", "set": "validation", "case": "f3a2gn20",
+              "degradation": AXIS_2,
               "methods": {"cubic": {"psnr": 25.0, "gain_db": 0.0},
                           "student": {"psnr": 27.0, "gain_db": 3.0 - 20 * noise,
                                       "seen_in_training": False}}}
@@ -59,6 +58,7 @@ def test_the_truths_noise_ranks_volumes_and_joins_their_gains(hardness, tmp_path
     report = json.loads(out.read_text())
     rows = {row["volume"]: row for row in report["volumes"]}
     assert sorted(rows) == sorted(noises)
+    assert all(row["in_plane_axes"] == [0, 1] for row in rows.values())  # the case's thick axis
     measured = [rows[name]["truth_noise"] for name in noises]
     assert measured == sorted(measured)  # the estimate ranks the added noise
     assert report["spearman"]["truth_noise"]["rho"] == pytest.approx(-1.0)

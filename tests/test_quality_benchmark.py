@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,17 +10,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.conftest import REAL_DATA, phantom_volume
-
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+from tests.conftest import REAL_DATA, load_benchmark, phantom_volume
 
 
 @pytest.fixture(scope="module")
 def quality():
-    spec = importlib.util.spec_from_file_location("quality_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("quality")
 
 
 def test_sets_are_disjoint_and_held_out_still_means_validation(quality):

@@ -39,6 +39,14 @@ def ssim(x: np.ndarray, ref: np.ndarray, mask: np.ndarray, peak: float,
     return float(smap[mask].mean())
 
 
+def scoring_mask(truth: np.ndarray) -> tuple[np.ndarray, float]:
+    """The head mask and peak every score uses: the filled region above 5 % of the truth's
+    99.9th percentile, and that percentile (any intensity units, raw scanner values included)."""
+    top = float(np.percentile(truth, 99.9))
+    mask = ndimage.binary_fill_holes(ndimage.binary_opening(truth > 0.05 * top, iterations=2))
+    return mask, top
+
+
 def score_in_head(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """PSNR/SSIM against ``truth`` in its head mask, on the extent both volumes cover.
 
@@ -48,8 +56,7 @@ def score_in_head(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     shape = tuple(min(a, b) for a, b in zip(estimate.shape, truth.shape, strict=True))
     est = np.asarray(estimate[: shape[0], : shape[1], : shape[2]], dtype=np.float32)
     ref = np.asarray(truth[: shape[0], : shape[1], : shape[2]], dtype=np.float32)
-    top = float(np.percentile(ref, 99.9))
-    mask = ndimage.binary_fill_holes(ndimage.binary_opening(ref > 0.05 * top, iterations=2))
+    mask, top = scoring_mask(ref)
     return {"psnr": psnr(est, ref, mask, top), "ssim": ssim(est, ref, mask, top)}
 
 
