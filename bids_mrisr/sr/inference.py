@@ -175,7 +175,7 @@ def _geometry(volume: np.ndarray, config: ModelConfig, options: SROptions, devic
                 with_tiles(plan, config, tile)
             plans[(i, p)] = plan
     codes = [value.code() if config.acquisition_features else None for value in acquisitions]
-    return Geometry(axes, planes, plans, codes, acquisitions)
+    return Geometry(acquisitions, planes, plans, codes)
 
 
 def _network_calls(volume: np.ndarray, geometry: Geometry, est: Estimate,

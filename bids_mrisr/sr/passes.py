@@ -103,14 +103,18 @@ class Batch:
 
 @dataclass(frozen=True)
 class Geometry:
-    """The run's passes: the axis each restores, its planes, their plans, its acquisition code
-    (None: a blind network) and what is known of its acquisition."""
+    """The run's passes: what is known of each one's acquisition (its axis included), its
+    planes, their plans, and its acquisition code (None: a blind network)."""
 
-    axes: list[int | None]
+    acquisitions: tuple[PassAcquisition, ...]
     planes: list[tuple[str, ...]]
     plans: dict[tuple[int, str], Plan]
     codes: list[torch.Tensor | None]
-    acquisitions: tuple[PassAcquisition, ...]
+
+    @property
+    def axes(self) -> list[int | None]:
+        """The axis each pass restores (None: one pass over the planes as given)."""
+        return [value.axis for value in self.acquisitions]
 
 
 def _seed_for(seed: int, plane: str, index: int, sample: int, pass_index: int = 0) -> int:

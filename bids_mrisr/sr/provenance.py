@@ -71,7 +71,7 @@ def run_info(
         "GateSkipThreshold": options.gate_skip_threshold,
         "Threads": nthreads if device.type == "cpu" else None,
     }
-    if any(code is not None for code in geometry.codes):
+    if config.acquisition_features:  # a conditioned network: say what it was told
         info["AcquisitionInput"] = [value.describe() for value in geometry.acquisitions]
     if n > 1:
         info["UncertaintyMeasure"] = "voxel-wise standard deviation over draws (ddof=1)"
