@@ -245,3 +245,26 @@ def test_tile_alignment_gives_tile_consistency(teacher) -> None:
         tile = teacher.route(cond[..., a:, a:])
     m = 12  # half a coarse patch (8 px) + half a fine token (2 px) of interpolation, rounded up
     torch.testing.assert_close(whole[..., a + m :, a + m :], tile[..., m:, m:])
+
+
+def test_shared_film_inference_path_matches_training_path() -> None:
+    """Inference folds one batch-wide FiLM into the norm and works in place; the prediction
+    must be the training path's, and a batch with different t per slice must still differ."""
+    torch.manual_seed(0)
+    net = ConditionalUNet(in_channels=3, base_width=8, channel_mults=(1, 2), num_res_blocks=1,
+                          time_dim=16, stem=2, acquisition_features=3).eval()
+    for p in net.parameters():  # FiLM and acquisition start at zero: make them matter
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(3, 3, 20, 28)
+    acquisition = torch.tensor([[1.0, 0.5, 0.0]]).expand(3, 3)
+    for t in (torch.full((3,), 0.3), torch.tensor([0.1, 0.5, 0.9])):
+        with torch.enable_grad():
+            reference = net(x, t, acquisition=acquisition)
+        with torch.inference_mode():
+            fast = net(x, t, acquisition=acquisition)
+        torch.testing.assert_close(fast, reference.detach(), rtol=1e-4, atol=1e-5)
+    with torch.inference_mode():
+        per_slice = net(x, torch.tensor([0.1, 0.5, 0.9]))
+        shared = net(x, torch.full((3,), 0.1))
+    assert not torch.allclose(per_slice[1:], shared[1:], atol=1e-3)
+    torch.testing.assert_close(per_slice[:1], shared[:1], rtol=1e-4, atol=1e-5)

@@ -84,11 +84,29 @@ class ResBlock(nn.Module):
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        scale, shift = self.film(F.silu(temb)).chunk(2, dim=1)
+        if not torch.is_grad_enabled() and batch_uniform(scale, shift):
+            return self._forward_shared_film(x, scale[0], shift[0])
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.film(F.silu(temb))[:, :, None, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
+        h = self.norm2(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
         h = self.conv2(self.drop(F.silu(h)))
         return h + self.skip(x)
+
+    def _forward_shared_film(self, x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+        """The same maths when every slice of the batch has one FiLM (inference: one scan,
+        one t): FiLM folds into norm2's affine and activations work in place, which saves
+        three passes over the largest tensors (a memory-bound third of CPU inference)."""
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))
+        g = self.norm2
+        h = F.group_norm(h, g.num_groups, g.weight * (1 + scale), g.bias * (1 + scale) + shift,
+                         g.eps)
+        h = self.conv2(self.drop(F.silu(h, inplace=True)))
+        return h.add_(self.skip(x))
+
+
+def batch_uniform(*rows: Tensor) -> bool:
+    """Whether each ``[B, C]`` tensor has the same row for every batch element."""
+    return all(bool((r == r[:1]).all()) for r in rows)
 
 
 class Downsample(nn.Module):

@@ -122,7 +122,7 @@ class ConditionalUNet(nn.Module):
             if return_features:
                 s = self.stem * 2 ** (n - 1 - j)
                 feats.append(crop(h, (-(-size[0] // s), -(-size[1] // s))))
-        out = self.out_conv(F.silu(self.out_norm(h)))
+        out = self.out_conv(F.silu(self.out_norm(h), inplace=not torch.is_grad_enabled()))
         if self.stem > 1:
             out = F.pixel_shuffle(out, self.stem)
         out = crop(out, size)
