@@ -198,15 +198,17 @@ def test_teacher_backward_reaches_router_and_experts(teacher) -> None:
 
 
 def test_default_budgets() -> None:
-    """Student <= 1/10 of the teacher's parameters; per-pixel FLOPs within the CPU budgets."""
+    """The teacher is the larger model (3x the student's parameters); per-pixel FLOPs stay
+    within the CPU budgets (the student's keeps 2 mm -> 1 mm under 90 s on 2 cores)."""
     teacher = build_model(ModelConfig.teacher_default())
     student = build_model(ModelConfig.student_default())
     n_t, n_s = count_parameters(teacher), count_parameters(student)
     print(f"teacher params {n_t}, student params {n_s}, ratio {n_t / n_s:.1f}")
-    assert n_s * 10 <= n_t
+    assert n_s * 3 <= n_t
+    assert 0.4e6 <= n_s <= 0.5e6
     f_s = estimate_flops_per_pixel(student, 64, 64)
     f_t = estimate_flops_per_pixel(teacher, 64, 64)
-    assert f_s <= 15e3
+    assert f_s <= 50e3
     assert f_t <= 60e3
 
 

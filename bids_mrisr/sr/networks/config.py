@@ -191,9 +191,10 @@ class ModelConfig:
 
     @classmethod
     def student_default(cls) -> ModelConfig:
-        """Shipped student: one 3-level U-Net (16/16/32), ~12.5 kFLOP and ~19 ms per 256^2 slice
-        per step (<= 60 s per 256^3 volume at 4 steps x 3 planes), < 1/10 of the teacher."""
-        return cls(kind="student", base_width=16, channel_mults=(1, 1, 2), num_res_blocks=1,
+        """Shipped student: one 3-level U-Net (32/32/64, 0.45 M parameters, ~46 kFLOP per
+        pixel), the largest of the size curve that keeps a 2 mm -> 1 mm whole head under 90 s
+        on 2 CPU cores (benchmarks/EXPERIMENTS.md, ``size-curve-equal-compute``)."""
+        return cls(kind="student", base_width=32, channel_mults=(1, 1, 2), num_res_blocks=1,
                    time_dim=32)
 
     @classmethod
