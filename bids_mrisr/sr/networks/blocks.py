@@ -84,8 +84,10 @@ class ResBlock(nn.Module):
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        """``temb`` is ``[B, time_dim]``, or ``[1, time_dim]`` for one embedding shared by the
+        whole batch (inference; :meth:`ConditionalUNet.forward` decides once per call)."""
         scale, shift = self.film(F.silu(temb)).chunk(2, dim=1)
-        if not torch.is_grad_enabled() and batch_uniform(scale, shift):
+        if temb.shape[0] == 1 and not torch.is_grad_enabled():
             return self._forward_shared_film(x, scale[0], shift[0])
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.norm2(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
@@ -104,9 +106,9 @@ class ResBlock(nn.Module):
         return h.add_(self.skip(x))
 
 
-def batch_uniform(*rows: Tensor) -> bool:
-    """Whether each ``[B, C]`` tensor has the same row for every batch element."""
-    return all(bool((r == r[:1]).all()) for r in rows)
+def batch_uniform(rows: Tensor) -> bool:
+    """Whether a ``[B, C]`` tensor has the same row for every batch element."""
+    return bool((rows == rows[:1]).all())
 
 
 class Downsample(nn.Module):

@@ -16,6 +16,7 @@ from bids_mrisr.sr.networks.blocks import (
     ResBlock,
     TimeEmbedding,
     Upsample,
+    batch_uniform,
     crop,
     norm,
     pad_to_multiple,
@@ -99,6 +100,8 @@ class ConditionalUNet(nn.Module):
             if acquisition is None:  # every entry unknown
                 acquisition = temb.new_zeros((temb.shape[0], self.acquisition.in_features))
             temb = temb + self.acquisition(acquisition.to(temb.dtype))
+        if not torch.is_grad_enabled() and temb.shape[0] > 1 and batch_uniform(temb):
+            temb = temb[:1]  # one scan, one t: every block folds one FiLM into its norm
         if self.stem > 1:
             x = F.pixel_unshuffle(x, self.stem)
         h = self.in_conv(x)
