@@ -4,7 +4,9 @@
 # The campaign trains the candidate default student (base width 32, about 0.45 M parameters,
 # told the acquisition) on a single 150,000-step schedule spread over many CPU sittings. Each
 # sitting resumes exactly where the last one stopped (weights, optimiser, EMA, step, schedule and
-# crop sampler from out/student/train_state.pt, the one file committed), runs for MINUTES
+# crop sampler from out/student/train_state.pt, the one file committed while the schedule runs;
+# a finished schedule drops it, and its final weights, out/student/model.*, are committed instead),
+# runs for MINUTES
 # (default 60), then saves the state and a snapshot of the weights (out/student/model.*, not
 # committed) for benchmarks/quality.py. Ctrl-C or SIGTERM also save the state.
 #
