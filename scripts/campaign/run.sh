@@ -6,9 +6,8 @@
 # sitting resumes exactly where the last one stopped (weights, optimiser, EMA, step, schedule and
 # crop sampler from out/student/train_state.pt, the one file committed while the schedule runs;
 # a finished schedule drops it, and its final weights, out/student/model.*, are committed instead),
-# runs for MINUTES
-# (default 60), then saves the state and a snapshot of the weights (out/student/model.*, not
-# committed) for benchmarks/quality.py. Ctrl-C or SIGTERM also save the state.
+# runs for MINUTES (default 60), then saves the state and a snapshot of the weights
+# (out/student/model.*) for benchmarks/quality.py. Ctrl-C or SIGTERM also save the state.
 #
 # Volumes: training bc01 peds01 stroke01 (T1w, T2w) uih01 uih02 of ds-real plus the bundled
 # MNI152 and pydeface mean head; colin27 is the trainer's validation helper. forrest01 and adi01
