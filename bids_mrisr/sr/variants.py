@@ -31,7 +31,8 @@ BOX_WEIGHTS = "box"
 profile is told ``box`` (``--slice-profile box``, a ``2D`` sidecar, or a clear reading of the
 scan's spectrum). Box slices alias more and gain least; the variant is the checkpoint fine-tuned
 on box profiles only (``bids_mrisr train --profiles box``), so one shape no longer shares the
-network's capacity with the other (none ships; benchmarks/EXPERIMENTS.md)."""
+network's capacity with the other. The shipped one is the width-32 campaign's final snapshot,
+better than the main weights on told-box cases and worse on Gaussian ones (docs/model-card.md)."""
 VARIANTS = (MULTI_AXIS_WEIGHTS, BOX_WEIGHTS)
 VARIANT_USE = {MULTI_AXIS_WEIGHTS: "inputs coarse along several axes",
                BOX_WEIGHTS: "inputs with one thick axis told a box slice profile"}
