@@ -2,8 +2,9 @@
 
 The campaign's EMA snapshots swing from sitting to sitting on the validation volumes (colin27
 from +0.9 to +2.3 dB over cubic between steps 101k and 121k), while the training loss barely
-moves: the points lie in one wide basin, and the mean of a few of them sits nearer its centre,
-which generalises better than any one point (Izmailov et al. 2018). The networks use GroupNorm,
+moves: if the points lie in one wide basin, the mean of a few sits nearer its centre and may
+generalise better than any one point (Izmailov et al. 2018). Measured on this campaign it did
+not (`campaign-weight-averages` in benchmarks/EXPERIMENTS.md). The networks use GroupNorm,
 not BatchNorm, so an averaged network needs no statistics recomputed: the mean of the weights
 is the whole model.
 """
