@@ -376,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
                         **score(est, truth, valid), "seconds": seconds,
                         "sr_seconds": info.get("Seconds"),
                         "adapt_seconds": info.get("Adaptation", {}).get("Seconds"),
+                        "weights_variant": weights_variant_of(info),
+                        "weights_sha256": info.get("WeightsSHA256"),
                         "seen_in_training": seen[label_m]}
                 base = row["methods"]["cubic"]["psnr"]
                 for name, m in row["methods"].items():
@@ -392,8 +394,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _note(seen: bool | None, row: dict) -> str:
+def weights_variant_of(info: dict) -> str | None:
+    """The variant sub-folder the app ran (``box``, ``multi-axis``), None for the main weights:
+    the sidecar's ``WeightsVariant`` reads ``"NAME: the checkpoint's variant for ..."``."""
+    text = info.get("WeightsVariant")
+    return str(text).split(":", 1)[0] if text else None
+
+
+def _note(seen: bool | None, row: dict, variant: str | None = None) -> str:
     notes = ["seen in training"] if seen else ["training data unknown"] if seen is None else []
+    if variant:
+        notes.append(f"{variant} weights")
     if "left_out" in row:
         notes.append("filled slice masked")
     return "; ".join(notes)
@@ -405,7 +416,7 @@ def row_line(row: dict, name: str) -> str:
     volume = row["volume"] + ("" if row.get("contrast", "T1w") == "T1w" else " T2w")
     return (f"{volume:<10} {row['case']:<14} {name:<14} {m['psnr']:7.2f} "
             f"{m['gain_db']:+7.2f} {m['ssim']:7.4f} {m['seconds']:6.1f}  "
-            f"{_note(m.get('seen_in_training'), row)}").rstrip()
+            f"{_note(m.get('seen_in_training'), row, m.get('weights_variant'))}").rstrip()
 
 
 def _report(args: argparse.Namespace, subjects: list[str], trained_on: dict,

@@ -27,15 +27,18 @@ TRAINING = ("bc01", "peds01", "stroke01", "uih01", "uih02")
 
 
 def train_one(data: Path, out: Path, width: int, minutes: float, threads: int,
-              cache: Path | None) -> dict:
+              cache: Path | None, participants: tuple[str, ...] = TRAINING,
+              bundled: bool = True) -> dict:
+    """Train one student for ``minutes`` and read back its size, steps and helper figure."""
     out.mkdir(parents=True, exist_ok=True)
     if cache is not None and not (out / "work").exists():
         (out / "work").symlink_to(cache.resolve())  # preprocessing done once
     command = [sys.executable, "-m", "bids_mrisr.cli.run", "train", str(data), str(out),
-               "--participant-label", *TRAINING, "--validation-label", "colin27",
+               "--participant-label", *participants, "--validation-label", "colin27",
                "--batch-size", "16", "--student-steps", "1000000",
                "--student-minutes", str(minutes), "--threads", str(threads),
-               "--acquisition-input", "--base-width", str(width), "--seed", "0"]
+               "--acquisition-input", "--base-width", str(width), "--seed", "0",
+               *([] if bundled else ["--no-bundled"])]
     started = time.perf_counter()
     subprocess.run(command, check=True)
     meta = json.loads((out / "student" / "model.json").read_text())
@@ -46,7 +49,8 @@ def train_one(data: Path, out: Path, width: int, minutes: float, threads: int,
     return {"width": width, "params": params, "minutes": prov["minutes"],
             "steps": prov["steps"], "wall_seconds": round(time.perf_counter() - started, 1),
             "validation_colin27": prov.get("metrics"), "sha256": meta.get("sha256"),
-            "threads": threads}
+            "threads": threads, "participants": list(participants), "bundled": bundled,
+            "training_volumes": prov.get("training_volumes")}
 
 
 def main(argv: list[str] | None = None) -> int:

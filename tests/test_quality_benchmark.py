@@ -115,6 +115,20 @@ def test_summary_sections_leave_seen_cases_out(quality):
     assert text.count("TEST") == 1
 
 
+def test_weights_variant_is_read_from_the_sidecar_and_shown(quality):
+    """Which weights the app ran is recorded per case: the box variant for scans told box."""
+    from bids_mrisr.sr.provenance import add_weights
+
+    info: dict = {}
+    add_weights(info, {}, "box", None)
+    assert quality.weights_variant_of(info) == "box"
+    assert quality.weights_variant_of({}) is None
+    row = _case("colin27", "box-a2-3x", 1.0, False)
+    row["methods"]["student"]["weights_variant"] = "box"
+    assert quality.row_line(row, "student").endswith("box weights")
+    assert "weights" not in quality.row_line(row, "cubic")
+
+
 def _write(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
     nib.save(nib.Nifti1Image(data.astype(np.float32), affine), str(path))
     return path
