@@ -22,13 +22,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from size_curve import DEFAULT_DATA, train_one  # noqa: E402
+from size_curve import DEFAULT_DATA, TRAINING, train_one  # noqa: E402
 
+TRAINING_SET = TRAINING
+"""The campaign's training participants (scripts/campaign/run.sh)."""
 SUBSETS: dict[str, tuple[tuple[str, ...], bool]] = {
     "1": (("uih01",), False),
     "2": (("uih01", "peds01"), False),
     "5": (("uih01", "peds01", "bc01", "stroke01"), False),
-    "8": (("bc01", "peds01", "stroke01", "uih01", "uih02"), True),
+    "8": (TRAINING_SET, True),
 }
 """Nested subsets, named by their volume count (stroke01 brings its T1w and T2w; the bundled
 MNI152 and pydeface mean head come with the campaign's full set, as in scripts/campaign)."""
@@ -42,6 +44,11 @@ def score(runs: list[dict], scratch: Path, threads: int, cases: list[str]) -> di
                     *cases, "--methods", *extras, "--threads", str(threads),
                     "--output", str(output)], check=True)
     return json.loads(output.read_text())
+
+
+def gains_of(quality: dict, label: str) -> list[float]:
+    """``label``'s gain over cubic in each case of a quality.py report, in case order."""
+    return [case["methods"][label]["gain_db"] for case in quality["cases"]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append({**row, "subset": name, "dir": str(out / "student")})
     quality = score(runs, args.scratch, args.threads, args.cases.split())
     for r in runs:
-        gains = [case["methods"][f"n{r['subset']}"]["gain_db"] for case in quality["cases"]]
+        gains = gains_of(quality, f"n{r['subset']}")
         r["validation_gains_db"] = gains
         r["validation_median_gain_db"] = statistics.median(gains) if gains else None
     args.output.parent.mkdir(parents=True, exist_ok=True)
