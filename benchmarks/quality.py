@@ -174,6 +174,18 @@ def training_volumes(weights: Path | None) -> list[str] | None:
     return found
 
 
+def ran_training_volumes(weights: Path | None, variant: str | None) -> list[str] | None:
+    """``provenance.training_volumes`` of the weights the app actually ran: the checkpoint's
+    ``variant`` sub-folder (from the output sidecar), else the checkpoint itself. Unlike
+    :func:`training_volumes`, a variant that did not run does not count."""
+    if weights is None:
+        return []
+    meta = Path(weights) / (variant or "") / "model.json"
+    if not meta.is_file():
+        return None
+    return json.loads(meta.read_text()).get("provenance", {}).get("training_volumes")
+
+
 def _volume_key(name: str) -> str:
     """'sub-x/anat/sub-x_T1w.nii.gz' and 'sub-x_T1w' -> 'sub-x_T1w'."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
@@ -354,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"volume": subject, "contrast": args.contrast, "set": set_of(subject),
                        "case": tag,
                        "degradation": {**asdict(params), "isotropic": isotropic},
-                       "seen_in_training": seen, "methods": {}}
+                       "seen_in_training": dict(seen), "methods": {}}
                 if valid is not None:
                     row["left_out"] = {"filled_slices": [list(f) for f in filled],
                                        "truth_voxels": int((~valid).sum())}
@@ -372,13 +384,18 @@ def main(argv: list[str] | None = None) -> int:
                     sidecar = json.loads(path.with_name(
                         path.name.replace(".nii.gz", ".json")).read_text())
                     info = sidecar.get("SuperResolution", {})
+                    variant = weights_variant_of(info)
+                    ran = ran_training_volumes(run_weights(method, directory), variant)
                     row["methods"][label_m] = {
                         **score(est, truth, valid), "seconds": seconds,
                         "sr_seconds": info.get("Seconds"),
                         "adapt_seconds": info.get("Adaptation", {}).get("Seconds"),
-                        "weights_variant": weights_variant_of(info),
+                        "weights_variant": variant,
                         "weights_sha256": info.get("WeightsSHA256"),
-                        "seen_in_training": seen[label_m]}
+                        "seen_in_training": (seen[label_m] if ran is None else
+                                             seen_in_training(src, subject, ran))}
+                    row["seen_in_training"][label_m] = row["methods"][label_m][
+                        "seen_in_training"]
                 base = row["methods"]["cubic"]["psnr"]
                 for name, m in row["methods"].items():
                     m["gain_db"] = m["psnr"] - base

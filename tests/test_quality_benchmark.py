@@ -75,6 +75,20 @@ def test_seen_in_training_from_provenance(quality, tmp_path):
     assert quality.seen_in_training(forrest, "forrest01", unknown) is None
 
 
+def test_seen_in_training_counts_only_the_weights_that_ran(quality, tmp_path):
+    """A variant trained on a volume flags it only in the cases where the app ran it."""
+    weights = _weights(tmp_path / "student", ["sub-peds01_T1w"],
+                       variant=["sub-forrest01_T1w"])
+    forrest = Path("sub-forrest01_T1w.nii.gz")
+    assert quality.seen_in_training(forrest, "forrest01", quality.training_volumes(weights))
+    main = quality.ran_training_volumes(weights, None)
+    assert quality.seen_in_training(forrest, "forrest01", main) is False
+    variant = quality.ran_training_volumes(weights, "multi-axis")
+    assert quality.seen_in_training(forrest, "forrest01", variant) is True
+    assert quality.ran_training_volumes(weights, "box") is None  # no such folder: unknown
+    assert quality.ran_training_volumes(None, None) == []  # interp
+
+
 def test_shipped_student_has_seen_forrest01_only(quality):
     shipped = quality.run_weights("student", None)
     assert shipped is not None
