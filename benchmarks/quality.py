@@ -285,8 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "factor (e.g. 2 mm isotropic), the output on the truth's grid")
     p.add_argument("--profiles", nargs="+", default=["gaussian", "box"])
     p.add_argument("--noise", nargs="+", type=float, default=[0.0, REALISTIC_NOISE])
-    p.add_argument("--methods", nargs="+", default=["interp", "student"],
-                   help="app methods to run (cubic and linear are always scored)")
+    p.add_argument("--methods", nargs="*", default=["interp", "student"],
+                   help="app methods to run (cubic and linear are always scored; none: only "
+                        "--adapt-steps, --extra and --variant runs)")
     p.add_argument("--weights", action="append", default=[], metavar="METHOD=DIR",
                    help="weights for an app method (default: the shipped ones)")
     p.add_argument("--extra", action="append", default=[], metavar="LABEL=METHOD:DIR",
