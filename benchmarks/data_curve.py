@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=None,
                    help="a preprocessing folder shared by the runs (done once per volume)")
     p.add_argument("--cases", default="--factors 3 --axes 2 --profiles gaussian box "
-                   "--noise 0.02", help="quality.py case options")
+                   "--noise 0.02", help="quality.py case options, given with '=' since they start "
+                   "with dashes: --cases='--factors 2 --axes iso'")
     p.add_argument("--output", type=Path, default=HERE / "results" / "data_curve.json")
     args = p.parse_args(argv)
     if args.cache is not None:
