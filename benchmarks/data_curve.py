@@ -24,13 +24,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from size_curve import DEFAULT_DATA, TRAINING, train_one  # noqa: E402
 
-TRAINING_SET = TRAINING
-"""The campaign's training participants (scripts/campaign/run.sh)."""
 SUBSETS: dict[str, tuple[tuple[str, ...], bool]] = {
     "1": (("uih01",), False),
     "2": (("uih01", "peds01"), False),
     "5": (("uih01", "peds01", "bc01", "stroke01"), False),
-    "8": (TRAINING_SET, True),
+    "8": (TRAINING, True),  # the campaign's participants (scripts/campaign/run.sh)
 }
 """Nested subsets, named by their volume count (stroke01 brings its T1w and T2w; the bundled
 MNI152 and pydeface mean head come with the campaign's full set, as in scripts/campaign)."""

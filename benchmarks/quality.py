@@ -165,10 +165,7 @@ def training_volumes(weights: Path | None) -> list[str] | None:
         return []
     found: list[str] | None = None
     for directory in (Path(weights), *(Path(weights) / v for v in VARIANTS)):
-        meta = directory / "model.json"
-        if not meta.is_file():
-            continue
-        volumes = json.loads(meta.read_text()).get("provenance", {}).get("training_volumes")
+        volumes = _listed_volumes(directory)
         if volumes is not None:
             found = sorted({*(found or []), *volumes})
     return found
@@ -180,7 +177,12 @@ def ran_training_volumes(weights: Path | None, variant: str | None) -> list[str]
     :func:`training_volumes`, a variant that did not run does not count."""
     if weights is None:
         return []
-    meta = Path(weights) / (variant or "") / "model.json"
+    return _listed_volumes(Path(weights) / (variant or ""))
+
+
+def _listed_volumes(directory: Path) -> list[str] | None:
+    """``provenance.training_volumes`` of the checkpoint in ``directory``; None without one."""
+    meta = directory / "model.json"
     if not meta.is_file():
         return None
     return json.loads(meta.read_text()).get("provenance", {}).get("training_volumes")

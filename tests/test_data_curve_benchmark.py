@@ -22,7 +22,7 @@ def test_subsets_are_nested_and_end_at_the_campaign_set(curve):
     for (small, _), (large, _) in zip(subsets, subsets[1:], strict=False):
         assert set(small) < set(large)
     full, bundled = subsets[-1]
-    assert bundled and set(full) == set(curve.TRAINING_SET)
+    assert bundled and set(full) == set(curve.TRAINING)
     run_sh = (ROOT / "scripts" / "campaign" / "run.sh").read_text()
     labels = re.search(r"--participant-label ([\w ]+?) --validation-label", run_sh).group(1)
     assert set(labels.split()) == set(full)  # the campaign's own volumes
