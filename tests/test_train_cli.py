@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import tomllib
@@ -162,6 +163,25 @@ def test_train_moe_recipe_writes_a_mean_teacher_and_upcycles_a_student(tmp_path)
     for name, tensor in student.model.unet.state_dict().items():
         if "in_conv.weight" not in name:
             assert np.array_equal(state[f"experts.1.unet.{name}"].numpy(), tensor.numpy()), name
+    # several students (e.g. snapshots of one campaign) start the experts in turn
+    assert main(["train", str(root), str(tmp_path / "s2"), *common, "--student-steps", "5",
+                 "--seed", "1"]) == 0
+    other = load_checkpoint(tmp_path / "s2" / "student")
+    assert main(["train", str(root), str(tmp_path / "u2"), *common, "--recipe", "moe",
+                 "--student-steps", "0", "--init-weights", str(tmp_path / "s" / "student"),
+                 str(tmp_path / "s2" / "student")]) == 0
+    mixed = load_checkpoint(tmp_path / "u2" / "teacher")
+    record = mixed.provenance["init_weights"]
+    assert [r["sha256"] for r in record["students"]] == [student.sha256, other.sha256]
+    assert record["expert_students"] == [0, 1, 0]
+    state = mixed.model.state_dict()
+    key = "out_conv.weight"
+    assert np.array_equal(state[f"experts.1.unet.{key}"].numpy(),
+                          other.model.unet.state_dict()[key].numpy())
+    assert np.array_equal(state[f"experts.2.unet.{key}"].numpy(),
+                          student.model.unet.state_dict()[key].numpy())
+    assert not np.array_equal(state[f"experts.1.unet.{key}"].numpy(),
+                              state[f"experts.2.unet.{key}"].numpy())
 
 
 def test_train_init_weights_refuses_what_it_cannot_fine_tune(tmp_path, capsys):
@@ -178,6 +198,19 @@ def test_train_init_weights_refuses_what_it_cannot_fine_tune(tmp_path, capsys):
                  "--init-weights", str(tmp_path / "nothing")])
     assert code == 64
     assert "--init-weights" in capsys.readouterr().err
+    random_checkpoint(tmp_path / "s1", dataclasses.replace(ModelConfig.tiny_student(),
+                                                           prediction_type="mean"))
+    random_checkpoint(tmp_path / "s2", dataclasses.replace(ModelConfig.tiny_student(),
+                                                           prediction_type="mean",
+                                                           base_width=6))
+    code = main(["train", str(root), str(tmp_path / "out"), "--no-bundled",
+                 "--init-weights", str(tmp_path / "s1"), str(tmp_path / "s1")])
+    assert code == 64
+    assert "only --recipe moe starts from several" in capsys.readouterr().err
+    code = main(["train", str(root), str(tmp_path / "out"), "--no-bundled", "--recipe", "moe",
+                 "--init-weights", str(tmp_path / "s1"), str(tmp_path / "s2")])
+    assert code == 64
+    assert "another architecture than" in capsys.readouterr().err
     assert not (tmp_path / "out" / "student").exists()
 
 

@@ -96,13 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "default)")
     recipe.add_argument("--preset", choices=("default", "tiny"), default="default",
                         help="network sizes: the shipped ones, or tiny ones for smoke tests")
-    recipe.add_argument("--init-weights", type=resolved_path, default=None, metavar="DIR",
+    recipe.add_argument("--init-weights", type=resolved_path, nargs="+", default=None,
+                        metavar="DIR",
                         help="regression recipe: fine-tune this checkpoint (e.g. the shipped "
                              "student) instead of starting from random weights; its "
                              "architecture is kept (with --acquisition-input a blind one "
                              "gains that input, starting at zero; res_blocks in "
                              "--recipe-file may deepen it). moe recipe: a MoE teacher "
-                             "to fine-tune, or a student whose copies start every expert")
+                             "to fine-tune, or a student whose copies start every expert, "
+                             "or several students of one architecture (e.g. snapshots of "
+                             "a campaign): expert k starts as the k-th, in turn")
     recipe.add_argument("--acquisition-input", action="store_true",
                         help="regression and moe recipes: tell the network the thick-slice "
                              "factor, slice-profile shape and slice width of each simulated "
@@ -166,20 +169,33 @@ def _check_device(name: str) -> None:
         raise UserError(f"--device: {exc}", ExitCode.USAGE) from exc
 
 
-def _fine_tune_config(directory: Path) -> ModelConfig:
-    """The architecture of the checkpoint that ``--init-weights`` names (verified, sha256)."""
+def _fine_tune_config(directories: list[Path], recipe: str) -> ModelConfig:
+    """The architecture of the checkpoints that ``--init-weights`` names (verified, sha256):
+    one, or for ``--recipe moe`` several students of one architecture."""
     from bids_mrisr.sr.checkpoint import verify_checkpoint
     from bids_mrisr.sr.engine import SRError
 
-    try:
-        _, config, _ = verify_checkpoint(directory)
-    except SRError as exc:
-        raise UserError(f"--init-weights: {exc}", ExitCode.USAGE) from exc
-    if config.prediction_type != "mean":
-        raise UserError(f"--init-weights {directory}: a {config.prediction_type}-prediction "
-                        "network; the regression recipe fine-tunes posterior-mean networks",
+    configs = []
+    for directory in directories:
+        try:
+            _, config, _ = verify_checkpoint(directory)
+        except SRError as exc:
+            raise UserError(f"--init-weights: {exc}", ExitCode.USAGE) from exc
+        if config.prediction_type != "mean":
+            raise UserError(f"--init-weights {directory}: a {config.prediction_type}-prediction "
+                            "network; the regression recipe fine-tunes posterior-mean networks",
+                            ExitCode.USAGE)
+        configs.append(config)
+    if len(configs) > 1 and (recipe != "moe" or any(c.kind != "student" for c in configs)):
+        raise UserError(f"--init-weights: {len(configs)} checkpoints; only --recipe moe starts "
+                        "from several, each a student (expert k starts as the k-th)",
                         ExitCode.USAGE)
-    return config
+    for directory, config in zip(directories[1:], configs[1:], strict=True):
+        if config != configs[0]:
+            raise UserError(f"--init-weights {directory}: another architecture than "
+                            f"{directories[0]}; the experts' students must share one",
+                            ExitCode.USAGE)
+    return configs[0]
 
 
 def _recipe_config(args: argparse.Namespace, options: RecipeOptions, kind: str, tiny: bool,
@@ -226,7 +242,7 @@ def network_config(args: argparse.Namespace, options: RecipeOptions, tiny: bool,
     except ValueError as exc:  # e.g. router_top_k larger than the number of experts
         raise UserError(f"--recipe {args.recipe}: {exc}", ExitCode.USAGE) from None
     if config.kind != kind:
-        raise UserError(f"--init-weights {args.init_weights}: a {config.kind}; --recipe "
+        raise UserError(f"--init-weights {args.init_weights[0]}: a {config.kind}; --recipe "
                         f"{args.recipe} trains a {kind}", ExitCode.USAGE)
     return config
 
@@ -331,7 +347,7 @@ def main(argv: list[str]) -> int:
         _check_device(args.device)  # before minutes of preprocessing
         init_config = None
         if args.init_weights is not None:
-            init_config = _fine_tune_config(args.init_weights)
+            init_config = _fine_tune_config(args.init_weights, args.recipe)
         regression_config = network_config(args, options, tiny, init_config)
         if args.resume:
             from bids_mrisr.sr.training.regression import STATE_FILE

@@ -70,6 +70,21 @@ def test_oneshot_runs_without_the_bids_stack(tmp_path: Path) -> None:
     assert summary["gate_check"]["crops"] > 0
     assert summary["phases"]["student"]["distilled_from"] == teacher.sha256
     assert "gain_db" in summary["phases"]["student"]["metrics"]
+    # a CPU-budget distillation starts from a trained student and keeps its architecture
+    again = tmp_path / "again"
+    proc = subprocess.run(
+        [sys.executable, "-c", WRAPPER, "--volumes", str(packed), "--out", str(again),
+         "--device", "cpu", "--crop", "32", "--batch-size", "2", "--teacher",
+         str(out / "teacher"), "--init-student", str(out / "student_plain"),
+         "--distill-steps", "1", "--lr", "1e-9", "--no-validation"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    started = load_checkpoint(again / "student")
+    assert started.config == plain.config  # not the default preset's width
+    assert started.provenance["init_weights"]["sha256"] == plain.sha256
+    assert started.provenance["distilled_from"] == teacher.sha256
+    for name, tensor in plain.model.state_dict().items():
+        assert torch.allclose(started.model.state_dict()[name], tensor, atol=1e-5), name
 
 
 def test_packed_test_subjects_are_refused(tmp_path: Path) -> None:

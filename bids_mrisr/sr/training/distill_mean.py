@@ -64,6 +64,9 @@ class MeanDistillRecipe:
     device: str = "cpu"
     workers: int = 0
     """DataLoader processes degrading volumes beside the training step (GPU machines)."""
+    init_from: str | None = None
+    """A student checkpoint of the same architecture to start from (None: random weights).
+    On a CPU budget distillation fine-tunes the shipped student rather than training anew."""
 
     @property
     def uses_teacher(self) -> bool:
@@ -173,6 +176,7 @@ def distill_mean_student(
     dev = devices.resolve_device(recipe.device)
     torch.manual_seed(recipe.seed)
     student = build_model(config)
+    start = _start_from(student, recipe.init_from) if recipe.init_from else None
     teacher, projector, teacher_sha = (_teacher_for(teacher_dir, student, recipe, dev)
                                        if recipe.uses_teacher else (None, None, None))
     student = student.to(dev)
@@ -198,6 +202,8 @@ def distill_mean_student(
     metrics = validate(ema_model, config, val_volumes, steps=1)
     prov = dict(provenance or {})
     prov.update(_provenance(recipe, run, teacher_sha, dev, started))
+    if start is not None:
+        prov["init_weights"] = start
     if teacher is not None:
         prov["teacher_config"] = teacher.config.to_dict()
     if metrics is not None:
@@ -205,6 +211,19 @@ def distill_mean_student(
         log.info("%s held-out: cubic %.2f dB, model %.2f dB (%+.2f dB)", label,
                  metrics["psnr_cubic"], metrics["psnr_model"], metrics["gain_db"])
     return save_checkpoint(ema_model.to("cpu"), Path(out_dir), prov)
+
+
+def _start_from(student: nn.Module, directory: str) -> dict[str, Any]:
+    """Copy a verified student checkpoint of ``student``'s architecture into it; its sha256
+    and steps go into the provenance."""
+    loaded = load_checkpoint(Path(directory))
+    if loaded.config != student.config:
+        raise ValueError(f"{directory}: another architecture than the student being "
+                         "distilled; a distillation starts only from the same network")
+    student.load_state_dict(loaded.model.state_dict())
+    log.info("starting the student from %s (sha256 %s)", directory, loaded.sha256[:12])
+    return {"sha256": loaded.sha256, "steps": loaded.provenance.get("steps"),
+            "minutes": loaded.provenance.get("minutes")}
 
 
 def _teacher_for(teacher_dir: str | Path | None, student: nn.Module,

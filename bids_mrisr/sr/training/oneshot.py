@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plain-steps", type=int, default=None, help="step cap (tests)")
     p.add_argument("--teacher", type=Path, default=None,
                    help="distil this MoE mean teacher instead of training one")
+    p.add_argument("--init-student", type=Path, default=None,
+                   help="start the student phases from this student checkpoint (its "
+                        "architecture replaces the preset's): a CPU-budget distillation "
+                        "fine-tunes the shipped student")
     p.add_argument("--teacher-weight", "--lambda", type=float, default=1.0, dest="lam",
                    help="lambda: L1 to the teacher's prediction")
     p.add_argument("--feature-weight", "--mu", type=float, default=0.1, dest="mu",
@@ -155,6 +159,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
              len(train), ", ".join(train_names), ", ".join(val_names) or "none", dev,
              f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "", workers)
     teacher_cfg, student_cfg = configs(args.preset, args.width)
+    if args.init_student is not None:
+        from bids_mrisr.sr.checkpoint import load_checkpoint
+
+        student_cfg = load_checkpoint(args.init_student).config
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     base = {"training_volumes": train_names, "validation_volumes": val_names,
@@ -182,7 +190,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         recipe = MeanDistillRecipe(steps=steps, minutes=minutes, teacher_weight=lam,
                                    feature_weight=mu, batch_size=args.batch_size, lr=args.lr,
                                    seed=args.seed, crop=args.crop, device=str(dev),
-                                   workers=workers)
+                                   workers=workers,
+                                   init_from=str(args.init_student) if args.init_student
+                                   else None)
         distill_mean_student(teacher_dir if recipe.uses_teacher else None, train, student_cfg,
                              out / name, recipe, progress=_progress(name),
                              val_volumes=val_used, provenance=dict(base))

@@ -147,7 +147,7 @@ def train_mean_regressor(
     val_volumes: Sequence[np.ndarray] | None = None,
     provenance: dict[str, Any] | None = None,
     resume: bool = False,
-    init_from: str | Path | None = None,
+    init_from: str | Path | Sequence[str | Path] | None = None,
     record: dict[str, Any] | None = None,
 ) -> str | None:
     """Train ``config`` (``prediction_type`` must be ``mean``); save its EMA; return the sha256.
@@ -155,7 +155,9 @@ def train_mean_regressor(
     Under ``torchrun`` every process trains on its own crops with DDP-averaged gradients and
     only rank 0 writes (other ranks return None). ``resume`` continues from
     ``out_dir/train_state.pt``. ``init_from``: a checkpoint of the same config to fine-tune
-    (its sha256 and steps go into the provenance), e.g. the shipped student on a site's scans.
+    (its sha256 and steps go into the provenance), e.g. the shipped student on a site's scans;
+    for a MoE teacher, one or more students whose copies start the experts (see
+    :func:`_upcycle`).
     ``record`` (the recipe options) is kept with the resumable state; resuming with another
     record is refused (ValueError).
     """
@@ -308,8 +310,11 @@ def _loader(volumes: Sequence[np.ndarray], config: ModelConfig, recipe: Regressi
     return batches, SamplerState(sampler.state_dict, sampler.load_state_dict) if exact else None
 
 
-def _warm_start(model: nn.Module, config: ModelConfig, directory: str | Path) -> dict[str, Any]:
+def _warm_start(model: nn.Module, config: ModelConfig,
+                init_from: str | Path | Sequence[str | Path]) -> dict[str, Any]:
     """Copy a verified checkpoint's weights into ``model``; refuse another architecture.
+
+    Several checkpoints (students of one architecture) start a MoE teacher's experts in turn.
 
     Two changes keep the start computing exactly what the checkpoint did, so fine-tuning
     starts from its quality: a blind checkpoint may start a conditioned network (the
@@ -319,9 +324,17 @@ def _warm_start(model: nn.Module, config: ModelConfig, directory: str | Path) ->
     """
     from bids_mrisr.sr.checkpoint import CheckpointError, load_checkpoint
 
-    loaded = load_checkpoint(Path(directory))
-    if config.kind == "teacher" and loaded.config.kind == "student":
-        return _upcycle(model, config, loaded, directory)
+    directories = ([Path(init_from)] if isinstance(init_from, (str, Path))
+                   else [Path(d) for d in init_from])
+    if not directories:
+        raise CheckpointError("no checkpoint to start from")
+    loaded_all = [load_checkpoint(d) for d in directories]
+    loaded, directory = loaded_all[0], directories[0]
+    if config.kind == "teacher" and all(c.config.kind == "student" for c in loaded_all):
+        return _upcycle(model, config, loaded_all, directories)
+    if len(directories) > 1:
+        raise CheckpointError(f"{len(directories)} checkpoints: only students, upcycled into "
+                              "the experts of a MoE teacher, start from more than one")
     adds_conditioning = bool(not loaded.config.acquisition_features
                              and config.acquisition_features)
     added_blocks = config.num_res_blocks - loaded.config.num_res_blocks
@@ -365,27 +378,34 @@ def _blocks_beyond(model: nn.Module, count: int) -> list[str]:
     return names
 
 
-def _upcycle(model: nn.Module, config: ModelConfig, loaded: Any, directory: str | Path,
-             ) -> dict[str, Any]:
+def _upcycle(model: nn.Module, config: ModelConfig, students: Sequence[Any],
+             directories: Sequence[Path]) -> dict[str, Any]:
     """Start every expert of a MoE mean teacher as a copy of a trained student (the router
     stays random). An expert with extra input channels (the edge expert's Laplacian) gets the
     student's input weights for the channels they share and zeros for the rest, so every
-    expert, and hence any mixture of them, starts by computing exactly the student. A blind
-    student may start a conditioned teacher: the experts' acquisition input starts at zero, as
-    in :func:`_warm_start`."""
+    expert computes exactly its student. One student: every expert and so any mixture starts
+    at it. Several students (of one architecture, e.g. snapshots of one campaign): expert k
+    starts as student k mod n, so the experts start different and uniform gates start as the
+    ensemble of the students. A blind student may start a conditioned teacher: the experts'
+    acquisition input starts at zero, as in :func:`_warm_start`."""
     from bids_mrisr.sr.checkpoint import CheckpointError
 
+    loaded = students[0]
     expected = ModelConfig.upcycled_teacher(loaded.config, config.num_experts,
                                             config.router_top_k)
     if not loaded.config.acquisition_features:
         config = dataclasses.replace(config, acquisition_features=0)
     if config != expected or loaded.config.prediction_type != "mean":
-        raise CheckpointError(f"checkpoint {directory}: a student upcycles only into "
+        raise CheckpointError(f"checkpoint {directories[0]}: a student upcycles only into "
                               "ModelConfig.upcycled_teacher(its config) (bids_mrisr train "
                               "--recipe moe --init-weights STUDENT)")
-    source = loaded.model.unet.state_dict()
+    for other, directory in zip(students[1:], directories[1:], strict=True):
+        if other.config != loaded.config:
+            raise CheckpointError(f"checkpoint {directory}: another architecture than "
+                                  f"{directories[0]}; the experts' students must share one")
     with torch.no_grad():
-        for expert in model.experts:
+        for k, expert in enumerate(model.experts):
+            source = students[k % len(students)].model.unet.state_dict()
             target = expert.unet.state_dict()
             for key, value in source.items():
                 if target[key].shape == value.shape:
@@ -393,7 +413,13 @@ def _upcycle(model: nn.Module, config: ModelConfig, loaded: Any, directory: str 
                 else:  # in_conv: [out, in * stem^2, 3, 3], extra channels appended
                     target[key].zero_()
                     target[key][:, : value.shape[1]].copy_(value)
-    log.info("upcycling %s (sha256 %s) into %d experts", directory, loaded.sha256[:12],
+    log.info("upcycling %s into %d experts",
+             ", ".join(f"{d} (sha256 {c.sha256[:12]})" for d, c in zip(directories, students,
+                                                                       strict=True)),
              config.num_experts)
-    return {"sha256": loaded.sha256, "steps": loaded.provenance.get("steps"),
-            "minutes": loaded.provenance.get("minutes"), "upcycled_experts": config.num_experts}
+    record = [{"sha256": c.sha256, "steps": c.provenance.get("steps"),
+               "minutes": c.provenance.get("minutes")} for c in students]
+    if len(record) == 1:
+        return {**record[0], "upcycled_experts": config.num_experts}
+    return {"students": record, "upcycled_experts": config.num_experts,
+            "expert_students": [k % len(record) for k in range(config.num_experts)]}
