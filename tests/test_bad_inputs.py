@@ -387,7 +387,10 @@ def test_participant_label_nosuchsubject_exits_18(tmp_path):
     assert _run(root, tmp_path, "nosuchsubject") == 18
 
 
-def test_teacher_without_weights_is_clear_error(tmp_path, capsys):
+def test_teacher_without_weights_is_clear_error(tmp_path, capsys, monkeypatch):
+    # an installation without teacher weights (whatever this checkout ships)
+    monkeypatch.setattr("bids_mrisr.sr.weights.PACKAGE_WEIGHTS", tmp_path / "no-weights")
+    monkeypatch.delenv("BIDS_MRISR_WEIGHTS_DIR", raising=False)
     root = make_dataset(tmp_path / "bids", {GOOD: None})
     code = main([str(root), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w"),
                  "--model", "teacher", "--skip-bids-validation"])
