@@ -145,3 +145,32 @@ def test_distillation_pulls_the_student_toward_the_teacher() -> None:
     _, unguided = _distance_after(0.0)
     assert guided < 0.6 * before  # the teacher term moves the student onto the teacher
     assert guided < 0.6 * unguided  # and it is that term: x0 alone leaves it far away
+
+
+def test_identity_projection_starts_an_upcycled_students_guidance_near_zero() -> None:
+    from bids_mrisr.sr.training.regression import _upcycle
+
+    torch.manual_seed(0)
+    s_cfg = dataclasses.replace(ModelConfig.tiny_student(), prediction_type="mean",
+                                acquisition_features=3)
+    student = build_model(s_cfg).eval()
+    teacher = build_model(ModelConfig.upcycled_teacher(s_cfg)).eval()
+
+    class Loaded:  # what load_checkpoint returns, as far as upcycling reads it
+        config, model, sha256, provenance = s_cfg, student, "0" * 64, {}
+
+    _upcycle(teacher, teacher.config, [Loaded()], [Path("student")])
+    gen = torch.Generator().manual_seed(1)
+    cond = torch.rand(2, 5, 32, 32, generator=gen)
+    x0, code = torch.zeros(2, 1, 32, 32), torch.zeros(2, 3)
+
+    def guidance(identity: bool) -> float:
+        projector = FeatureProjector(student, teacher, size=32, identity=identity)
+        with torch.no_grad():
+            _, stats = mean_distill_loss(student, cond, x0, code, teacher=teacher,
+                                         projector=projector, feature_weight=1.0)
+        return stats["feature"]
+
+    # every expert computes the student, so the gate-mixed features are the student's own
+    assert guidance(identity=True) < 1e-8
+    assert guidance(identity=False) > 1e-3

@@ -110,9 +110,15 @@ def _strides(model: nn.Module, size: int) -> list[int]:
 
 
 class FeatureProjector(nn.Module):
-    """1x1 convs from student decoder levels to teacher decoder levels of the same stride."""
+    """1x1 convs from student decoder levels to teacher decoder levels of the same stride.
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, size: int = 64) -> None:
+    ``identity``: where a level has as many student as teacher channels, start its conv as
+    the identity. A student that starts as one of the teacher's own (upcycled) experts then
+    starts with a small guidance loss; a random projection would make the loss, and so the
+    first gradients into the trained student's features, large."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, size: int = 64,
+                 identity: bool = False) -> None:
         super().__init__()
         s_strides, s_ch = _strides(student, size)
         t_strides, t_ch = _strides(teacher, size)
@@ -122,7 +128,12 @@ class FeatureProjector(nn.Module):
             if st in t_strides:
                 j = t_strides.index(st)
                 self.pairs.append((i, j))
-                projs.append(nn.Conv2d(s_ch[i], t_ch[j], 1))
+                proj = nn.Conv2d(s_ch[i], t_ch[j], 1)
+                if identity and s_ch[i] == t_ch[j]:
+                    with torch.no_grad():
+                        proj.weight.copy_(torch.eye(s_ch[i])[:, :, None, None])
+                        proj.bias.zero_()
+                projs.append(proj)
         self.projs = nn.ModuleList(projs)
 
     def loss(self, s_feats: list[Tensor], t_feats: list[Tensor]) -> Tensor:

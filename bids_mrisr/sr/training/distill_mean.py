@@ -236,7 +236,8 @@ def _teacher_for(teacher_dir: str | Path | None, student: nn.Module,
     if (t_cfg.context_slices, t_cfg.residual_scale) != (config.context_slices,
                                                          config.residual_scale):
         raise ValueError("teacher and student must share context_slices and residual_scale")
-    projector = FeatureProjector(student, teacher).to(dev) if recipe.feature_weight else None
+    projector = (FeatureProjector(student, teacher, identity=recipe.init_from is not None)
+                 .to(dev) if recipe.feature_weight else None)
     return teacher.to(dev), projector, teacher_sha
 
 
