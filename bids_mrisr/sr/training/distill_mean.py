@@ -33,7 +33,7 @@ from bids_mrisr.sr.options import PROFILES
 from bids_mrisr.sr.pairs import PairSampler, degradation_family
 from bids_mrisr.sr.training.distill import FeatureProjector
 from bids_mrisr.sr.training.loop import EMA_DECAY, RunResult, run_steps, validate
-from bids_mrisr.sr.training.regression import REFRESH_EVERY
+from bids_mrisr.sr.training.regression import REFRESH_EVERY, start_record
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +222,7 @@ def _start_from(student: nn.Module, directory: str) -> dict[str, Any]:
                          "distilled; a distillation starts only from the same network")
     student.load_state_dict(loaded.model.state_dict())
     log.info("starting the student from %s (sha256 %s)", directory, loaded.sha256[:12])
-    return {"sha256": loaded.sha256, "steps": loaded.provenance.get("steps"),
-            "minutes": loaded.provenance.get("minutes")}
+    return start_record(loaded)
 
 
 def _teacher_for(teacher_dir: str | Path | None, student: nn.Module,

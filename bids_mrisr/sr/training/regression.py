@@ -361,9 +361,14 @@ def _warm_start(model: nn.Module, config: ModelConfig,
              "; adding acquisition conditioning" if adds_conditioning else "",
              f"; {added_blocks} more residual block(s) per level, starting as the identity"
              if added_blocks else "")
-    return {"sha256": loaded.sha256, "steps": loaded.provenance.get("steps"),
-            "minutes": loaded.provenance.get("minutes"),
+    return {**start_record(loaded),
             **({"added_res_blocks": added_blocks} if added_blocks else {})}
+
+
+def start_record(loaded: Any) -> dict[str, Any]:
+    """What ``provenance.init_weights`` says of a checkpoint a training started from."""
+    return {"sha256": loaded.sha256, "steps": loaded.provenance.get("steps"),
+            "minutes": loaded.provenance.get("minutes")}
 
 
 def _blocks_beyond(model: nn.Module, count: int) -> list[str]:
@@ -417,8 +422,7 @@ def _upcycle(model: nn.Module, config: ModelConfig, students: Sequence[Any],
              ", ".join(f"{d} (sha256 {c.sha256[:12]})" for d, c in zip(directories, students,
                                                                        strict=True)),
              config.num_experts)
-    record = [{"sha256": c.sha256, "steps": c.provenance.get("steps"),
-               "minutes": c.provenance.get("minutes")} for c in students]
+    record = [start_record(c) for c in students]
     if len(record) == 1:
         return {**record[0], "upcycled_experts": config.num_experts}
     return {"students": record, "upcycled_experts": config.num_experts,
