@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "scan (at "
                              "inference: from the header and the scan's spectrum), as the "
                              "shipped student is (docs/model-card.md)")
+    recipe.add_argument("--scan-input", action="store_true",
+                        help="regression and moe recipes: as --acquisition-input, and also "
+                             "tell the network its input's noise level and how many other "
+                             "axes are still coarse (at inference: read from each pass's "
+                             "input and the header's geometry); for the multi-axis variant")
     recipe.add_argument("--base-width", type=_positive_int, default=None, metavar="C",
                         help="regression recipe, new networks: channels of the student's "
                              "first U-Net level (the shipped student has 16; 32 is about 4x "
@@ -204,7 +209,7 @@ def _recipe_config(args: argparse.Namespace, options: RecipeOptions, kind: str, 
     student upcycled into a teacher for ``--recipe moe``), else the default or tiny preset."""
     import dataclasses
 
-    from bids_mrisr.sr.networks.config import ACQUISITION_FEATURES, ModelConfig
+    from bids_mrisr.sr.networks.config import ACQUISITION_FEATURES, SCAN_FEATURES, ModelConfig
 
     if init_config is not None and kind == "teacher" and init_config.kind == "student":
         config = ModelConfig.upcycled_teacher(init_config, router_top_k=options.router_top_k)
@@ -218,7 +223,9 @@ def _recipe_config(args: argparse.Namespace, options: RecipeOptions, kind: str, 
     else:
         base = ModelConfig.tiny_student() if tiny else ModelConfig.student_default()
         config = dataclasses.replace(base, prediction_type="mean")
-    if args.acquisition_input:
+    if args.scan_input:
+        config = dataclasses.replace(config, acquisition_features=SCAN_FEATURES)
+    elif args.acquisition_input:
         config = dataclasses.replace(config, acquisition_features=ACQUISITION_FEATURES)
     if args.base_width is not None:
         if kind != "student" or init_config is not None:
@@ -289,7 +296,8 @@ def _train_regression(args: argparse.Namespace, options: RecipeOptions,
 
 RECIPE_SPECIFIC = {
     REGRESSION_LIKE: ("student_steps", "student_minutes", "device", "workers", "resume",
-                      "stop_after", "init_weights", "acquisition_input"),
+                      "stop_after", "init_weights", "acquisition_input",
+                      "scan_input"),
     ("regression",): ("base_width",),
     ("diffusion",): ("teacher_minutes", "distill_minutes", "teacher_steps", "skip_teacher"),
 }

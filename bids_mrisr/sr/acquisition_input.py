@@ -58,10 +58,16 @@ class PassAcquisition:
             return self.profile
         return self.estimate.profile if self.estimate is not None else "gaussian"
 
-    def code(self) -> torch.Tensor:
-        """[1, F] acquisition code for a conditioned network (zeros: the family's average)."""
-        code = ([0.0] * ACQUISITION_FEATURES if self.factor is None
-                else acquisition_code(self.factor, self.profile, self.width))
+    def code(self, width: int = ACQUISITION_FEATURES, noise: float | None = None,
+             coarse_others: int = 0) -> torch.Tensor:
+        """[1, width] acquisition code for a conditioned network (zeros: the family's
+        average); a code of ``SCAN_FEATURES`` entries also tells the pass's input noise (None:
+        this value's reading, if any) and its other coarse axes."""
+        if noise is None and self.estimate is not None:
+            noise = self.estimate.noise_sigma
+        code = ([0.0] * width if self.factor is None
+                else acquisition_code(self.factor, self.profile, self.width, noise=noise,
+                                      coarse_others=coarse_others, width=width))
         return torch.tensor([code], dtype=torch.float32)
 
     def with_reading(self, estimate: AcquisitionEstimate) -> PassAcquisition:

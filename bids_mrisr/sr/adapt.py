@@ -113,7 +113,7 @@ def adapt_model(model: nn.Module, volume: np.ndarray, acquisition: PassAcquisiti
     trained = _adapted_parameters(adapted)
     held = [sampler.sample(options.batch_size) for _ in range(4)]  # fixed pairs, for the record
     # A conditioned network is told what the engine will tell it for this scan.
-    code = acquisition.code().to(device).expand(options.batch_size, -1)
+    code = acquisition.code(config.code_width).to(device).expand(options.batch_size, -1)
 
     def held_loss(net: nn.Module) -> float:
         with torch.no_grad():

@@ -174,8 +174,7 @@ def _geometry(volume: np.ndarray, config: ModelConfig, options: SROptions, devic
             if tile is not None:
                 with_tiles(plan, config, tile)
             plans[(i, p)] = plan
-    codes = [value.code() if config.acquisition_features else None for value in acquisitions]
-    return Geometry(acquisitions, planes, plans, codes)
+    return Geometry(acquisitions, planes, plans, config.acquisition_features)
 
 
 def _network_calls(volume: np.ndarray, geometry: Geometry, est: Estimate,

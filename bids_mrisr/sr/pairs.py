@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from bids_mrisr.image.spline import cubic_resample, cubic_resample_axis
+from bids_mrisr.sr.acquisition import noise_sigma
 from bids_mrisr.sr.degrade import PROFILES, Degradation, degrade, smooth_bias_field
-from bids_mrisr.sr.networks.config import acquisition_code
+from bids_mrisr.sr.networks.config import ACQUISITION_FEATURES, SCAN_FEATURES, acquisition_code
 from bids_mrisr.sr.options import UNKNOWN
 from bids_mrisr.sr.slicing import planar_view
 
@@ -39,6 +40,10 @@ UNKNOWN_PROFILE_RATE = 0.2
 scan gives no single thick axis), so that the code's 0 is a trained input."""
 UNKNOWN_WIDTH_RATE = 0.5
 """Share of crops whose code says "slice width unknown": most scans have no SliceThickness."""
+
+
+Entry = tuple[np.ndarray, np.ndarray, Degradation]
+"""A pool entry: (target, cubic estimate, degradation)."""
 
 
 def zoom_volume(hr: np.ndarray, zoom: float) -> np.ndarray:
@@ -116,6 +121,7 @@ class PairSampler:
         zoom_range: tuple[float, float] = (1.0, 1.0),
         multi_axis_rate: float = 0.0,
         profiles: tuple[str, ...] = PROFILES,
+        code_width: int = ACQUISITION_FEATURES,
     ) -> None:
         if not volumes:
             raise ValueError("PairSampler needs at least one volume")
@@ -149,15 +155,25 @@ class PairSampler:
         self.profiles = tuple(profiles)
         """Slice-profile shapes drawn (all of them by default; one shape trains a network
         that the app runs only for scans told that shape)."""
+        self.code_width = int(code_width)
+        """Entries of each crop's acquisition code: ``SCAN_FEATURES`` adds the noise level
+        the app reads from the pass's input (the same estimator, on the simulated input) and
+        the number of other axes still coarse."""
         self.rng = np.random.default_rng(seed)
         n_pool = pool_size or max(2, len(self.volumes))
         self._recipes: list[tuple[int, dict[str, Any]] | None] = [None] * (
             len(pool) if pool is not None else n_pool)
         """Per pool slot: the volume and the generator state it was degraded from, so that
         :meth:`load_state_dict` can rebuild the pool exactly without storing it."""
+        self._readings: list[tuple[float | None, int]] = [(None, 0)] * len(self._recipes)
+        """Per pool slot: the input's noise reading (None: not read) and its other coarse
+        axes."""
         self.pool: list[tuple[np.ndarray, np.ndarray, Degradation]] = (
             list(pool) if pool is not None else
             [self._recorded_entry(k, k % len(self.volumes)) for k in range(n_pool)])
+        if pool is not None and self.code_width == SCAN_FEATURES:
+            self._readings = [(noise_sigma(cubic, params.axis), 0)
+                              for _, cubic, params in self.pool]
         self._since_refresh = 0
         self._next_slot = 0
         self.samples_drawn = 0
@@ -177,8 +193,9 @@ class PairSampler:
         )
         return params, int(r.choice([8, 10, 12, 16]))
 
-    def _make_entry(self, vol_index: int) -> tuple[np.ndarray, np.ndarray, Degradation]:
-        """(target, cubic estimate, degradation): the bias field goes on both sides."""
+    def _make_entry(self, vol_index: int) -> tuple[Entry, tuple[float | None, int]]:
+        """(target, cubic estimate, degradation), the bias field on both sides; and the
+        input's reading (noise, other coarse axes)."""
         params, bits = self.random_degradation()
         child = np.random.default_rng(int(self.rng.integers(2**63)))
         hr = self.volumes[vol_index]
@@ -193,12 +210,15 @@ class PairSampler:
             also = tuple(int(a) for a in self.rng.permutation(others)[:count])
         cubic = simulate_cubic(hr, dataclasses.replace(params, bias_strength=0.0), child, bits,
                                also)
-        return (coarse_along(hr, params, also) if also else hr), cubic, params
+        noise = noise_sigma(cubic, params.axis) if self.code_width == SCAN_FEATURES else None
+        return ((coarse_along(hr, params, also) if also else hr), cubic, params), (noise,
+                                                                                  len(also))
 
     def _recorded_entry(self, slot: int, vol_index: int,
                         ) -> tuple[np.ndarray, np.ndarray, Degradation]:
         self._recipes[slot] = (vol_index, self.rng.bit_generator.state)
-        return self._make_entry(vol_index)
+        entry, self._readings[slot] = self._make_entry(vol_index)
+        return entry
 
     def refresh(self) -> None:
         """Replace the oldest pool entry with a fresh degradation of a random volume."""
@@ -235,7 +255,8 @@ class PairSampler:
     def _one(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         r = self.rng
         c, m = self.crop, self.m
-        hr, cubic, params = self.pool[int(r.integers(len(self.pool)))]
+        slot = int(r.integers(len(self.pool)))
+        hr, cubic, params = self.pool[slot]
         in_plane = [a for a in range(3) if a != params.axis]
         if self.slice_axis is not None and self.slice_axis != params.axis:
             in_plane = [self.slice_axis]
@@ -284,14 +305,17 @@ class PairSampler:
         x0 = (target - cond[m]) * self.scale
         known_profile = r.random() >= UNKNOWN_PROFILE_RATE
         known_width = r.random() >= UNKNOWN_WIDTH_RATE
+        noise, coarse_others = self._readings[slot]
         code = acquisition_code(params.factor, params.profile if known_profile else UNKNOWN,
-                                params.thickness_ratio if known_width else None)
+                                params.thickness_ratio if known_width else None,
+                                noise=None if noise is None else noise * gain,
+                                coarse_others=coarse_others, width=self.code_width)
         return cond, x0[None], np.asarray(code, dtype=np.float32)
 
     def sample_with_acquisition(self, batch_size: int,
                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``cond [B, 2m+1, crop, crop]``, ``x0 [B, 1, crop, crop]`` and the acquisition code
-        of each crop's simulated scan ``[B, ACQUISITION_FEATURES]`` (float32)."""
+        of each crop's simulated scan ``[B, code_width]`` (float32)."""
         conds, x0s, codes = [], [], []
         for _ in range(batch_size):
             if self._since_refresh >= self.refresh_every:

@@ -19,10 +19,11 @@ import torch
 
 from bids_mrisr.sr import device as devices
 from bids_mrisr.sr import slicing
+from bids_mrisr.sr.acquisition import noise_sigma
 from bids_mrisr.sr.acquisition_input import PassAcquisition
 from bids_mrisr.sr.diffusion.sampler import CLIP_RESIDUAL, ddim_sample, randn
 from bids_mrisr.sr.diffusion.schedule import NoiseSchedule
-from bids_mrisr.sr.networks.config import MEAN_TIMESTEP
+from bids_mrisr.sr.networks.config import MEAN_TIMESTEP, SCAN_FEATURES
 from bids_mrisr.sr.planning import Plan
 
 Arrays = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
@@ -104,12 +105,29 @@ class Batch:
 @dataclass(frozen=True)
 class Geometry:
     """The run's passes: what is known of each one's acquisition (its axis included), its
-    planes, their plans, and its acquisition code (None: a blind network)."""
+    planes, their plans, and the width of the acquisition code the network takes (0: blind)."""
 
     acquisitions: tuple[PassAcquisition, ...]
     planes: list[tuple[str, ...]]
     plans: dict[tuple[int, str], Plan]
-    codes: list[torch.Tensor | None]
+    code_width: int = 0
+    noise_read: dict[int, float] = field(default_factory=dict)
+    """The noise level each pass's input showed (networks told it), for the sidecar."""
+
+    def code(self, i: int, current: np.ndarray) -> torch.Tensor | None:
+        """Pass ``i``'s acquisition code; ``current``: the volume that pass restores. A
+        network told what its input shows reads the noise from ``current`` (after the passes
+        before it) along the pass's axis, and counts the passes still to come as the other
+        coarse axes, as its training simulated them."""
+        if not self.code_width:
+            return None
+        value = self.acquisitions[i]
+        if self.code_width != SCAN_FEATURES or value.axis is None:
+            return value.code(self.code_width)
+        noise = self.noise_read.get(i)
+        if noise is None:
+            noise = self.noise_read[i] = noise_sigma(current, value.axis)
+        return value.code(self.code_width, noise, len(self.acquisitions) - 1 - i)
 
     @property
     def axes(self) -> list[int | None]:

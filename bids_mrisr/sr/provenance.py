@@ -72,7 +72,12 @@ def run_info(
         "Threads": nthreads if device.type == "cpu" else None,
     }
     if config.acquisition_features:  # a conditioned network: say what it was told
-        info["AcquisitionInput"] = [value.describe() for value in geometry.acquisitions]
+        told = [value.describe() for value in geometry.acquisitions]
+        for i, entry in enumerate(told):  # a network told what each pass's input showed
+            if i in geometry.noise_read:
+                entry["InputNoise"] = round(geometry.noise_read[i], 5)
+                entry["OtherCoarseAxes"] = len(told) - 1 - i
+        info["AcquisitionInput"] = told
     if n > 1:
         info["UncertaintyMeasure"] = "voxel-wise standard deviation over draws (ddof=1)"
     return info

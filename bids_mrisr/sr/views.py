@@ -15,15 +15,15 @@ from bids_mrisr.sr.resume import BatchStore
 
 
 def _restore_plane(run: Sampling, geometry: Geometry, current: torch.Tensor, i: int, p: str,
-                   sums: tuple[np.ndarray, np.ndarray | None], flips: tuple[int, ...],
-                   gates_acc: np.ndarray | None, store: BatchStore | None) -> None:
-    """Every batch of one plane of pass ``i``, added into ``sums`` (image, std) and
-    ``gates_acc`` (written through this view's flips)."""
+                   code: torch.Tensor | None, sums: tuple[np.ndarray, np.ndarray | None],
+                   flips: tuple[int, ...], gates_acc: np.ndarray | None,
+                   store: BatchStore | None) -> None:
+    """Every batch of one plane of pass ``i`` (told ``code``), added into ``sums`` (image,
+    std) and ``gates_acc`` (written through this view's flips)."""
     thick = geometry.axes[i]
     axis = slicing.PLANE_AXES[p]
     planar = slicing.planar_view(current, axis, thick)
     plan = geometry.plans[(i, p)]
-    code = geometry.codes[i]
     view_name = "view" + ("".join(map(str, flips)) or "-")
     out, unc = sums
     for sl in slicing.batches(planar.shape[0], plan.batch_size):
@@ -64,8 +64,10 @@ def restore_view(run: Sampling, geometry: Geometry, current: np.ndarray,
             out = np.zeros(shape, np.float32)
             unc = np.zeros(shape, np.float32) if run.n > 1 else None
             vol_t = torch.from_numpy(current)
+            code = geometry.code(i, current)
             for p in geometry.planes[i]:
-                _restore_plane(run, geometry, vol_t, i, p, (out, unc), flips, gates_acc, store)
+                _restore_plane(run, geometry, vol_t, i, p, code, (out, unc), flips, gates_acc,
+                               store)
             inv = np.float32(1.0 / len(geometry.planes[i]))
             out *= inv
             if unc is not None and unc_sq is not None:

@@ -21,7 +21,18 @@ MEAN_TIMESTEP = 999
 """Timestep fed to ``mean`` models: the network's FiLM input is constant, as at t = T-1, where a
 v-prediction model's one-step estimate is also the posterior mean."""
 ACQUISITION_FEATURES = 3
-"""Width of the acquisition code (:func:`acquisition_code`) that conditioned networks take."""
+"""Width of the acquisition code (:func:`acquisition_code`) that conditioned networks take:
+what the header and sidecar tell (factor, slice-profile shape, slice width)."""
+SCAN_FEATURES = ACQUISITION_FEATURES + 2
+"""Width of the code of networks also told what the pass's input shows: its noise level and
+how many other axes are still coarse (:func:`acquisition_code`). Measured reason: after three
+passes over a 2 mm isotropic scan a network cannot tell noise from fine texture, and variants
+trained on more noisy multi-axis inputs traded noise-free gains for noisy ones."""
+CODE_WIDTHS = (0, ACQUISITION_FEATURES, SCAN_FEATURES)
+NOISE_CODE_CENTRE = 0.015
+"""Noise std (normalised units, :func:`bids_mrisr.sr.acquisition.noise_sigma`) coded as 0."""
+NOISE_CODE_STEP = 0.01
+"""Noise std per unit of the noise code."""
 EXPERT_BIASES = ("none", "edge", "dilated")
 """Optional per-expert inductive biases: ``edge`` adds a fixed Laplacian of the centre condition
 slice as an input channel; ``dilated`` gives the U-Net bottleneck dilated convolutions (wider,
@@ -45,7 +56,8 @@ class ModelConfig:
     """0: the network is blind to the acquisition. ``ACQUISITION_FEATURES``: it also takes the
     thick-slice factor, the slice-profile shape and the slice width (:func:`acquisition_code`),
     which the app reads from the header and the scan, through the same FiLM path as the
-    timestep. Measured reason: one network for every profile blurs less sharply than a box
+    timestep. ``SCAN_FEATURES``: also the input's noise level and its other coarse axes. Measured
+    reason for the told entries: one network for every profile blurs less sharply than a box
     profile needs (a box-only fine-tune gained +0.14 to +0.73 dB on held-out 3x box scans)."""
     stem: int = 2
     """Pixel-unshuffle factor at the U-Net input (FFDNet-style reversible downsampling): the
@@ -94,8 +106,8 @@ class ModelConfig:
             problems.append("stem must be >= 1")
         if self.num_res_blocks < 1:
             problems.append("num_res_blocks must be >= 1")
-        if self.acquisition_features not in (0, ACQUISITION_FEATURES):
-            problems.append(f"acquisition_features must be 0 or {ACQUISITION_FEATURES}")
+        if self.acquisition_features not in CODE_WIDTHS:
+            problems.append(f"acquisition_features must be one of {CODE_WIDTHS}")
         if self.time_dim < 2 or self.time_dim % 2:
             problems.append("time_dim must be an even number >= 2")
         if self.prediction_type not in PREDICTION_TYPES:
@@ -122,6 +134,12 @@ class ModelConfig:
                 problems.append("router_top_k must be between 0 and num_experts")
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
+
+    @property
+    def code_width(self) -> int:
+        """Entries of the acquisition codes its training crops carry (a blind network's
+        crops carry the told ones, which it ignores)."""
+        return self.acquisition_features or ACQUISITION_FEATURES
 
     def noise_schedule(self) -> Any:
         """The :class:`~bids_mrisr.sr.diffusion.schedule.NoiseSchedule` of this network."""
@@ -211,17 +229,28 @@ class ModelConfig:
 
 
 def acquisition_code(factor: float, profile: str = "unknown",
-                     thickness_ratio: float | None = None) -> list[float]:
+                     thickness_ratio: float | None = None, *, noise: float | None = None,
+                     coarse_others: int = 0, width: int = ACQUISITION_FEATURES) -> list[float]:
     """The acquisition input of conditioned networks, each entry centred on the typical scan.
 
     ``[(factor - 3) / 2, profile, (thickness_ratio - 1) / 0.3]`` with profile +1 for a box,
     -1 for a Gaussian and 0 when unknown; an unknown slice width is 0 (contiguous slices).
     Training draws unknown entries too, so 0 means "average over what the family holds".
+    A code of ``SCAN_FEATURES`` entries adds what the pass's input shows:
+    ``(noise - NOISE_CODE_CENTRE) / NOISE_CODE_STEP`` (clipped to [-2, 4]; None: 0) and the
+    number of other axes still coarse (0, 1 or 2).
     """
     from bids_mrisr.sr.options import PROFILES, UNKNOWN
 
     if profile != UNKNOWN and profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES} or {UNKNOWN!r}, got {profile!r}")
+    if width not in CODE_WIDTHS[1:]:
+        raise ValueError(f"an acquisition code has {CODE_WIDTHS[1]} or {CODE_WIDTHS[2]} "
+                         f"entries, not {width}")
     shape = 0.0 if profile == UNKNOWN else (1.0 if profile == "box" else -1.0)
-    width = 0.0 if thickness_ratio is None else (float(thickness_ratio) - 1.0) / 0.3
-    return [(float(factor) - 3.0) / 2.0, shape, width]
+    slice_width = 0.0 if thickness_ratio is None else (float(thickness_ratio) - 1.0) / 0.3
+    told = [(float(factor) - 3.0) / 2.0, shape, slice_width]
+    if width == ACQUISITION_FEATURES:
+        return told
+    level = 0.0 if noise is None else (float(noise) - NOISE_CODE_CENTRE) / NOISE_CODE_STEP
+    return [*told, min(max(level, -2.0), 4.0), float(coarse_others)]

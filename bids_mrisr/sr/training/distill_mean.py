@@ -135,7 +135,7 @@ class _Crops(torch.utils.data.IterableDataset):
         return PairSampler(self.volumes, self.config.context_slices, self.config.residual_scale,
                            crop=r.crop, seed=r.seed + 7919 * worker,
                            refresh_every=REFRESH_EVERY, factor_range=r.factor_range,
-                           profiles=r.profiles)
+                           profiles=r.profiles, code_width=self.config.code_width)
 
     def __iter__(self) -> Iterator[Batch]:
         info = torch.utils.data.get_worker_info()

@@ -62,6 +62,7 @@ class _Crops(torch.utils.data.IterableDataset):
                  zoom_range: tuple[float, float] = (1.0, 1.0),
                  multi_axis_rate: float = 0.0, profiles: tuple[str, ...] = PROFILES) -> None:
         self.args = (list(volumes), config.context_slices, config.residual_scale)
+        self.code_width = config.code_width
         self.crop, self.seed, self.batch_size = crop, seed, batch_size
         self.factor_range, self.zoom_range = factor_range, zoom_range
         self.multi_axis_rate, self.profiles = multi_axis_rate, profiles
@@ -70,7 +71,7 @@ class _Crops(torch.utils.data.IterableDataset):
         return PairSampler(*self.args, crop=self.crop, seed=self.seed + 7919 * worker,
                            refresh_every=REFRESH_EVERY, factor_range=self.factor_range,
                            zoom_range=self.zoom_range, multi_axis_rate=self.multi_axis_rate,
-                           profiles=self.profiles)
+                           profiles=self.profiles, code_width=self.code_width)
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -101,7 +102,7 @@ def _gate_check(model: nn.Module, volumes: Sequence[np.ndarray], config: ModelCo
     """:func:`gate_benefit` on fixed crops of ``volumes`` (held out where there are any)."""
     sampler = PairSampler(list(volumes), config.context_slices, config.residual_scale,
                           crop=recipe.crop, seed=recipe.seed + 1, factor_range=recipe.factor_range,
-                          profiles=recipe.profiles)
+                          profiles=recipe.profiles, code_width=config.code_width)
     batches = [sampler.sample_with_acquisition(recipe.batch_size)
                for _ in range(GATE_CHECK_BATCHES)]
     return gate_benefit(model.eval(), batches)
@@ -335,8 +336,7 @@ def _warm_start(model: nn.Module, config: ModelConfig,
     if len(directories) > 1:
         raise CheckpointError(f"{len(directories)} checkpoints: only students, upcycled into "
                               "the experts of a MoE teacher, start from more than one")
-    adds_conditioning = bool(not loaded.config.acquisition_features
-                             and config.acquisition_features)
+    adds_conditioning = loaded.config.acquisition_features < config.acquisition_features
     added_blocks = config.num_res_blocks - loaded.config.num_res_blocks
     grown = dataclasses.replace(
         loaded.config, num_res_blocks=config.num_res_blocks,
@@ -346,7 +346,8 @@ def _warm_start(model: nn.Module, config: ModelConfig,
         raise CheckpointError(f"checkpoint {directory}: its network config differs from the "
                               "one being trained; fine-tuning needs the same architecture "
                               "(or the same one deepened)")
-    missing, unexpected = model.load_state_dict(loaded.model.state_dict(), strict=False)
+    missing, unexpected = model.load_state_dict(
+        _widened_code_inputs(loaded.model.state_dict(), model.state_dict()), strict=False)
     new_blocks = _blocks_beyond(model, loaded.config.num_res_blocks)
     if unexpected or any(".acquisition." not in key
                          and not key.startswith(tuple(f"{n}." for n in new_blocks))
@@ -358,11 +359,26 @@ def _warm_start(model: nn.Module, config: ModelConfig,
             conv.weight.zero_()
             conv.bias.zero_()
     log.info("fine-tuning from %s (sha256 %s)%s%s", directory, loaded.sha256[:12],
-             "; adding acquisition conditioning" if adds_conditioning else "",
+             f"; the acquisition code grows to {config.acquisition_features} entries"
+             if adds_conditioning else "",
              f"; {added_blocks} more residual block(s) per level, starting as the identity"
              if added_blocks else "")
     return {**start_record(loaded),
             **({"added_res_blocks": added_blocks} if added_blocks else {})}
+
+
+def _widened_code_inputs(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
+                         ) -> dict[str, torch.Tensor]:
+    """``state`` with each acquisition input that takes fewer code entries than ``target``'s
+    padded with zero columns: the new entries start unheard (the same function)."""
+    out = dict(state)
+    for key, value in state.items():
+        wanted = target.get(key)
+        if (".acquisition." in f".{key}" and key.endswith("weight") and wanted is not None
+                and value.ndim == 2 and value.shape[1] < wanted.shape[1]):
+            out[key] = torch.cat([value, value.new_zeros(value.shape[0],
+                                                         wanted.shape[1] - value.shape[1])], 1)
+    return out
 
 
 def start_record(loaded: Any) -> dict[str, Any]:
