@@ -89,6 +89,14 @@ def test_train_init_weights_fine_tunes_a_checkpoint(tmp_path, capsys):
     assert not state.pop("unet.acquisition.weight").any()
     assert not state.pop("unet.acquisition.bias").any()
     assert state.keys() == first.model.state_dict().keys()
+    # --scan-input: the told checkpoint's code widens by two entries that start unheard
+    code = main(["train", str(root), str(tmp_path / "d"), *common, *crop, "--student-steps",
+                 "0", "--init-weights", str(tmp_path / "c" / "student"), "--scan-input"])
+    assert code == 0
+    fourth = load_checkpoint(tmp_path / "d" / "student")
+    assert fourth.config.acquisition_features == 5
+    widened = fourth.model.state_dict()["unet.acquisition.weight"]
+    assert widened.shape[1] == 5 and not widened[:, 3:].any()
 
 
 def test_train_res_blocks_deepens_a_checkpoint_that_starts_computing_the_same(tmp_path,
@@ -408,7 +416,8 @@ def test_train_help_keeps_the_researchers_options_and_names_the_recipe_keys():
                  "--recipe", "--student-steps", "--student-minutes", "--teacher-steps",
                  "--teacher-minutes", "--distill-minutes", "--stop-after", "--batch-size",
                  "--seed", "--threads", "--device", "--workers", "--resume", "--init-weights",
-                 "--skip-teacher", "--preset", "--acquisition-input", "--base-width"):
+                 "--skip-teacher", "--preset", "--acquisition-input", "--scan-input",
+                 "--base-width"):
         assert flag in text, flag
     for gone in ("--res-blocks", "--zoom-augment", "--multi-axis-rate", "--profiles",
                  "--router-top-k", "--lr ", "--crop"):
