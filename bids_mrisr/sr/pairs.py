@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bids_mrisr.image.spline import cubic_resample, cubic_resample_axis
-from bids_mrisr.sr.acquisition import noise_sigma
+from bids_mrisr.sr.acquisition import noise_sigma, pass_noise_sigma
 from bids_mrisr.sr.degrade import PROFILES, Degradation, degrade, smooth_bias_field
 from bids_mrisr.sr.networks.config import ACQUISITION_FEATURES, SCAN_FEATURES, acquisition_code
 from bids_mrisr.sr.options import UNKNOWN
@@ -210,7 +210,8 @@ class PairSampler:
             also = tuple(int(a) for a in self.rng.permutation(others)[:count])
         cubic = simulate_cubic(hr, dataclasses.replace(params, bias_strength=0.0), child, bits,
                                also)
-        noise = noise_sigma(cubic, params.axis) if self.code_width == SCAN_FEATURES else None
+        noise = (pass_noise_sigma(cubic, params.axis, dict.fromkeys(also, params.factor))
+                 if self.code_width == SCAN_FEATURES else None)
         return ((coarse_along(hr, params, also) if also else hr), cubic, params), (noise,
                                                                                   len(also))
 

@@ -19,7 +19,7 @@ import torch
 
 from bids_mrisr.sr import device as devices
 from bids_mrisr.sr import slicing
-from bids_mrisr.sr.acquisition import noise_sigma
+from bids_mrisr.sr.acquisition import pass_noise_sigma
 from bids_mrisr.sr.acquisition_input import PassAcquisition
 from bids_mrisr.sr.diffusion.sampler import CLIP_RESIDUAL, ddim_sample, randn
 from bids_mrisr.sr.diffusion.schedule import NoiseSchedule
@@ -117,8 +117,8 @@ class Geometry:
     def code(self, i: int, current: np.ndarray) -> torch.Tensor | None:
         """Pass ``i``'s acquisition code; ``current``: the volume that pass restores. A
         network told what its input shows reads the noise from ``current`` (after the passes
-        before it) along the pass's axis, and counts the passes still to come as the other
-        coarse axes, as its training simulated them."""
+        before it) along the pass's axis, on the grid of the axes still coarse (those of the
+        passes still to come), and counts those axes, as its training simulated them."""
         if not self.code_width:
             return None
         value = self.acquisitions[i]
@@ -126,7 +126,9 @@ class Geometry:
             return value.code(self.code_width)
         noise = self.noise_read.get(i)
         if noise is None:
-            noise = self.noise_read[i] = noise_sigma(current, value.axis)
+            later = {v.axis: v.factor for v in self.acquisitions[i + 1:]
+                     if v.axis is not None and v.factor is not None}
+            noise = self.noise_read[i] = pass_noise_sigma(current, value.axis, later)
         return value.code(self.code_width, noise, len(self.acquisitions) - 1 - i)
 
     @property

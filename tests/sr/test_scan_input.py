@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bids_mrisr.sr.acquisition import noise_sigma
+from bids_mrisr.sr.acquisition import noise_sigma, pass_noise_sigma
 from bids_mrisr.sr.checkpoint import save_checkpoint
 from bids_mrisr.sr.degrade import Degradation
 from bids_mrisr.sr.inference import run_loaded
@@ -54,14 +54,14 @@ def test_a_told_checkpoint_widens_to_the_scan_code_computing_the_same(tmp_path) 
                                    predict_mean(told, cond, short), rtol=0, atol=1e-6)
 
 
-def _coarse_axes(target: np.ndarray, hr: np.ndarray, thick: int) -> int:
+def _coarse_axes(target: np.ndarray, hr: np.ndarray, thick: int) -> list[int]:
     """Axes along which ``target`` kept clearly less of ``hr``'s detail energy than along
     ``thick``, which the pass restores and so is sharp in its target."""
     def kept(axis: int) -> float:
         return float((np.diff(target, axis=axis) ** 2).mean()
                      / (np.diff(hr, axis=axis) ** 2).mean())
 
-    return sum(kept(a) < 0.8 * kept(thick) for a in range(3) if a != thick)
+    return [a for a in range(3) if a != thick and kept(a) < 0.8 * kept(thick)]
 
 
 @pytest.mark.parametrize("rate", [0.0, 1.0])
@@ -70,16 +70,28 @@ def test_training_reads_each_simulated_input_as_the_app_reads_the_scan(rate: flo
     for seed in range(4):
         sampler = PairSampler([hr], 1, 10.0, crop=16, seed=seed, refresh_every=10**9,
                               pool_size=1, remap_intensities=False, multi_axis_rate=rate,
-                              factor_range=(3.0, 3.0),
-                              code_width=SCAN_FEATURES)
+                              factor_range=(3.0, 3.0), code_width=SCAN_FEATURES)
         target, cubic, params = sampler.pool[0]
         _, _, code = sampler.sample_with_acquisition(6)
         assert code.shape == (6, SCAN_FEATURES)
-        expected = _coded(noise_sigma(cubic, params.axis))
-        assert code[:, 3].tolist() == pytest.approx([expected] * 6, abs=1e-6)
         coarse = _coarse_axes(target, hr, params.axis)
-        assert (coarse >= 1) == bool(rate)
-        assert code[:, 4].tolist() == [float(coarse)] * 6
+        assert bool(coarse) == bool(rate)
+        expected = _coded(pass_noise_sigma(cubic, params.axis, dict.fromkeys(coarse, 3.0)))
+        assert code[:, 3].tolist() == pytest.approx([expected] * 6, abs=1e-6)
+        assert code[:, 4].tolist() == [float(len(coarse))] * 6
+
+
+def test_the_noise_is_read_on_the_grid_the_still_coarse_axes_were_acquired_on() -> None:
+    hr = _sharp_phantom((48, 48, 48))
+    readings = {}
+    for noise in (0.0, 0.03):
+        scan = simulate_cubic(hr, Degradation(axis=0, factor=2.0, noise_fraction=noise),
+                              np.random.default_rng(0), also=(1, 2))
+        readings[noise] = (noise_sigma(scan, 0), pass_noise_sigma(scan, 0, {1: 2.0, 2: 2.0}))
+    fine_grid_rise = readings[0.03][0] - readings[0.0][0]
+    coarse_grid_rise = readings[0.03][1] - readings[0.0][1]
+    assert coarse_grid_rise > 4 * fine_grid_rise > 0  # measured 0.0132 against 0.0020
+    assert pass_noise_sigma(hr, 0, {0: 3.0}) == noise_sigma(hr, 0)  # the pass's own axis
 
 
 def test_each_pass_is_told_its_input_noise_and_the_axes_still_coarse() -> None:
@@ -95,7 +107,8 @@ def test_each_pass_is_told_its_input_noise_and_the_axes_still_coarse() -> None:
     result = run_loaded(scan, model, model.config, options)
     told = result.info["AcquisitionInput"]
     assert [entry["OtherCoarseAxes"] for entry in told] == [2, 1, 0]
-    assert told[0]["InputNoise"] == pytest.approx(noise_sigma(scan, 0), abs=1e-5)
+    assert told[0]["InputNoise"] == pytest.approx(
+        pass_noise_sigma(scan, 0, {1: 2.0, 2: 2.0}), abs=1e-5)
     assert all(entry["InputNoise"] >= 0 for entry in told)
     # the reading reaches the network: deaf to the last two entries, it restores otherwise
     with torch.no_grad():
