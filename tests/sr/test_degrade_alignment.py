@@ -79,7 +79,7 @@ def test_sampler_bias_field_is_on_target_and_input_alike() -> None:
     vol = (rng.random((40, 40, 40)) * 0.2 + 0.5).astype(np.float32)
     sampler = PairSampler([vol], context_slices=1, residual_scale=1.0, crop=32, seed=3)
     sampler.random_degradation = lambda: (Degradation(axis=2, factor=2.0, bias_strength=0.3), 16)
-    hr, cubic, params = sampler._make_entry(0)
+    (hr, cubic, params), _reading = sampler._make_entry(0)
     assert not np.allclose(hr, vol)  # the field was drawn ...
     # ... and is on both sides: the residual stays small (no smooth field left to guess).
     inner = (slice(4, -4), slice(4, -4), slice(6, 34))
@@ -97,7 +97,7 @@ def test_sampler_crops_put_the_thick_axis_along_rows() -> None:
         vol = np.broadcast_to(coord.reshape(shape) * 0.4 + 0.5, (48, 48, 48)).copy()
         sampler = PairSampler([vol], context_slices=1, residual_scale=1.0, crop=32, seed=1)
         sampler.random_degradation = lambda a=thick: (Degradation(axis=a, factor=2.0), 16)
-        sampler.pool = [sampler._make_entry(0)]
+        sampler.pool = [sampler._make_entry(0)[0]]
         cond, _ = sampler.sample(6)
         assert float(cond.std(dim=3).mean()) < 1e-4  # constant along W
         assert float(cond.std(dim=2).mean()) > 0.05  # varies along H
