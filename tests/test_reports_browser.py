@@ -23,7 +23,8 @@ from tests.conftest import make_dataset
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--enable-logging=stderr", "--v=0", "--window-size=1000,1400"]
+         "--enable-logging=stderr", "--v=0", "--window-size=1000,1400",
+         "--virtual-time-budget=10000"]  # screenshots wait for every image to load
 
 pytestmark = [
     pytest.mark.browser,
