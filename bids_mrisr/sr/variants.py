@@ -23,9 +23,9 @@ MULTI_AXIS_WEIGHTS = "multi-axis"
 """Sub-folder of a checkpoint with its variant for inputs coarse along several axes (e.g. 2 mm
 isotropic). The app restores those one axis at a time, so each pass meets axes that are still
 coarse and noise that interpolation smoothed in every coarse direction; the variant was trained
-on such passes (``bids_mrisr train --multi-axis-rate``). Measured on the held-out 2x isotropic
-benchmark cases it gains 0.1-1.5 dB over the single-axis weights, which in turn stay better on
-single-axis inputs (docs/model-card.md)."""
+on such passes (``multi_axis_rate`` in a recipe file) and is told each pass's input noise and
+the axes still coarse (``bids_mrisr train --scan-input``). The single-axis weights stay better
+on single-axis inputs (docs/model-card.md)."""
 BOX_WEIGHTS = "box"
 """Sub-folder of a checkpoint with its variant for inputs with one thick axis whose slice
 profile is told ``box`` (``--slice-profile box``, a ``2D`` sidecar, or a clear reading of the
