@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bids_mrisr.image.spline import cubic_resample, cubic_resample_axis
-from bids_mrisr.sr.acquisition import noise_sigma, pass_noise_sigma
+from bids_mrisr.sr.acquisition import pass_noise_sigma
 from bids_mrisr.sr.degrade import PROFILES, Degradation, degrade, smooth_bias_field
 from bids_mrisr.sr.networks.config import ACQUISITION_FEATURES, SCAN_FEATURES, acquisition_code
 from bids_mrisr.sr.options import UNKNOWN
@@ -117,7 +117,7 @@ class PairSampler:
         pool_size: int | None = None,
         slice_axis: int | None = None,
         remap_intensities: bool = True,
-        pool: list[tuple[np.ndarray, np.ndarray, Degradation]] | None = None,
+        pool: list[Entry] | None = None,
         zoom_range: tuple[float, float] = (1.0, 1.0),
         multi_axis_rate: float = 0.0,
         profiles: tuple[str, ...] = PROFILES,
@@ -168,11 +168,11 @@ class PairSampler:
         self._readings: list[tuple[float | None, int]] = [(None, 0)] * len(self._recipes)
         """Per pool slot: the input's noise reading (None: not read) and its other coarse
         axes."""
-        self.pool: list[tuple[np.ndarray, np.ndarray, Degradation]] = (
+        self.pool: list[Entry] = (
             list(pool) if pool is not None else
             [self._recorded_entry(k, k % len(self.volumes)) for k in range(n_pool)])
         if pool is not None and self.code_width == SCAN_FEATURES:
-            self._readings = [(noise_sigma(cubic, params.axis), 0)
+            self._readings = [(pass_noise_sigma(cubic, params.axis), 0)
                               for _, cubic, params in self.pool]
         self._since_refresh = 0
         self._next_slot = 0
@@ -215,8 +215,7 @@ class PairSampler:
         return ((coarse_along(hr, params, also) if also else hr), cubic, params), (noise,
                                                                                   len(also))
 
-    def _recorded_entry(self, slot: int, vol_index: int,
-                        ) -> tuple[np.ndarray, np.ndarray, Degradation]:
+    def _recorded_entry(self, slot: int, vol_index: int) -> Entry:
         self._recipes[slot] = (vol_index, self.rng.bit_generator.state)
         entry, self._readings[slot] = self._make_entry(vol_index)
         return entry

@@ -126,10 +126,15 @@ class Geometry:
             return value.code(self.code_width)
         noise = self.noise_read.get(i)
         if noise is None:
-            later = {v.axis: v.factor for v in self.acquisitions[i + 1:]
-                     if v.axis is not None and v.factor is not None}
-            noise = self.noise_read[i] = pass_noise_sigma(current, value.axis, later)
-        return value.code(self.code_width, noise, len(self.acquisitions) - 1 - i)
+            noise = self.noise_read[i] = pass_noise_sigma(current, value.axis,
+                                                          self.still_coarse(i))
+        return value.code(self.code_width, noise, len(self.still_coarse(i)))
+
+    def still_coarse(self, i: int) -> dict[int, float]:
+        """The axes still coarse when pass ``i`` runs (those of the passes after it), with
+        their factors."""
+        return {v.axis: v.factor for v in self.acquisitions[i + 1:]
+                if v.axis is not None and v.factor is not None}
 
     @property
     def axes(self) -> list[int | None]:

@@ -76,7 +76,7 @@ def run_info(
         for i, entry in enumerate(told):  # a network told what each pass's input showed
             if i in geometry.noise_read:
                 entry["InputNoise"] = round(geometry.noise_read[i], 5)
-                entry["OtherCoarseAxes"] = len(told) - 1 - i
+                entry["OtherCoarseAxes"] = len(geometry.still_coarse(i))
         info["AcquisitionInput"] = told
     if n > 1:
         info["UncertaintyMeasure"] = "voxel-wise standard deviation over draws (ddof=1)"
