@@ -281,7 +281,8 @@ def test_train_unknown_validation_label_and_bad_option_are_usage_errors(tmp_path
     ("factor_range = [3, 2]", "regression", "factor_range: low must not exceed high"),
     ("zoom = 0.8", "regression", "unknown key 'zoom' (recipe keys: lr, crop, factor_range, "
                                  "zoom_augment, multi_axis_rate, profiles, res_blocks, "
-                                 "router_top_k)"),
+                                 "router_top_k, train_experts)"),
+    ("train_experts = 0", "moe", "train_experts: expected true or false, got 0"),
     ("[training]\nlr = 1e-3", "regression", "unknown key 'training'"),
     ("zoom_augment = 0.8", "diffusion",
      "zoom_augment applies to --recipe regression or moe, not --recipe diffusion"),
@@ -308,7 +309,7 @@ def test_recipe_file_defaults_and_the_shipped_example(tmp_path, capsys):
     assert defaults.lr == 2e-3 and defaults.crop == 64 and defaults.factor_range == (1.5, 5.0)
     assert defaults.zoom_augment == 1.0 and defaults.multi_axis_rate == 0.0
     assert defaults.profiles == ("gaussian", "box") and defaults.res_blocks is None
-    assert defaults.router_top_k == 2
+    assert defaults.router_top_k == 2 and defaults.train_experts is True
     assert read_recipe_file(None, "moe") == defaults
     # a file sets only what it names; dashes as on the old command line are accepted
     path = _recipe_file(tmp_path, "multi-axis-rate = 0.25\nlr = 1\nprofiles = ['box', 'box']")
@@ -322,7 +323,8 @@ def test_recipe_file_defaults_and_the_shipped_example(tmp_path, capsys):
         assert read_recipe_file(example, recipe) == defaults
     text = example.read_text()
     shown = tomllib.loads(re.sub(r"^# (\w+ = )", r"\1", text, flags=re.M))
-    assert list(shown) == list(defaults.record("regression")) + ["router_top_k"]
+    assert list(shown) == list(defaults.record("regression")) + ["router_top_k",
+                                                                   "train_experts"]
     assert {k: v for k, v in shown.items() if k != "res_blocks"} == defaults.record("moe")
     assert shown["res_blocks"] == ModelConfig.student_default().num_res_blocks
     # docs/recipes/multi-axis.toml is what made the shipped multi-axis variant

@@ -45,6 +45,13 @@ def _integer(low: int) -> Callable[[Any], int]:
     return parse
 
 
+def _boolean(value: Any) -> bool:
+    """A TOML boolean."""
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
 def _factor_range(value: Any) -> tuple[float, float]:
     """[low, high] thick-slice factors, 1 < low <= high."""
     if not isinstance(value, list) or len(value) != 2:
@@ -93,6 +100,9 @@ class RecipeOptions:
         "the checkpoint's deepens it, the new blocks starting as the identity")
     router_top_k: int = _option(2, _integer(0), ("moe",),
                                 "experts each routing token keeps (0: all, dense)")
+    train_experts: bool = _option(True, _boolean, ("moe",),
+                                  "false: train the router only, the experts frozen as "
+                                  "--init-weights started them")
 
     def record(self, recipe: str) -> dict[str, Any]:
         """The values ``recipe`` uses, as JSON (lists for tuples): what the checkpoint's

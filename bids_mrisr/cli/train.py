@@ -265,6 +265,7 @@ def regression_recipe(args: argparse.Namespace, options: RecipeOptions) -> Regre
                             device=args.device, workers=args.workers,
                             zoom_range=(options.zoom_augment, 1.0),
                             multi_axis_rate=options.multi_axis_rate, profiles=options.profiles,
+                            train_experts=options.train_experts,
                             stop_minutes=args.stop_after)
 
 

@@ -187,3 +187,36 @@ def test_a_blind_student_upcycles_into_a_conditioned_teacher(tmp_path) -> None:
     other = dataclasses.replace(config, base_width=config.base_width * 2)
     with pytest.raises(CheckpointError, match="upcycles only"):
         _warm_start(build_model(other), other, tmp_path / "student")
+
+
+def test_a_router_only_run_keeps_the_upcycled_experts_and_trains_the_router(tmp_path) -> None:
+    """``train_experts = false``: the saved teacher's experts are exactly the students that
+    started them; only the router (and its encoder) moved."""
+    from bids_mrisr.sr.checkpoint import load_checkpoint, save_checkpoint
+    from bids_mrisr.sr.training.regression import RegressionRecipe, train_mean_regressor
+    from tests.sr.test_regression import _sharp_phantom
+
+    students = []
+    for seed in (3, 4):
+        torch.manual_seed(seed)
+        config = dataclasses.replace(ModelConfig.tiny_student(), prediction_type="mean",
+                                     acquisition_features=3)
+        students.append(build_model(config))
+        save_checkpoint(students[-1], tmp_path / f"s{seed}", {})
+    config = ModelConfig.upcycled_teacher(students[0].config)
+    starts = [tmp_path / "s3", tmp_path / "s4"]
+    torch.manual_seed(0)
+    before = build_model(config)
+    from bids_mrisr.sr.training.regression import _warm_start
+
+    _warm_start(before, config, starts)
+    train_mean_regressor([_sharp_phantom((32, 32, 32))], config, tmp_path / "teacher",
+                         RegressionRecipe(steps=15, batch_size=4, crop=32, seed=0, threads=1,
+                                          lr=1e-2, train_experts=False), init_from=starts)
+    after = load_checkpoint(tmp_path / "teacher").model
+    for k, expert in enumerate(after.experts):  # expert k started as student k mod 2
+        torch.testing.assert_close(expert.state_dict(), before.experts[k].state_dict())
+    moved = [not torch.equal(a, b) for a, b in zip(after.router.state_dict().values(),
+                                                   before.router.state_dict().values(),
+                                                   strict=True)]
+    assert any(moved)

@@ -133,6 +133,11 @@ class RegressionRecipe:
     threads: int | None = None
     save_every: int = 1000
     """Steps between resumable states (``train_state.pt``)."""
+    train_experts: bool = True
+    """A MoE teacher: False trains its router (and the router's encoder) only, the experts
+    frozen as ``init_from`` started them: routing then learns which trained expert suits which
+    token without the experts drifting from their training (as upcycled experts fine-tuned on
+    a CPU budget did)."""
     stop_minutes: float | None = None
     """End this sitting after so many minutes (state and a snapshot of the weights saved; the
     schedule keeps following ``steps``): one sitting of a campaign resumed with ``resume``."""
@@ -176,6 +181,8 @@ def train_mean_regressor(
         torch.manual_seed(recipe.seed)  # the same initial weights on every rank
         model = build_model(config)
         start = _warm_start(model, config, init_from) if init_from is not None else None
+        if moe and not recipe.train_experts:
+            model.experts.requires_grad_(False)
         model = model.to(dev)
         net: nn.Module = _MoEMeanObjective(model) if moe else model
         if rank.world_size > 1:
