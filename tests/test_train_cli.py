@@ -410,6 +410,17 @@ def test_train_moe_recipe_refuses_more_experts_per_token_than_it_has(tmp_path, c
     assert not (tmp_path / "m" / "work").exists()  # refused before any preprocessing
 
 
+def test_router_only_training_needs_the_experts_to_keep(tmp_path, capsys):
+    root = _dataset(tmp_path)
+    out = tmp_path / "frozen"
+    assert main(["train", str(root), str(out), "--no-bundled", "--preset", "tiny",
+                 "--recipe", "moe", "--recipe-file",
+                 _recipe_file(tmp_path, "train_experts = false")]) == 64
+    err = capsys.readouterr().err
+    assert "train_experts = false keeps the experts as --init-weights starts them" in err
+    assert "Traceback" not in err and not out.exists()
+
+
 def test_train_help_keeps_the_researchers_options_and_names_the_recipe_keys():
     from bids_mrisr.cli.train import build_parser
 

@@ -232,6 +232,9 @@ def _recipe_config(args: argparse.Namespace, options: RecipeOptions, kind: str, 
             raise ValueError("--base-width sets the width of a new student (not with "
                              "--init-weights)")
         config = dataclasses.replace(config, base_width=args.base_width)
+    if not options.train_experts and init_config is None:  # a moe-recipe key
+        raise ValueError("train_experts = false keeps the experts as --init-weights starts "
+                         "them: give --init-weights")
     if options.res_blocks is not None:  # a regression-recipe key (recipe_file.py)
         if init_config is not None and options.res_blocks < init_config.num_res_blocks:
             raise ValueError(f"res_blocks {options.res_blocks}: fewer than the "
