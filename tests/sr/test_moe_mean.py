@@ -193,7 +193,11 @@ def test_a_router_only_run_keeps_the_upcycled_experts_and_trains_the_router(tmp_
     """``train_experts = false``: the saved teacher's experts are exactly the students that
     started them; only the router (and its encoder) moved."""
     from bids_mrisr.sr.checkpoint import load_checkpoint, save_checkpoint
-    from bids_mrisr.sr.training.regression import RegressionRecipe, train_mean_regressor
+    from bids_mrisr.sr.training.regression import (
+        RegressionRecipe,
+        _warm_start,
+        train_mean_regressor,
+    )
     from tests.sr.test_regression import _sharp_phantom
 
     students = []
@@ -207,8 +211,6 @@ def test_a_router_only_run_keeps_the_upcycled_experts_and_trains_the_router(tmp_
     starts = [tmp_path / "s3", tmp_path / "s4"]
     torch.manual_seed(0)
     before = build_model(config)
-    from bids_mrisr.sr.training.regression import _warm_start
-
     _warm_start(before, config, starts)
     train_mean_regressor([_sharp_phantom((32, 32, 32))], config, tmp_path / "teacher",
                          RegressionRecipe(steps=15, batch_size=4, crop=32, seed=0, threads=1,
