@@ -24,7 +24,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--enable-logging=stderr", "--v=0", "--window-size=1000,1400",
-         "--virtual-time-budget=10000"]  # screenshots wait for every image to load
+         "--virtual-time-budget=10000",  # screenshots wait for every image to load
+         # ... and for every compositor stage to draw them: under load a screenshot was once
+         # taken with the page's last raster tile still blank (white rows below the flip block)
+         "--run-all-compositor-stages-before-draw"]
 
 pytestmark = [
     pytest.mark.browser,
