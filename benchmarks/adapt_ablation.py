@@ -8,8 +8,10 @@ simulated acquisition it:
 1. makes the truth and the low-resolution NIfTI exactly as ``quality.py`` does;
 2. preprocesses it with the app's own chain (``image.preprocess.preprocess_file``: RAS+, N4,
    normalisation, target grid), once;
-3. adapts the shipped student with each setting (``sr.adapt.adapt_model``), super-resolves with
-   the engine (``sr.inference.run_loaded``) and maps the result back to the input's
+3. adapts the weights the app picks (the shipped student, or its ``box/`` variant for a scan
+   read as box-profiled) with each setting (``sr.adapt.adapt_model``), super-resolves with the
+   engine (``sr.inference.run_loaded``), pulls the estimate toward the input slices as the app
+   does (``sr.refinement.make_consistent``) and maps the result back to the input's
    intensities with the app's own ``interfaces.superres.restore_input_intensities``;
 4. scores it against the truth beside plain cubic resampling (``score_in_head``).
 
@@ -36,13 +38,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from quality import DEFAULT_DATA, HELD_OUT, lowres_image, plain_resample, truth_volume
 
 from bids_mrisr.image.normalize import Normalisation
 from bids_mrisr.image.preprocess import preprocess_file
@@ -50,17 +52,28 @@ from bids_mrisr.image.reorient import ras_zooms
 from bids_mrisr.interfaces.superres import bias_on_grid, restore_input_intensities
 from bids_mrisr.sr.acquisition_input import read_scan, told_acquisitions
 from bids_mrisr.sr.adapt import AdaptOptions, adapt_model
-from bids_mrisr.sr.checkpoint import load_checkpoint
+from bids_mrisr.sr.checkpoint import LoadedCheckpoint, load_checkpoint
 from bids_mrisr.sr.degrade import Degradation
 from bids_mrisr.sr.geometry import blurred_axes
 from bids_mrisr.sr.inference import run_loaded
 from bids_mrisr.sr.networks import ModelConfig
 from bids_mrisr.sr.options import SROptions
 from bids_mrisr.sr.pairs import PairSampler, simulate_cubic
+from bids_mrisr.sr.refinement import make_consistent
 from bids_mrisr.sr.training.evaluate import score_in_head
+from bids_mrisr.sr.variants import weights_for_geometry, weights_for_profile
 from bids_mrisr.sr.weights import default_weights
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # quality.py beside it, also when loaded by path (the tests)
+from quality import (  # noqa: E402 (after the path)
+    DEFAULT_DATA,
+    HELD_OUT,
+    lowres_image,
+    plain_resample,
+    truth_volume,
+)
+
 PAIRS = ("scan", "truth-thick", "truth-inplane", "blurred-truth-inplane")
 
 
@@ -100,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--subjects", nargs="+", default=list(HELD_OUT))
     p.add_argument("--factor", type=float, default=3.0)
-    p.add_argument("--axis", type=int, default=2)
+    p.add_argument("--axes", "--axis", type=int, nargs="+", default=[2], choices=(0, 1, 2),
+                   help="thick axes to simulate, one case per axis and profile")
     p.add_argument("--profiles", nargs="+", default=["gaussian", "box"])
     p.add_argument("--noise", type=float, default=0.02)
     p.add_argument("--settings", default='{"none": {"steps": 0}, "default": {}}',
@@ -110,69 +124,88 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class AppWeights:
+    """The shipped student's checkpoints, chosen per scan as the app's engine chooses them
+    (``sr.inference.run_model``), each loaded once."""
+
+    def __init__(self) -> None:
+        self.root = default_weights("student")
+        self.loaded: dict[Path, LoadedCheckpoint] = {}
+
+    def for_scan(self, axes: tuple[int, ...], told_box: bool) -> LoadedCheckpoint:
+        weights = weights_for_profile(self.root, weights_for_geometry(self.root, axes), told_box)
+        if weights not in self.loaded:
+            self.loaded[weights] = load_checkpoint(weights, "cpu")
+        return self.loaded[weights]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = json.loads(args.settings)
-    ckpt = load_checkpoint(default_weights("student"), "cpu")
+    app_weights = AppWeights()
     rows = []
-    print(f"{'volume':<10} {'profile':<9} {'setting':<16} {'gain':>7} {'SSIM':>7} {'s':>6}")
+    print(f"{'volume':<10} {'axis':>4} {'profile':<9} {'setting':<16} {'gain':>7} {'SSIM':>7} "
+          f"{'s':>6}")
     with tempfile.TemporaryDirectory(prefix="mrisr-ablation-") as scratch:
-        for subject in args.subjects:
+        for subject, axis, profile in ((s, a, p) for s in args.subjects for a in args.axes
+                                       for p in args.profiles):
             src = sorted((args.data / f"sub-{subject}" / "anat").glob(f"sub-{subject}*_T1w.nii*"))
             truth, affine, resolution = truth_volume(src[0])
-            for profile in args.profiles:
-                params = Degradation(axis=args.axis, factor=args.factor, profile=profile,
-                                     noise_fraction=args.noise)
-                image = lowres_image(truth, affine, resolution, params, 0)
-                folder = Path(scratch) / f"{subject}-{profile}"
-                folder.mkdir()
-                nib.save(image, str(folder / "lr.nii.gz"))
-                pre = preprocess_file(folder / "lr.nii.gz", folder / "pre", threads=args.threads)
-                grid = nib.load(str(pre.grid_file))
-                volume = np.asanyarray(grid.dataobj).astype(np.float32)
-                zooms = ras_zooms(image)
-                axes = blurred_axes(zooms, pre.resolution)
-                factors = tuple(z / pre.resolution for z in zooms)
-                thick = axes[0]
-                options = SROptions(blurred_axes=axes, axis_factors=factors,
-                                    threads=args.threads)
-                acquisition = read_scan(told_acquisitions(options)[0], volume)
-                norm = Normalisation.from_json(pre.params_file)
-                cubic = score_in_head(plain_resample(image, resolution, 3), truth)
-                mapped = scan = None
-                for name, setting in settings.items():
-                    overrides = {k: v for k, v in setting.items() if k != "pairs"}
-                    kind = setting.get("pairs", "scan")
-                    if kind not in PAIRS:
-                        raise SystemExit(f"setting {name}: pairs must be one of {PAIRS}")
-                    start = time.perf_counter()
-                    model, info = ckpt.model, {}
-                    if overrides.get("steps", 1) > 0:
-                        adapt = AdaptOptions(**overrides)
-                        pairs = None
-                        if kind != "scan":
-                            if mapped is None:  # once per case
-                                mapped, scan = normalised_truth(
-                                    truth, volume, norm, bias_on_grid(pre.bias_field, grid))
-                            pairs = truth_pairs(kind, mapped, scan,
-                                                dataclasses.replace(params, axis=thick),
-                                                ckpt.config, adapt)
-                        model, info = adapt_model(ckpt.model, volume, acquisition, adapt,
-                                                  pairs=pairs)
-                    seconds = time.perf_counter() - start
-                    result = run_loaded(volume, model, ckpt.config, options,
-                                        acquisitions=(acquisition,))
-                    restored = restore_input_intensities(result.image, norm,
-                                                         pre.bias_field, grid)
-                    scores = score_in_head(restored, truth)
-                    row = {"volume": subject, "profile": profile, "setting": name,
-                           "overrides": overrides, "pairs": kind,
-                           "gain_db": scores["psnr"] - cubic["psnr"],
-                           "ssim": scores["ssim"], "cubic": cubic, "adapt_seconds": seconds,
-                           "adaptation": info}
-                    rows.append(row)
-                    print(f"{subject:<10} {profile:<9} {name:<16} {row['gain_db']:+7.2f} "
-                          f"{scores['ssim']:7.4f} {seconds:6.1f}", flush=True)
+            params = Degradation(axis=axis, factor=args.factor, profile=profile,
+                                 noise_fraction=args.noise)
+            image = lowres_image(truth, affine, resolution, params, 0)
+            folder = Path(scratch) / f"{subject}-{axis}-{profile}"
+            folder.mkdir()
+            nib.save(image, str(folder / "lr.nii.gz"))
+            pre = preprocess_file(folder / "lr.nii.gz", folder / "pre", threads=args.threads)
+            grid = nib.load(str(pre.grid_file))
+            volume = np.asanyarray(grid.dataobj).astype(np.float32)
+            zooms = ras_zooms(image)
+            axes = blurred_axes(zooms, pre.resolution)
+            factors = tuple(z / pre.resolution for z in zooms)
+            thick = axes[0]
+            options = SROptions(blurred_axes=axes, axis_factors=factors,
+                                threads=args.threads)
+            acquisition = read_scan(told_acquisitions(options)[0], volume, args.threads)
+            ckpt = app_weights.for_scan(axes, acquisition.profile == "box")
+            norm = Normalisation.from_json(pre.params_file)
+            cubic = score_in_head(plain_resample(image, resolution, 3), truth)
+            mapped = scan = None
+            for name, setting in settings.items():
+                overrides = {k: v for k, v in setting.items() if k != "pairs"}
+                kind = setting.get("pairs", "scan")
+                if kind not in PAIRS:
+                    raise SystemExit(f"setting {name}: pairs must be one of {PAIRS}")
+                start = time.perf_counter()
+                model, info = ckpt.model, {}
+                if overrides.get("steps", 1) > 0:
+                    adapt = AdaptOptions(**overrides)
+                    pairs = None
+                    if kind != "scan":
+                        if mapped is None:  # once per case
+                            mapped, scan = normalised_truth(
+                                truth, volume, norm, bias_on_grid(pre.bias_field, grid))
+                        pairs = truth_pairs(kind, mapped, scan,
+                                            dataclasses.replace(params, axis=thick),
+                                            ckpt.config, adapt)
+                    model, info = adapt_model(ckpt.model, volume, acquisition, adapt,
+                                              pairs=pairs)
+                seconds = time.perf_counter() - start
+                result = run_loaded(volume, model, ckpt.config, options,
+                                    acquisitions=(acquisition,))
+                make_consistent(result, volume, acquisition, options)
+                restored = restore_input_intensities(result.image, norm,
+                                                     pre.bias_field, grid)
+                scores = score_in_head(restored, truth)
+                row = {"volume": subject, "axis": axis, "profile": profile,
+                       "told": acquisition.profile, "setting": name,
+                       "overrides": overrides, "pairs": kind,
+                       "gain_db": scores["psnr"] - cubic["psnr"],
+                       "ssim": scores["ssim"], "cubic": cubic, "adapt_seconds": seconds,
+                       "adaptation": info}
+                rows.append(row)
+                print(f"{subject:<10} {axis:>4} {profile:<9} {name:<16} {row['gain_db']:+7.2f} "
+                      f"{scores['ssim']:7.4f} {seconds:6.1f}", flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"command": vars(args) | {"data": str(args.data),
                                                                 "output": str(args.output)},
