@@ -357,37 +357,52 @@ def test_resume_refuses_other_recipe_options_and_records_them_in_the_state(tmp_p
     assert final["finished"] is True and final["steps"] == 4
 
 
-def test_the_campaign_command_still_builds_the_network_and_recipe_it_resumes(tmp_path):
+def _campaign_args(run_sh: Path, **env: str):
+    """The trainer's arguments from ``scripts/campaign/run.sh`` with ``env`` set (the shell's
+    ``${NAME:-default}`` expanded as the shell would, ``$MINUTES`` at 60)."""
+    import shlex
+
+    from bids_mrisr.cli.train import build_parser
+
+    command = run_sh.read_text().split('train "$DATA" ', 1)[1].replace("\\\n", " ")
+    command = re.sub(r'"\$\{(\w+):-([^}]*)\}"', lambda m: env.get(m.group(1), m.group(2)),
+                     command).replace('"$MINUTES"', "60")
+    return build_parser().parse_args(["data", *shlex.split(command)])
+
+
+CAMPAIGNS = {"width-32 (finished)": ({}, 32, 150000, "out"),
+             "width-48": ({"WIDTH": "48", "STEPS": "50000", "OUT": "out-width48"}, 48, 50000,
+                          "out-width48")}
+
+
+@pytest.mark.parametrize("campaign", sorted(CAMPAIGNS))
+def test_the_campaign_command_still_builds_the_network_and_recipe_it_resumes(campaign):
     """scripts/campaign/run.sh resumes a committed state: its flags must keep building the
     same network (the state's weights load into it, key for key and shape for shape) and the
     same training recipe as when the campaign began."""
-    import dataclasses
-    import shlex
-
     import torch
 
     from bids_mrisr.cli.recipe_file import read_recipe_file
-    from bids_mrisr.cli.train import build_parser, network_config, regression_recipe
+    from bids_mrisr.cli.train import network_config, regression_recipe
     from bids_mrisr.sr.checkpoint import load_checkpoint
     from bids_mrisr.sr.networks.factory import build_model
     from bids_mrisr.sr.training.regression import RegressionRecipe
 
-    campaign = Path(__file__).parents[1] / "scripts" / "campaign"
-    command = (campaign / "run.sh").read_text().split('train "$DATA" out', 1)[1]
-    command = command.replace("\\\n", " ").replace('"${THREADS:-2}"', "2")
-    args = build_parser().parse_args(
-        ["data", "out", *shlex.split(command.replace('"$MINUTES"', "60"))])
+    env, width, steps, out = CAMPAIGNS[campaign]
+    scripts = Path(__file__).parents[1] / "scripts" / "campaign"
+    args = _campaign_args(scripts / "run.sh", **env)
+    assert args.output_dir.name == out
     options = read_recipe_file(args.recipe_file, args.recipe)
     config = network_config(args, options, False, None)
     assert config == dataclasses.replace(ModelConfig.student_default(), prediction_type="mean",
-                                         acquisition_features=3, base_width=32)
+                                         acquisition_features=3, base_width=width)
     assert regression_recipe(args, options) == RegressionRecipe(
-        steps=150000, minutes=None, batch_size=16, lr=2e-3, seed=0, crop=64,
+        steps=steps, minutes=None, batch_size=16, lr=2e-3, seed=0, crop=64,
         factor_range=(1.5, 5.0), device="auto", workers=0, zoom_range=(1.0, 1.0),
         multi_axis_rate=0.0, profiles=("gaussian", "box"), stop_minutes=60.0)
     # What the campaign committed: its resumable state while it runs, its final weights once
     # the schedule has finished; either must be of the network run.sh trains.
-    committed = campaign / "out" / "student"
+    committed = scripts / out / "student"
     state = committed / "train_state.pt"
     assert state.is_file() or (committed / "model.json").is_file()
     if state.is_file():
@@ -397,7 +412,7 @@ def test_the_campaign_command_still_builds_the_network_and_recipe_it_resumes(tmp
             k: v.shape for k, v in saved.items()}
     else:
         final = load_checkpoint(committed)
-        assert final.config == config and final.provenance["steps"] == 150000
+        assert final.config == config and final.provenance["steps"] == steps
 
 
 def test_train_moe_recipe_refuses_more_experts_per_token_than_it_has(tmp_path, capsys):
