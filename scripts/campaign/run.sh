@@ -9,6 +9,10 @@
 # runs for MINUTES (default 60), then saves the state and a snapshot of the weights
 # (out/student/model.*) for benchmarks/quality.py. Ctrl-C or SIGTERM also save the state.
 #
+# A second campaign trains base width 48 (about 0.99 M parameters) on a 50,000-step schedule:
+# WIDTH=48 STEPS=50000 OUT=out-width48 THREADS=1 scripts/campaign/run.sh MINUTES; its state is
+# out-width48/student/train_state.pt, committed the same way.
+#
 # Volumes: training bc01 peds01 stroke01 (T1w, T2w) uih01 uih02 of ds-real plus the bundled
 # MNI152 and pydeface mean head; colin27 is the trainer's validation helper. forrest01 and adi01
 # are the test set and never enter training; colin27, seg3d01 and philips01 choose the model.
