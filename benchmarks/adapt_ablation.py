@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import sys
 import tempfile
@@ -147,65 +148,67 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'volume':<10} {'axis':>4} {'profile':<9} {'setting':<16} {'gain':>7} {'SSIM':>7} "
           f"{'s':>6}")
     with tempfile.TemporaryDirectory(prefix="mrisr-ablation-") as scratch:
-        for subject, axis, profile in ((s, a, p) for s in args.subjects for a in args.axes
-                                       for p in args.profiles):
-            src = sorted((args.data / f"sub-{subject}" / "anat").glob(f"sub-{subject}*_T1w.nii*"))
-            truth, affine, resolution = truth_volume(src[0])
-            params = Degradation(axis=axis, factor=args.factor, profile=profile,
-                                 noise_fraction=args.noise)
-            image = lowres_image(truth, affine, resolution, params, 0)
-            folder = Path(scratch) / f"{subject}-{axis}-{profile}"
-            folder.mkdir()
-            nib.save(image, str(folder / "lr.nii.gz"))
-            pre = preprocess_file(folder / "lr.nii.gz", folder / "pre", threads=args.threads)
-            grid = nib.load(str(pre.grid_file))
-            volume = np.asanyarray(grid.dataobj).astype(np.float32)
-            zooms = ras_zooms(image)
-            axes = blurred_axes(zooms, pre.resolution)
-            factors = tuple(z / pre.resolution for z in zooms)
-            thick = axes[0]
-            options = SROptions(blurred_axes=axes, axis_factors=factors,
-                                threads=args.threads)
-            acquisition = read_scan(told_acquisitions(options)[0], volume, args.threads)
-            ckpt = app_weights.for_scan(axes, acquisition.profile == "box")
-            norm = Normalisation.from_json(pre.params_file)
-            cubic = score_in_head(plain_resample(image, resolution, 3), truth)
-            mapped = scan = None
-            for name, setting in settings.items():
-                overrides = {k: v for k, v in setting.items() if k != "pairs"}
-                kind = setting.get("pairs", "scan")
-                if kind not in PAIRS:
-                    raise SystemExit(f"setting {name}: pairs must be one of {PAIRS}")
-                start = time.perf_counter()
-                model, info = ckpt.model, {}
-                if overrides.get("steps", 1) > 0:
-                    adapt = AdaptOptions(**overrides)
-                    pairs = None
-                    if kind != "scan":
-                        if mapped is None:  # once per case
-                            mapped, scan = normalised_truth(
-                                truth, volume, norm, bias_on_grid(pre.bias_field, grid))
-                        pairs = truth_pairs(kind, mapped, scan,
-                                            dataclasses.replace(params, axis=thick),
-                                            ckpt.config, adapt)
-                    model, info = adapt_model(ckpt.model, volume, acquisition, adapt,
-                                              pairs=pairs)
-                seconds = time.perf_counter() - start
-                result = run_loaded(volume, model, ckpt.config, options,
-                                    acquisitions=(acquisition,))
-                make_consistent(result, volume, acquisition, options)
-                restored = restore_input_intensities(result.image, norm,
-                                                     pre.bias_field, grid)
-                scores = score_in_head(restored, truth)
-                row = {"volume": subject, "axis": axis, "profile": profile,
-                       "told": acquisition.profile, "setting": name,
-                       "overrides": overrides, "pairs": kind,
-                       "gain_db": scores["psnr"] - cubic["psnr"],
-                       "ssim": scores["ssim"], "cubic": cubic, "adapt_seconds": seconds,
-                       "adaptation": info}
-                rows.append(row)
-                print(f"{subject:<10} {axis:>4} {profile:<9} {name:<16} {row['gain_db']:+7.2f} "
-                      f"{scores['ssim']:7.4f} {seconds:6.1f}", flush=True)
+        for subject in args.subjects:  # its truth read once, for all its axes and profiles
+            anat = args.data / f"sub-{subject}" / "anat"
+            truth, affine, resolution = truth_volume(
+                sorted(anat.glob(f"sub-{subject}*_T1w.nii*"))[0])
+            for axis, profile in itertools.product(args.axes, args.profiles):
+                params = Degradation(axis=axis, factor=args.factor, profile=profile,
+                                     noise_fraction=args.noise)
+                image = lowres_image(truth, affine, resolution, params, 0)
+                folder = Path(scratch) / f"{subject}-{axis}-{profile}"
+                folder.mkdir()
+                nib.save(image, str(folder / "lr.nii.gz"))
+                pre = preprocess_file(folder / "lr.nii.gz", folder / "pre", threads=args.threads)
+                grid = nib.load(str(pre.grid_file))
+                volume = np.asanyarray(grid.dataobj).astype(np.float32)
+                zooms = ras_zooms(image)
+                axes = blurred_axes(zooms, pre.resolution)
+                factors = tuple(z / pre.resolution for z in zooms)
+                thick = axes[0]
+                options = SROptions(blurred_axes=axes, axis_factors=factors,
+                                    threads=args.threads)
+                acquisition = read_scan(told_acquisitions(options)[0], volume, args.threads)
+                ckpt = app_weights.for_scan(axes, acquisition.profile == "box")
+                norm = Normalisation.from_json(pre.params_file)
+                cubic = score_in_head(plain_resample(image, resolution, 3), truth)
+                mapped = scan = None
+                for name, setting in settings.items():
+                    overrides = {k: v for k, v in setting.items() if k != "pairs"}
+                    kind = setting.get("pairs", "scan")
+                    if kind not in PAIRS:
+                        raise SystemExit(f"setting {name}: pairs must be one of {PAIRS}")
+                    start = time.perf_counter()
+                    model, info = ckpt.model, {}
+                    if overrides.get("steps", 1) > 0:
+                        adapt = AdaptOptions(**overrides)
+                        pairs = None
+                        if kind != "scan":
+                            if mapped is None:  # once per case
+                                mapped, scan = normalised_truth(
+                                    truth, volume, norm, bias_on_grid(pre.bias_field, grid))
+                            pairs = truth_pairs(kind, mapped, scan,
+                                                dataclasses.replace(params, axis=thick),
+                                                ckpt.config, adapt)
+                        model, info = adapt_model(ckpt.model, volume, acquisition, adapt,
+                                                  pairs=pairs)
+                    seconds = time.perf_counter() - start
+                    result = run_loaded(volume, model, ckpt.config, options,
+                                        acquisitions=(acquisition,))
+                    make_consistent(result, volume, acquisition, options)
+                    restored = restore_input_intensities(result.image, norm,
+                                                         pre.bias_field, grid)
+                    scores = score_in_head(restored, truth)
+                    row = {"volume": subject, "axis": axis, "profile": profile,
+                           "told": acquisition.profile, "setting": name,
+                           "overrides": overrides, "pairs": kind,
+                           "gain_db": scores["psnr"] - cubic["psnr"],
+                           "ssim": scores["ssim"], "cubic": cubic, "adapt_seconds": seconds,
+                           "adaptation": info}
+                    rows.append(row)
+                    print(f"{subject:<10} {axis:>4} {profile:<9} {name:<16} "
+                          f"{row['gain_db']:+7.2f} {scores['ssim']:7.4f} {seconds:6.1f}",
+                          flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"command": vars(args) | {"data": str(args.data),
                                                                 "output": str(args.output)},
