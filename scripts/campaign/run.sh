@@ -9,9 +9,9 @@
 # runs for MINUTES (default 60), then saves the state and a snapshot of the weights
 # (out/student/model.*) for benchmarks/quality.py. Ctrl-C or SIGTERM also save the state.
 #
-# A second campaign trains base width 48 (about 0.99 M parameters) on a 50,000-step schedule:
-# WIDTH=48 STEPS=50000 OUT=out-width48 THREADS=1 scripts/campaign/run.sh MINUTES; its state is
-# out-width48/student/train_state.pt, committed the same way.
+# A second campaign trained base width 48 (about 0.99 M parameters) on a 50,000-step schedule:
+# WIDTH=48 STEPS=50000 OUT=out-width48 THREADS=1 scripts/campaign/run.sh MINUTES; it finished
+# (final weights in out-width48/student/model.*) and did not beat width 32 (docs/training.md).
 #
 # Volumes: training bc01 peds01 stroke01 (T1w, T2w) uih01 uih02 of ds-real plus the bundled
 # MNI152 and pydeface mean head; colin27 is the trainer's validation helper. forrest01 and adi01
@@ -21,7 +21,7 @@ cd "$(dirname "$0")"
 DATA=${BIDS_MRISR_TEST_DATA:-../../../shared/data/ds-real}
 MINUTES=${1:-60}
 # WIDTH, STEPS and OUT pick the campaign: the defaults are the finished width-32 one (out/);
-# the width-48 one runs with WIDTH=48 STEPS=50000 OUT=out-width48 (docs/training.md).
+# the finished width-48 one ran with WIDTH=48 STEPS=50000 OUT=out-width48 (docs/training.md).
 exec "${PYTHON:-../../.venv/bin/python}" -m bids_mrisr.cli.run train "$DATA" "${OUT:-out}" \
     --participant-label bc01 peds01 stroke01 uih01 uih02 --validation-label colin27 \
     --batch-size 16 --student-steps "${STEPS:-150000}" --threads "${THREADS:-2}" \
