@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import json
 import sys
@@ -48,10 +49,10 @@ import nibabel as nib
 import numpy as np
 
 from bids_mrisr.image.normalize import Normalisation
-from bids_mrisr.image.preprocess import preprocess_file
+from bids_mrisr.image.preprocess import Preprocessed, preprocess_file
 from bids_mrisr.image.reorient import ras_zooms
 from bids_mrisr.interfaces.superres import bias_on_grid, restore_input_intensities
-from bids_mrisr.sr.acquisition_input import read_scan, told_acquisitions
+from bids_mrisr.sr.acquisition_input import PassAcquisition, read_scan, told_acquisitions
 from bids_mrisr.sr.adapt import AdaptOptions, adapt_model
 from bids_mrisr.sr.checkpoint import LoadedCheckpoint, load_checkpoint
 from bids_mrisr.sr.degrade import Degradation
@@ -140,9 +141,87 @@ class AppWeights:
         return self.loaded[weights]
 
 
+@dataclasses.dataclass
+class Case:
+    """One simulated scan, preprocessed by the app's chain, with what every setting reuses."""
+
+    subject: str
+    params: Degradation
+    truth: np.ndarray
+    volume: np.ndarray
+    pre: Preprocessed
+    grid: nib.Nifti1Image
+    options: SROptions
+    acquisition: PassAcquisition
+    ckpt: LoadedCheckpoint
+    norm: Normalisation
+    cubic: dict
+
+    @functools.cached_property
+    def truth_and_scan(self) -> tuple[np.ndarray, np.ndarray]:
+        """The truth in the scan's normalised intensities, and the scan (once per case)."""
+        return normalised_truth(self.truth, self.volume, self.norm,
+                                bias_on_grid(self.pre.bias_field, self.grid))
+
+
+def prepare_case(subject: str, truth: np.ndarray, affine: np.ndarray, resolution: float,
+                 params: Degradation, folder: Path, threads: int,
+                 app_weights: AppWeights) -> Case:
+    """Simulate the scan as ``quality.py`` does and preprocess it as the app does."""
+    image = lowres_image(truth, affine, resolution, params, 0)
+    folder.mkdir()
+    nib.save(image, str(folder / "lr.nii.gz"))
+    pre = preprocess_file(folder / "lr.nii.gz", folder / "pre", threads=threads)
+    grid = nib.load(str(pre.grid_file))
+    volume = np.asanyarray(grid.dataobj).astype(np.float32)
+    zooms = ras_zooms(image)
+    axes = blurred_axes(zooms, pre.resolution)
+    options = SROptions(blurred_axes=axes, axis_factors=tuple(z / pre.resolution for z in zooms),
+                        threads=threads)
+    acquisition = read_scan(told_acquisitions(options)[0], volume, threads)
+    return Case(subject=subject, params=params, truth=truth, volume=volume, pre=pre, grid=grid,
+                options=options, acquisition=acquisition,
+                ckpt=app_weights.for_scan(axes, acquisition.profile == "box"),
+                norm=Normalisation.from_json(pre.params_file),
+                cubic=score_in_head(plain_resample(image, resolution, 3), truth))
+
+
+def score_setting(case: Case, name: str, setting: dict) -> dict:
+    """Adapt the app's weights with ``setting`` (none for ``steps: 0``), run them as the app
+    does and score the result against the truth; return the result row."""
+    overrides = {k: v for k, v in setting.items() if k != "pairs"}
+    kind = setting.get("pairs", "scan")
+    start = time.perf_counter()
+    model, info = case.ckpt.model, {}
+    if overrides.get("steps", 1) > 0:
+        adapt = AdaptOptions(**overrides)
+        pairs = None
+        if kind != "scan":
+            mapped, scan = case.truth_and_scan
+            thick = case.options.blurred_axes[0]
+            pairs = truth_pairs(kind, mapped, scan, dataclasses.replace(case.params, axis=thick),
+                                case.ckpt.config, adapt)
+        model, info = adapt_model(case.ckpt.model, case.volume, case.acquisition, adapt,
+                                  pairs=pairs)
+    seconds = time.perf_counter() - start
+    result = run_loaded(case.volume, model, case.ckpt.config, case.options,
+                        acquisitions=(case.acquisition,))
+    make_consistent(result, case.volume, case.acquisition, case.options)
+    restored = restore_input_intensities(result.image, case.norm, case.pre.bias_field, case.grid)
+    scores = score_in_head(restored, case.truth)
+    return {"volume": case.subject, "axis": case.params.axis, "profile": case.params.profile,
+            "told": case.acquisition.profile, "setting": name, "overrides": overrides,
+            "pairs": kind, "gain_db": scores["psnr"] - case.cubic["psnr"],
+            "ssim": scores["ssim"], "cubic": case.cubic, "adapt_seconds": seconds,
+            "adaptation": info}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = json.loads(args.settings)
+    for name, setting in settings.items():  # refused before any case is simulated
+        if setting.get("pairs", "scan") not in PAIRS:
+            raise SystemExit(f"setting {name}: pairs must be one of {PAIRS}")
     app_weights = AppWeights()
     rows = []
     print(f"{'volume':<10} {'axis':>4} {'profile':<9} {'setting':<16} {'gain':>7} {'SSIM':>7} "
@@ -155,60 +234,15 @@ def main(argv: list[str] | None = None) -> int:
             for axis, profile in itertools.product(args.axes, args.profiles):
                 params = Degradation(axis=axis, factor=args.factor, profile=profile,
                                      noise_fraction=args.noise)
-                image = lowres_image(truth, affine, resolution, params, 0)
-                folder = Path(scratch) / f"{subject}-{axis}-{profile}"
-                folder.mkdir()
-                nib.save(image, str(folder / "lr.nii.gz"))
-                pre = preprocess_file(folder / "lr.nii.gz", folder / "pre", threads=args.threads)
-                grid = nib.load(str(pre.grid_file))
-                volume = np.asanyarray(grid.dataobj).astype(np.float32)
-                zooms = ras_zooms(image)
-                axes = blurred_axes(zooms, pre.resolution)
-                factors = tuple(z / pre.resolution for z in zooms)
-                thick = axes[0]
-                options = SROptions(blurred_axes=axes, axis_factors=factors,
-                                    threads=args.threads)
-                acquisition = read_scan(told_acquisitions(options)[0], volume, args.threads)
-                ckpt = app_weights.for_scan(axes, acquisition.profile == "box")
-                norm = Normalisation.from_json(pre.params_file)
-                cubic = score_in_head(plain_resample(image, resolution, 3), truth)
-                mapped = scan = None
+                case = prepare_case(subject, truth, affine, resolution, params,
+                                    Path(scratch) / f"{subject}-{axis}-{profile}", args.threads,
+                                    app_weights)
                 for name, setting in settings.items():
-                    overrides = {k: v for k, v in setting.items() if k != "pairs"}
-                    kind = setting.get("pairs", "scan")
-                    if kind not in PAIRS:
-                        raise SystemExit(f"setting {name}: pairs must be one of {PAIRS}")
-                    start = time.perf_counter()
-                    model, info = ckpt.model, {}
-                    if overrides.get("steps", 1) > 0:
-                        adapt = AdaptOptions(**overrides)
-                        pairs = None
-                        if kind != "scan":
-                            if mapped is None:  # once per case
-                                mapped, scan = normalised_truth(
-                                    truth, volume, norm, bias_on_grid(pre.bias_field, grid))
-                            pairs = truth_pairs(kind, mapped, scan,
-                                                dataclasses.replace(params, axis=thick),
-                                                ckpt.config, adapt)
-                        model, info = adapt_model(ckpt.model, volume, acquisition, adapt,
-                                                  pairs=pairs)
-                    seconds = time.perf_counter() - start
-                    result = run_loaded(volume, model, ckpt.config, options,
-                                        acquisitions=(acquisition,))
-                    make_consistent(result, volume, acquisition, options)
-                    restored = restore_input_intensities(result.image, norm,
-                                                         pre.bias_field, grid)
-                    scores = score_in_head(restored, truth)
-                    row = {"volume": subject, "axis": axis, "profile": profile,
-                           "told": acquisition.profile, "setting": name,
-                           "overrides": overrides, "pairs": kind,
-                           "gain_db": scores["psnr"] - cubic["psnr"],
-                           "ssim": scores["ssim"], "cubic": cubic, "adapt_seconds": seconds,
-                           "adaptation": info}
+                    row = score_setting(case, name, setting)
                     rows.append(row)
                     print(f"{subject:<10} {axis:>4} {profile:<9} {name:<16} "
-                          f"{row['gain_db']:+7.2f} {scores['ssim']:7.4f} {seconds:6.1f}",
-                          flush=True)
+                          f"{row['gain_db']:+7.2f} {row['ssim']:7.4f} "
+                          f"{row['adapt_seconds']:6.1f}", flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"command": vars(args) | {"data": str(args.data),
                                                                 "output": str(args.output)},
