@@ -371,8 +371,8 @@ def _campaign_args(run_sh: Path, **env: str):
 
 
 CAMPAIGNS = {"width-32 (finished)": ({}, 32, 150000, "out"),
-             "width-48": ({"WIDTH": "48", "STEPS": "50000", "OUT": "out-width48"}, 48, 50000,
-                          "out-width48")}
+             "width-48 (finished)": ({"WIDTH": "48", "STEPS": "50000", "OUT": "out-width48"},
+                                     48, 50000, "out-width48")}
 
 
 @pytest.mark.parametrize("campaign", sorted(CAMPAIGNS))
