@@ -20,10 +20,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 DATA=${BIDS_MRISR_TEST_DATA:-../../../shared/data/ds-real}
 MINUTES=${1:-60}
-# WIDTH, STEPS and OUT pick the campaign: the defaults are the finished width-32 one (out/);
-# the finished width-48 one ran with WIDTH=48 STEPS=50000 OUT=out-width48 (docs/training.md).
+# WIDTH, STEPS, SEED and OUT pick the campaign: the defaults are the finished width-32 one (out/);
+# the finished width-48 one ran with WIDTH=48 STEPS=50000 OUT=out-width48, and the width-32
+# replicate with another seed runs with SEED=1 OUT=out-seed1 (docs/training.md).
 exec "${PYTHON:-../../.venv/bin/python}" -m bids_mrisr.cli.run train "$DATA" "${OUT:-out}" \
     --participant-label bc01 peds01 stroke01 uih01 uih02 --validation-label colin27 \
     --batch-size 16 --student-steps "${STEPS:-150000}" --threads "${THREADS:-2}" \
-    --acquisition-input --base-width "${WIDTH:-32}" --seed 0 \
+    --acquisition-input --base-width "${WIDTH:-32}" --seed "${SEED:-0}" \
     --stop-after "$MINUTES" --resume
