@@ -297,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD:FLAGS",
                    help="an app method with its --weights and extra app flags, e.g. "
                         "'student-1view=student:--flip-views 1'")
+    p.add_argument("--ensemble", action="append", default=[], metavar="LABEL=RUN+RUN[+RUN]",
+                   help="also score the voxel mean of runs scored above (labels of --methods, "
+                        "--extra or --variant): what averaging networks would buy; not an app "
+                        "method, so its seconds are the runs' sum")
     p.add_argument("--adapt-steps", type=int, default=0,
                    help="also score 'student+adapt': the student with --adapt auto and this "
                         "many steps (0: not scored)")
@@ -330,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
              for label, method, directory in map(_labelled_spec, args.extra)]
     runs += [(label, method, weights.get(method), tuple(shlex.split(flags)))
              for label, method, flags in map(_labelled_spec, args.variant)]
+    ensembles = [_ensemble_spec(item, [label for label, *_ in runs]) for item in args.ensemble]
     subjects = select_subjects(args.volume_set, args.subjects)
     trained_on = {label: training_volumes(run_weights(method, directory))
                   for label, method, directory, _ in runs}
@@ -379,11 +384,14 @@ def main(argv: list[str] | None = None) -> int:
                     row["methods"][name] = {**score(est, truth, valid),
                                             "seconds": time.perf_counter() - start,
                                             "seen_in_training": False}
+                estimates: dict[str, np.ndarray] = {}
                 for label_m, method, directory, extra in runs:
                     out = scratch / f"out-{label_m}"
                     path, seconds = run_app(bids, out, work, label, method, directory,
                                             args.threads, (*grid, *extra), args.contrast)
                     est = np.asanyarray(nib.load(str(path)).dataobj).astype(np.float32)
+                    if any(label_m in members for _, members in ensembles):
+                        estimates[label_m] = est
                     sidecar = json.loads(path.with_name(
                         path.name.replace(".nii.gz", ".json")).read_text())
                     info = sidecar.get("SuperResolution", {})
@@ -399,6 +407,14 @@ def main(argv: list[str] | None = None) -> int:
                                              seen_in_training(src, subject, ran))}
                     row["seen_in_training"][label_m] = row["methods"][label_m][
                         "seen_in_training"]
+                for name, members in ensembles:
+                    row["methods"][name] = {
+                        **score(ensemble_mean([estimates[m] for m in members]), truth, valid),
+                        "seconds": sum(row["methods"][m]["seconds"] for m in members),
+                        "members": list(members),
+                        "seen_in_training": any(row["methods"][m]["seen_in_training"]
+                                                for m in members)}
+                    row["seen_in_training"][name] = row["methods"][name]["seen_in_training"]
                 base = row["methods"]["cubic"]["psnr"]
                 for name, m in row["methods"].items():
                     m["gain_db"] = m["psnr"] - base
@@ -412,6 +428,25 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
     print("\n" + "\n".join(summary_lines(results)))
     return 0
+
+
+def _ensemble_spec(item: str, runs: list[str]) -> tuple[str, tuple[str, ...]]:
+    """``LABEL=A+B`` -> (label, (A, B)); every member must be a run of this benchmark."""
+    label, spec = item.split("=", 1)
+    members = tuple(spec.split("+"))
+    unknown = [m for m in members if m not in runs]
+    if len(members) < 2 or unknown:
+        raise SystemExit(f"--ensemble {item}: needs two or more of the runs {runs}"
+                         + (f"; not a run: {', '.join(unknown)}" if unknown else ""))
+    return label, members
+
+
+def ensemble_mean(estimates: list[np.ndarray]) -> np.ndarray:
+    """The voxel mean of outputs on one grid (the app writes every run on the same grid)."""
+    shapes = {e.shape for e in estimates}
+    if len(shapes) != 1:
+        raise RuntimeError(f"ensemble members on different grids: {sorted(shapes)}")
+    return np.mean(np.stack(estimates), axis=0)
 
 
 def weights_variant_of(info: dict) -> str | None:

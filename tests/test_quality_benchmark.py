@@ -210,3 +210,18 @@ def test_adi01_filled_slice_is_where_the_benchmark_masks_it(quality):
     invalid = np.argwhere(~valid)
     assert (~valid).sum() == valid.shape[1] * valid.shape[2]  # one whole truth slice
     assert set(invalid[:, 0]) == {index}
+
+
+def test_ensemble_names_scored_runs_and_averages_their_voxels(quality):
+    """``--ensemble`` scores the mean of runs the benchmark made; a typo or a lone member is
+    refused before any case runs, and members on different grids are never averaged."""
+    runs = ["student", "W48"]
+    assert quality._ensemble_spec("pair=student+W48", runs) == ("pair", ("student", "W48"))
+    with pytest.raises(SystemExit, match="not a run: W64"):
+        quality._ensemble_spec("pair=student+W64", runs)
+    with pytest.raises(SystemExit, match="two or more"):
+        quality._ensemble_spec("alone=student", runs)
+    a, b = np.zeros((2, 3, 4), np.float32), np.full((2, 3, 4), 4.0, np.float32)
+    assert np.array_equal(quality.ensemble_mean([a, b]), np.full((2, 3, 4), 2.0))
+    with pytest.raises(RuntimeError, match="different grids"):
+        quality.ensemble_mean([a, np.zeros((2, 3, 5), np.float32)])
