@@ -257,9 +257,9 @@ def test_train_unknown_validation_label_and_bad_option_are_usage_errors(tmp_path
     assert main(["train", str(root), str(out), "--student-steps", "many"]) == 64
     # an option of another recipe is named, not ignored
     assert main(["train", str(root), str(out), "--recipe", "diffusion", "--acquisition-input",
-                 "--stop-after", "5"]) == 64
-    assert ("--recipe diffusion does not use --acquisition-input, --stop-after (--recipe "
-            "regression or moe only)" in capsys.readouterr().err)
+                 "--stop-after", "5", "--stop-at-step", "9"]) == 64
+    assert ("--recipe diffusion does not use --acquisition-input, --stop-after, --stop-at-step "
+            "(--recipe regression or moe only)" in capsys.readouterr().err)
     assert main(["train", str(root), str(out), "--teacher-minutes", "3", "--base-width", "8",
                  "--recipe", "moe"]) == 64
     assert ("--recipe moe does not use --base-width (--recipe regression only); "
@@ -358,21 +358,29 @@ def test_resume_refuses_other_recipe_options_and_records_them_in_the_state(tmp_p
 
 
 def _campaign_args(run_sh: Path, **env: str):
-    """The trainer's arguments from ``scripts/campaign/run.sh`` with ``env`` set (the shell's
-    ``${NAME:-default}`` expanded as the shell would, ``$MINUTES`` at 60)."""
-    import shlex
+    """The trainer's arguments as ``scripts/campaign/run.sh`` passes them with ``env`` set and
+    ``MINUTES`` at 60: the script itself runs, with ``echo`` in place of Python."""
+    import os
+    import subprocess
 
     from bids_mrisr.cli.train import build_parser
 
-    command = run_sh.read_text().split('train "$DATA" ', 1)[1].replace("\\\n", " ")
-    command = re.sub(r'"\$\{(\w+):-([^}]*)\}"', lambda m: env.get(m.group(1), m.group(2)),
-                     command).replace('"$MINUTES"', "60")
-    return build_parser().parse_args(["data", *shlex.split(command)])
+    run = subprocess.run(["bash", str(run_sh), "60"], capture_output=True, text=True, check=True,
+                         env={"PATH": os.environ["PATH"], **env, "PYTHON": "echo"})
+    words = run.stdout.split()
+    return build_parser().parse_args(["data", *words[words.index("train") + 2:]])
 
 
 CAMPAIGNS = {"width-32 (finished)": ({}, 32, 150000, "out"),
              "width-48 (finished)": ({"WIDTH": "48", "STEPS": "50000", "OUT": "out-width48"},
                                      48, 50000, "out-width48")}
+
+
+def test_the_campaign_command_passes_a_stop_step_only_when_asked():
+    scripts = Path(__file__).parents[1] / "scripts" / "campaign"
+    assert _campaign_args(scripts / "run.sh").stop_at_step is None
+    asked = _campaign_args(scripts / "run.sh", STOP_AT="101475", SEED="1", OUT="out-seed1")
+    assert (asked.stop_at_step, asked.seed, asked.output_dir.name) == (101475, 1, "out-seed1")
 
 
 @pytest.mark.parametrize("campaign", sorted(CAMPAIGNS))

@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "learning-rate schedule keeps following --student-steps, so "
                               "sittings resumed with --resume add up to one run (Ctrl-C or "
                               "SIGTERM also save the state)")
+    budgets.add_argument("--stop-at-step", type=_positive_int, default=None, metavar="STEP",
+                         help="regression and moe recipes: end this sitting once the run "
+                              "reaches STEP, as --stop-after does (a snapshot at a chosen step "
+                              "of the schedule)")
     budgets.add_argument("--teacher-minutes", type=float, default=20.0, metavar="MINUTES",
                          help="diffusion recipe: time budget of the teacher")
     budgets.add_argument("--distill-minutes", type=float, default=15.0, metavar="MINUTES",
@@ -269,7 +273,7 @@ def regression_recipe(args: argparse.Namespace, options: RecipeOptions) -> Regre
                             zoom_range=(options.zoom_augment, 1.0),
                             multi_axis_rate=options.multi_axis_rate, profiles=options.profiles,
                             train_experts=options.train_experts,
-                            stop_minutes=args.stop_after)
+                            stop_minutes=args.stop_after, stop_step=args.stop_at_step)
 
 
 def _train_regression(args: argparse.Namespace, options: RecipeOptions,
@@ -300,7 +304,7 @@ def _train_regression(args: argparse.Namespace, options: RecipeOptions,
 
 RECIPE_SPECIFIC = {
     REGRESSION_LIKE: ("student_steps", "student_minutes", "device", "workers", "resume",
-                      "stop_after", "init_weights", "acquisition_input",
+                      "stop_after", "stop_at_step", "init_weights", "acquisition_input",
                       "scan_input"),
     ("regression",): ("base_width",),
     ("diffusion",): ("teacher_minutes", "distill_minutes", "teacher_steps", "skip_teacher"),

@@ -22,9 +22,13 @@ DATA=${BIDS_MRISR_TEST_DATA:-../../../shared/data/ds-real}
 MINUTES=${1:-60}
 # WIDTH, STEPS, SEED and OUT pick the campaign: the defaults are the finished width-32 one (out/);
 # the finished width-48 one ran with WIDTH=48 STEPS=50000 OUT=out-width48, and the width-32
-# replicate with another seed runs with SEED=1 OUT=out-seed1 (docs/training.md).
+# replicates with other seeds run with SEED=1 OUT=out-seed1 and SEED=2 OUT=out-seed2
+# (docs/training.md). STOP_AT=N also ends the sitting at step N, with a snapshot of that step
+# (a replicate scored at the step the shipped weights were taken: STOP_AT=101475).
+STOP=()
+if [ -n "${STOP_AT:-}" ]; then STOP=(--stop-at-step "$STOP_AT"); fi
 exec "${PYTHON:-../../.venv/bin/python}" -m bids_mrisr.cli.run train "$DATA" "${OUT:-out}" \
     --participant-label bc01 peds01 stroke01 uih01 uih02 --validation-label colin27 \
     --batch-size 16 --student-steps "${STEPS:-150000}" --threads "${THREADS:-2}" \
     --acquisition-input --base-width "${WIDTH:-32}" --seed "${SEED:-0}" \
-    --stop-after "$MINUTES" --resume
+    --stop-after "$MINUTES" --resume ${STOP[@]+"${STOP[@]}"}

@@ -108,6 +108,25 @@ def test_a_sitting_that_ends_early_keeps_its_state_and_writes_a_snapshot(tmp_pat
     assert not (out / STATE_FILE).exists()
 
 
+def test_a_sitting_stopped_at_a_step_snapshots_that_step_and_resumes_exactly(tmp_path: Path):
+    """``stop_step``: the snapshot is the EMA at exactly that step (a replicate compared at the
+    step another run shipped), and the resumed run still ends where an uninterrupted one does."""
+    whole = tmp_path / "whole"
+    train_mean_regressor(_volumes(), _config(), whole, _recipe())
+    parted = tmp_path / "parted"
+    train_mean_regressor(_volumes(), _config(), parted, _recipe(stop_step=5))
+    snapshot = load_checkpoint(parted).provenance
+    assert snapshot["steps"] == 5 and snapshot["finished"] is False
+    assert torch.load(parted / STATE_FILE, weights_only=True)["step"] == 5
+    train_mean_regressor(_volumes(), _config(), parted, _recipe(stop_step=5), resume=True)
+    assert load_checkpoint(parted).provenance["steps"] == 5  # already there: ends at once
+    train_mean_regressor(_volumes(), _config(), parted, _recipe(), resume=True)
+    a, b = _weights(whole), _weights(parted)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert load_checkpoint(parted).provenance["finished"] is True
+
+
 def test_resuming_another_network_is_refused(tmp_path: Path):
     out = tmp_path / "campaign"
     train_mean_regressor(_volumes(), _config(), out, _recipe(stop_minutes=0.0))

@@ -134,6 +134,7 @@ def run_steps(
     is_main: bool = True,
     sampler_state: SamplerState | None = None,
     stop_minutes: float | None = None,
+    stop_step: int | None = None,
     record: dict[str, Any] | None = None,
 ) -> RunResult:
     """Optimise ``model`` with ``step_fn(i) -> (loss, stats)``.
@@ -143,8 +144,10 @@ def run_steps(
     ``save_every`` steps, at the end of a sitting and on SIGINT/SIGTERM; ``resume`` continues
     from it, so that a stopped and resumed run equals an uninterrupted one. ``stop_minutes``
     ends this sitting (state saved, ``finished`` False) without touching the schedule: a
-    campaign spread over many sittings follows one step budget. ``record`` (JSON values: the
-    recipe options) is kept with the state; resuming with another record is refused.
+    campaign spread over many sittings follows one step budget. ``stop_step`` ends it the same
+    way once that step is reached (a snapshot at a chosen step, e.g. a replicate compared at
+    the step another run shipped). ``record`` (JSON values: the recipe options) is kept with
+    the state; resuming with another record is refused.
     """
     if steps is None and minutes is None:
         raise ValueError("give a step budget (steps=) or a time budget (minutes=)")
@@ -170,12 +173,12 @@ def run_steps(
     model.train()
     with _StopRequest() as stop:
         while not clock.budget_spent(minutes):
-            if stop.signal is not None or clock.sitting_over(stop_minutes):
+            reason = _sitting_end(stop.signal, clock, stop_minutes, stop_step)
+            if reason is not None:
                 finished = False
                 save()
                 log.info("%s: sitting ended at step %d (%s); state saved to %s", label,
-                         clock.step, "signal" if stop.signal is not None
-                         else f"{stop_minutes:g} min", state_file)
+                         clock.step, reason, state_file)
                 break
             _train_step(model, opt, ema, params, step_fn, clock.step, clock.planned(),
                         clock.warmup, lr, minutes, clock.elapsed(), running, label)
@@ -192,6 +195,18 @@ def run_steps(
     if stop.signal is not None:
         raise KeyboardInterrupt(f"signal {stop.signal} at step {clock.step}; state saved")
     return RunResult(ema, clock.step, clock.elapsed() / 60.0, finished, clock.all_sittings())
+
+
+def _sitting_end(signal: int | None, clock: _Clock, stop_minutes: float | None,
+                 stop_step: int | None) -> str | None:
+    """Why this sitting ends before the next step (None: it goes on)."""
+    if signal is not None:
+        return "signal"
+    if clock.sitting_over(stop_minutes):
+        return f"{stop_minutes:g} min"
+    if stop_step is not None and clock.step >= stop_step:
+        return f"step {stop_step} reached"
+    return None
 
 
 @dataclass

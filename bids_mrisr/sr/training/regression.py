@@ -141,6 +141,8 @@ class RegressionRecipe:
     stop_minutes: float | None = None
     """End this sitting after so many minutes (state and a snapshot of the weights saved; the
     schedule keeps following ``steps``): one sitting of a campaign resumed with ``resume``."""
+    stop_step: int | None = None
+    """End this sitting once the run reaches this step, the same way (``stop_minutes``)."""
 
 
 def train_mean_regressor(
@@ -198,7 +200,8 @@ def train_mean_regressor(
             progress=progress if rank.is_main else None,
             label=f"{config.kind} (mean regression)", state_file=state_file,
             resume=resume, is_main=rank.is_main, save_every=recipe.save_every,
-            sampler_state=sampler_state, stop_minutes=recipe.stop_minutes, record=record)
+            sampler_state=sampler_state, stop_minutes=recipe.stop_minutes,
+            stop_step=recipe.stop_step, record=record)
         if not rank.is_main:
             return None
         ema_model = run.ema.model.to("cpu")
