@@ -13,6 +13,8 @@ axis, slice profile, noise) this script:
    truth's 99.9th percentile in the mask), beside plain cubic and linear resampling of the raw
    low-resolution file onto the same grid (no N4, no normalisation). Voxels that depend on a
    slice the source data filled in (``INTERPOLATED_SLICES``) are left out of the scores.
+   ``--ensemble`` also scores the voxel mean of several runs' outputs: a diagnostic of what
+   averaging networks (a teacher's uniform gates) would buy, not something the app writes.
 
 Two sets of volumes (``--set``): VALIDATION_SET chose every model and setting so far, so its
 figures are validation figures; TEST_SET is scored once per shipped model and reported as is.
