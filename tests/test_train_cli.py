@@ -371,9 +371,11 @@ def _campaign_args(run_sh: Path, **env: str):
     return build_parser().parse_args(["data", *words[words.index("train") + 2:]])
 
 
-CAMPAIGNS = {"width-32 (finished)": ({}, 32, 150000, "out"),
+CAMPAIGNS = {"width-32 (finished)": ({}, 32, 150000, "out", 0),
              "width-48 (finished)": ({"WIDTH": "48", "STEPS": "50000", "OUT": "out-width48"},
-                                     48, 50000, "out-width48")}
+                                     48, 50000, "out-width48", 0),
+             "width-32, seed 1": ({"SEED": "1", "OUT": "out-seed1"}, 32, 150000, "out-seed1", 1),
+             "width-32, seed 2": ({"SEED": "2", "OUT": "out-seed2"}, 32, 150000, "out-seed2", 2)}
 
 
 def test_the_campaign_command_passes_a_stop_step_only_when_asked():
@@ -396,7 +398,7 @@ def test_the_campaign_command_still_builds_the_network_and_recipe_it_resumes(cam
     from bids_mrisr.sr.networks.factory import build_model
     from bids_mrisr.sr.training.regression import RegressionRecipe
 
-    env, width, steps, out = CAMPAIGNS[campaign]
+    env, width, steps, out, seed = CAMPAIGNS[campaign]
     scripts = Path(__file__).parents[1] / "scripts" / "campaign"
     args = _campaign_args(scripts / "run.sh", **env)
     assert args.output_dir.name == out
@@ -405,7 +407,7 @@ def test_the_campaign_command_still_builds_the_network_and_recipe_it_resumes(cam
     assert config == dataclasses.replace(ModelConfig.student_default(), prediction_type="mean",
                                          acquisition_features=3, base_width=width)
     assert regression_recipe(args, options) == RegressionRecipe(
-        steps=steps, minutes=None, batch_size=16, lr=2e-3, seed=0, crop=64,
+        steps=steps, minutes=None, batch_size=16, lr=2e-3, seed=seed, crop=64,
         factor_range=(1.5, 5.0), device="auto", workers=0, zoom_range=(1.0, 1.0),
         multi_axis_rate=0.0, profiles=("gaussian", "box"), stop_minutes=60.0)
     # What the campaign committed: its resumable state while it runs, its final weights once
