@@ -410,12 +410,8 @@ def main(argv: list[str] | None = None) -> int:
                     row["seen_in_training"][label_m] = row["methods"][label_m][
                         "seen_in_training"]
                 for name, members in ensembles:
-                    row["methods"][name] = {
-                        **score(ensemble_mean([estimates[m] for m in members]), truth, valid),
-                        "seconds": sum(row["methods"][m]["seconds"] for m in members),
-                        "members": list(members),
-                        "seen_in_training": any(row["methods"][m]["seen_in_training"]
-                                                for m in members)}
+                    row["methods"][name] = score_ensemble(members, estimates, row["methods"],
+                                                          truth, valid)
                     row["seen_in_training"][name] = row["methods"][name]["seen_in_training"]
                 base = row["methods"]["cubic"]["psnr"]
                 for name, m in row["methods"].items():
@@ -441,6 +437,17 @@ def _ensemble_spec(item: str, runs: list[str]) -> tuple[str, tuple[str, ...]]:
         raise SystemExit(f"--ensemble {item}: needs two or more of the runs {runs}"
                          + (f"; not a run: {', '.join(unknown)}" if unknown else ""))
     return label, members
+
+
+def score_ensemble(members: tuple[str, ...], estimates: dict[str, np.ndarray],
+                   scored: dict[str, dict], truth: np.ndarray,
+                   valid: np.ndarray | None) -> dict:
+    """The row entry of one ``--ensemble``: its members' mean scored like any run; it took
+    their seconds, and it has seen a volume in training if one of them has."""
+    return {**score(ensemble_mean([estimates[m] for m in members]), truth, valid),
+            "seconds": sum(scored[m]["seconds"] for m in members),
+            "members": list(members),
+            "seen_in_training": any(scored[m]["seen_in_training"] for m in members)}
 
 
 def ensemble_mean(estimates: list[np.ndarray]) -> np.ndarray:
