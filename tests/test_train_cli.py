@@ -374,7 +374,8 @@ def _campaign_args(run_sh: Path, **env: str):
 CAMPAIGNS = {"width-32 (finished)": ({}, 32, 150000, "out", 0),
              "width-48 (finished)": ({"WIDTH": "48", "STEPS": "50000", "OUT": "out-width48"},
                                      48, 50000, "out-width48", 0),
-             "width-32, seed 1": ({"SEED": "1", "OUT": "out-seed1"}, 32, 150000, "out-seed1", 1),
+             "width-32, seed 1 (finished)": ({"SEED": "1", "OUT": "out-seed1"}, 32, 150000,
+                                             "out-seed1", 1),
              "width-32, seed 2": ({"SEED": "2", "OUT": "out-seed2"}, 32, 150000, "out-seed2", 2)}
 
 
