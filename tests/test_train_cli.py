@@ -376,7 +376,8 @@ CAMPAIGNS = {"width-32 (finished)": ({}, 32, 150000, "out", 0),
                                      48, 50000, "out-width48", 0),
              "width-32, seed 1 (finished)": ({"SEED": "1", "OUT": "out-seed1"}, 32, 150000,
                                              "out-seed1", 1),
-             "width-32, seed 2": ({"SEED": "2", "OUT": "out-seed2"}, 32, 150000, "out-seed2", 2)}
+             "width-32, seed 2 (finished)": ({"SEED": "2", "OUT": "out-seed2"}, 32, 150000,
+                                             "out-seed2", 2)}
 
 
 def test_the_campaign_command_passes_a_stop_step_only_when_asked():
