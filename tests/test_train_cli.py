@@ -56,7 +56,8 @@ def test_train_regression_recipe_writes_a_mean_student(tmp_path):
     assert prov["recipe_file"] == recipe
     assert prov["recipe_options"] == {"lr": 2e-3, "crop": 32, "factor_range": [1.5, 5.0],
                                       "zoom_augment": 1.0, "multi_axis_rate": 0.0,
-                                      "profiles": ["gaussian", "box"], "res_blocks": None}
+                                      "profiles": ["gaussian", "box"], "res_blocks": None,
+                                      "channel_mults": None}
     assert np.isfinite(prov["metrics"]["psnr_model"])
     assert not (out / "teacher").exists()
 
@@ -136,6 +137,23 @@ def test_train_res_blocks_deepens_a_checkpoint_that_starts_computing_the_same(tm
     assert (f"{deepen}: res_blocks applies to --recipe regression, not --recipe moe"
             in capsys.readouterr().err)
     assert not (tmp_path / "c").exists()
+
+
+def test_train_channel_mults_shapes_a_new_student_only(tmp_path, capsys):
+    root = _dataset(tmp_path)
+    common = ["--no-bundled", "--preset", "tiny", "--batch-size", "2", "--student-steps", "4"]
+    levels = _recipe_file(tmp_path, "crop = 32\nchannel_mults = [1, 2, 2]", "levels.toml")
+    assert main(["train", str(root), str(tmp_path / "a"), *common, "--recipe-file",
+                 levels]) == 0
+    three = load_checkpoint(tmp_path / "a" / "student")
+    assert three.config.channel_mults == (1, 2, 2)  # the tiny preset has two levels
+    assert three.provenance["recipe_options"]["channel_mults"] == [1, 2, 2]
+    assert any(name.startswith("unet.down.1") for name in three.model.state_dict())
+    # a checkpoint keeps its shape: refused before any work
+    assert main(["train", str(root), str(tmp_path / "b"), *common, "--init-weights",
+                 str(tmp_path / "a" / "student"), "--recipe-file", levels]) == 64
+    assert "channel_mults shapes a new student" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
 
 
 def test_train_moe_recipe_writes_a_mean_teacher_and_upcycles_a_student(tmp_path):
@@ -281,7 +299,11 @@ def test_train_unknown_validation_label_and_bad_option_are_usage_errors(tmp_path
     ("factor_range = [3, 2]", "regression", "factor_range: low must not exceed high"),
     ("zoom = 0.8", "regression", "unknown key 'zoom' (recipe keys: lr, crop, factor_range, "
                                  "zoom_augment, multi_axis_rate, profiles, res_blocks, "
-                                 "router_top_k, train_experts)"),
+                                 "channel_mults, router_top_k, train_experts)"),
+    ("channel_mults = [1, 0, 2]", "regression",
+     "channel_mults: expected a list of 2 to 5 positive integers, got [1, 0, 2]"),
+    ("channel_mults = [2]", "regression",
+     "channel_mults: expected a list of 2 to 5 positive integers, got [2]"),
     ("train_experts = 0", "moe", "train_experts: expected true or false, got 0"),
     ("[training]\nlr = 1e-3", "regression", "unknown key 'training'"),
     ("zoom_augment = 0.8", "diffusion",
@@ -325,8 +347,11 @@ def test_recipe_file_defaults_and_the_shipped_example(tmp_path, capsys):
     shown = tomllib.loads(re.sub(r"^# (\w+ = )", r"\1", text, flags=re.M))
     assert list(shown) == list(defaults.record("regression")) + ["router_top_k",
                                                                    "train_experts"]
-    assert {k: v for k, v in shown.items() if k != "res_blocks"} == defaults.record("moe")
+    new_student_only = ("res_blocks", "channel_mults")
+    assert ({k: v for k, v in shown.items() if k not in new_student_only}
+            == defaults.record("moe"))
     assert shown["res_blocks"] == ModelConfig.student_default().num_res_blocks
+    assert tuple(shown["channel_mults"]) == ModelConfig.student_default().channel_mults
     # docs/recipes/multi-axis.toml is what made the shipped multi-axis variant
     variant = read_recipe_file(example.with_name("multi-axis.toml"), "regression")
     made = load_checkpoint(Path(__file__).parents[1] / "bids_mrisr" / "data" / "weights"

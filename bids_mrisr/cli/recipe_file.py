@@ -70,6 +70,15 @@ def _profiles(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
+def _level_widths(value: Any) -> tuple[int, ...]:
+    """Two to five positive integers, one width multiplier per U-Net level."""
+    if (not isinstance(value, list) or not 2 <= len(value) <= 5
+            or any(isinstance(item, bool) or not isinstance(item, int) or item < 1
+                   for item in value)):
+        raise ValueError(f"expected a list of 2 to 5 positive integers, got {value!r}")
+    return tuple(value)
+
+
 def _option(default: Any, parse: Callable[[Any], Any], recipes: tuple[str, ...],
             text: str) -> Any:
     return field(default=default, metadata={"parse": parse, "recipes": recipes, "help": text})
@@ -98,6 +107,10 @@ class RecipeOptions:
         None, _integer(1), ("regression",),
         "residual blocks per U-Net level (absent: --init-weights' or the preset's); more than "
         "the checkpoint's deepens it, the new blocks starting as the identity")
+    channel_mults: tuple[int, ...] | None = _option(
+        None, _level_widths, ("regression",),
+        "width multiplier of each U-Net level of a new student (absent: the preset's); one "
+        "more level doubles the context each output pixel sees, at little cost per step")
     router_top_k: int = _option(2, _integer(0), ("moe",),
                                 "experts each routing token keeps (0: all, dense)")
     train_experts: bool = _option(True, _boolean, ("moe",),

@@ -244,6 +244,10 @@ def _recipe_config(args: argparse.Namespace, options: RecipeOptions, kind: str, 
             raise ValueError(f"res_blocks {options.res_blocks}: fewer than the "
                              f"{init_config.num_res_blocks} of --init-weights")
         config = dataclasses.replace(config, num_res_blocks=options.res_blocks)
+    if options.channel_mults is not None:  # a regression-recipe key, like res_blocks
+        if init_config is not None:
+            raise ValueError("channel_mults shapes a new student (not with --init-weights)")
+        config = dataclasses.replace(config, channel_mults=options.channel_mults)
     return config
 
 

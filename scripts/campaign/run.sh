@@ -25,8 +25,11 @@ MINUTES=${1:-60}
 # replicates with other seeds run with SEED=1 OUT=out-seed1 and SEED=2 OUT=out-seed2
 # (docs/training.md). STOP_AT=N also ends the sitting at step N, with a snapshot of that step
 # (a replicate scored at the step the shipped weights were taken: STOP_AT=101475).
+# RECIPE=FILE adds --recipe-file FILE: the four-level campaign (twice the context, an expert
+# that differs in kind from the three seeds) runs with RECIPE=levels4.toml OUT=out-levels4.
 STOP=()
 if [ -n "${STOP_AT:-}" ]; then STOP=(--stop-at-step "$STOP_AT"); fi
+if [ -n "${RECIPE:-}" ]; then STOP+=(--recipe-file "$RECIPE"); fi
 exec "${PYTHON:-../../.venv/bin/python}" -m bids_mrisr.cli.run train "$DATA" "${OUT:-out}" \
     --participant-label bc01 peds01 stroke01 uih01 uih02 --validation-label colin27 \
     --batch-size 16 --student-steps "${STEPS:-150000}" --threads "${THREADS:-2}" \
