@@ -36,6 +36,8 @@ from bids_mrisr.errors import ExitCode, UserError
 from bids_mrisr.progress import progress_callback
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from bids_mrisr.sr.networks.config import ModelConfig
     from bids_mrisr.sr.training.regression import RegressionRecipe
 
@@ -104,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "gains that input, starting at zero; res_blocks in "
                              "--recipe-file may deepen it). moe recipe: a MoE teacher "
                              "to fine-tune, or a student whose copies start every expert, "
-                             "or several students of one architecture (e.g. snapshots of "
-                             "a campaign): expert k starts as the k-th, in turn")
+                             "or several students (e.g. seeds of a campaign, or networks of "
+                             "other widths or depths): expert k starts as the k-th, in turn, "
+                             "with its architecture")
     recipe.add_argument("--acquisition-input", action="store_true",
                         help="regression and moe recipes: tell the network the thick-slice "
                              "factor, slice-profile shape and slice width of each simulated "
@@ -178,9 +181,10 @@ def _check_device(name: str) -> None:
         raise UserError(f"--device: {exc}", ExitCode.USAGE) from exc
 
 
-def _fine_tune_config(directories: list[Path], recipe: str) -> ModelConfig:
-    """The architecture of the checkpoints that ``--init-weights`` names (verified, sha256):
-    one, or for ``--recipe moe`` several students of one architecture."""
+def _fine_tune_configs(directories: list[Path], recipe: str) -> list[ModelConfig]:
+    """The architectures of the checkpoints that ``--init-weights`` names (verified, sha256):
+    one, or for ``--recipe moe`` several students, which may differ in width, levels and
+    blocks per level (each expert keeps its student's)."""
     from bids_mrisr.sr.checkpoint import verify_checkpoint
     from bids_mrisr.sr.engine import SRError
 
@@ -199,24 +203,30 @@ def _fine_tune_config(directories: list[Path], recipe: str) -> ModelConfig:
         raise UserError(f"--init-weights: {len(configs)} checkpoints; only --recipe moe starts "
                         "from several, each a student (expert k starts as the k-th)",
                         ExitCode.USAGE)
+    from bids_mrisr.sr.networks.config import ModelConfig
+
     for directory, config in zip(directories[1:], configs[1:], strict=True):
-        if config != configs[0]:
-            raise UserError(f"--init-weights {directory}: another architecture than "
-                            f"{directories[0]}; the experts' students must share one",
-                            ExitCode.USAGE)
-    return configs[0]
+        try:
+            ModelConfig.upcycled_teacher(configs[0], others=[config])
+        except ValueError as exc:
+            raise UserError(f"--init-weights {directory}: not an expert beside "
+                            f"{directories[0]}: {exc}", ExitCode.USAGE) from None
+    return configs
 
 
 def _recipe_config(args: argparse.Namespace, options: RecipeOptions, kind: str, tiny: bool,
-                   init_config: ModelConfig | None) -> ModelConfig:
+                   init_config: ModelConfig | None,
+                   other_students: Sequence[ModelConfig] = ()) -> ModelConfig:
     """The network a regression-style recipe trains: the ``--init-weights`` checkpoint's (a
-    student upcycled into a teacher for ``--recipe moe``), else the default or tiny preset."""
+    student, with ``other_students`` the rest of them, upcycled into a teacher for
+    ``--recipe moe``), else the default or tiny preset."""
     import dataclasses
 
     from bids_mrisr.sr.networks.config import ACQUISITION_FEATURES, SCAN_FEATURES, ModelConfig
 
     if init_config is not None and kind == "teacher" and init_config.kind == "student":
-        config = ModelConfig.upcycled_teacher(init_config, router_top_k=options.router_top_k)
+        config = ModelConfig.upcycled_teacher(init_config, router_top_k=options.router_top_k,
+                                              others=other_students)
     elif init_config is not None:
         config = init_config
     elif kind == "teacher":  # told the acquisition, as the shipped student is
@@ -252,11 +262,12 @@ def _recipe_config(args: argparse.Namespace, options: RecipeOptions, kind: str, 
 
 
 def network_config(args: argparse.Namespace, options: RecipeOptions, tiny: bool,
-                           init_config: ModelConfig | None) -> ModelConfig:
+                   init_config: ModelConfig | None,
+                   other_students: Sequence[ModelConfig] = ()) -> ModelConfig:
     """:func:`_recipe_config`, its problems as usage errors (before any preprocessing)."""
     kind = "teacher" if args.recipe == "moe" else "student"
     try:
-        config = _recipe_config(args, options, kind, tiny, init_config)
+        config = _recipe_config(args, options, kind, tiny, init_config, other_students)
     except ValueError as exc:  # e.g. router_top_k larger than the number of experts
         raise UserError(f"--recipe {args.recipe}: {exc}", ExitCode.USAGE) from None
     if config.kind != kind:
@@ -365,10 +376,11 @@ def main(argv: list[str]) -> int:
     regression_config = None
     if args.recipe in ("regression", "moe"):
         _check_device(args.device)  # before minutes of preprocessing
-        init_config = None
-        if args.init_weights is not None:
-            init_config = _fine_tune_config(args.init_weights, args.recipe)
-        regression_config = network_config(args, options, tiny, init_config)
+        init_configs = ([] if args.init_weights is None
+                        else _fine_tune_configs(args.init_weights, args.recipe))
+        regression_config = network_config(args, options, tiny,
+                                           init_configs[0] if init_configs else None,
+                                           init_configs[1:])
         if args.resume:
             from bids_mrisr.sr.training.regression import STATE_FILE
 

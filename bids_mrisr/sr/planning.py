@@ -74,8 +74,8 @@ def activation_bytes_per_pixel(config: ModelConfig) -> int:
     level down; experts run one after another. Router: token features and windowed attention.
     A factor 2 covers allocator slack and the conv workspace.
     """
-    base, mults, rb = config.base_width, config.channel_mults, config.num_res_blocks
-    ch = sum(base * mu * (rb + 7) / 4**lvl for lvl, mu in enumerate(mults))
+    ch = max(sum(base * mu * (rb + 7) / 4**lvl for lvl, mu in enumerate(mults))
+             for base, mults, rb in config.unet_shapes)
     ch += 3 * config.in_condition_channels + 8
     if config.kind == "teacher":
         ps, emb = config.patch_sizes, config.embed_dim

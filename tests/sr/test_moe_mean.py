@@ -222,3 +222,74 @@ def test_a_router_only_run_keeps_the_upcycled_experts_and_trains_the_router(tmp_
                                                    before.router.state_dict().values(),
                                                    strict=True)]
     assert any(moved)
+
+
+def test_students_of_other_shapes_start_experts_that_keep_them(tmp_path) -> None:
+    """Students that differ in width, levels or blocks per level upcycle into one teacher:
+    expert k keeps student k mod n's shape and computes exactly it; the shapes survive a save
+    and load, tiles align to the deepest expert, and anything else that differs is refused."""
+    from bids_mrisr.sr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from bids_mrisr.sr.objectives import predict_mean
+    from bids_mrisr.sr.training.regression import _warm_start
+
+    base = dataclasses.replace(ModelConfig.tiny_student(), prediction_type="mean",
+                               acquisition_features=3)
+    shapes = [base, dataclasses.replace(base, channel_mults=(1, 2, 2)),
+              dataclasses.replace(base, base_width=6, num_res_blocks=2)]
+    students = []
+    for k, shape in enumerate(shapes):
+        torch.manual_seed(10 + k)
+        students.append(build_model(shape).eval())
+        save_checkpoint(students[-1], tmp_path / f"s{k}", {})
+    config = ModelConfig.upcycled_teacher(base, num_experts=3, others=shapes[1:])
+    assert config.expert_shapes == ((4, (1, 2), 1), (4, (1, 2, 2), 1), (6, (1, 2), 2))
+    assert config.tile_alignment % (config.stem * 4) == 0  # three levels in expert 1
+    assert ModelConfig.upcycled_teacher(base, others=[base]).expert_shapes == ()
+    assert "expert_shapes" not in ModelConfig.upcycled_teacher(base).to_dict()
+    teacher = build_model(config)
+    _warm_start(teacher, config, [tmp_path / f"s{k}" for k in range(3)])
+    save_checkpoint(teacher, tmp_path / "teacher", {})
+    loaded = load_checkpoint(tmp_path / "teacher")
+    assert loaded.config == config
+    cond = torch.randn(2, config.in_condition_channels, 32, 32)
+    code = torch.tensor([[0.0, 1.0, 0.0], [-0.5, -1.0, 0.3]])
+    from bids_mrisr.sr.objectives import mean_call_inputs
+
+    x_t, t = mean_call_inputs(cond)
+    with torch.no_grad():
+        for k, student in enumerate(students):  # each expert alone is its student
+            only_k = torch.zeros(2, 3, 32, 32)
+            only_k[:, k] = 1
+            got = loaded.model.eval()(x_t, cond, t, gates=only_k, acquisition=code)
+            torch.testing.assert_close(got, predict_mean(student, cond, code),
+                                       rtol=1e-4, atol=1e-5)
+        with pytest.raises(ValueError, match="cannot be mixed"):
+            loaded.model(x_t, cond, t, return_features=True, acquisition=code)
+    # the engine runs it as any teacher: tiles on the deepest expert's grid, gate maps out
+    import numpy as np
+
+    from bids_mrisr.sr.inference import run_loaded
+    from bids_mrisr.sr.options import SROptions
+    from tests.sr.test_regression import _sharp_phantom
+
+    vol = _sharp_phantom((36, 40, 30))
+    result = run_loaded(vol, loaded.model, loaded.config,
+                        SROptions(method="teacher", blurred_axes=(2,), axis_factors=(1, 1, 3),
+                                  threads=1, flip_views=1))
+    assert result.image.shape == vol.shape and np.isfinite(result.image).all()
+    assert result.gates is not None and result.gates.shape == (3, *vol.shape)
+    # its output can teach a student, its mixed-shape features cannot
+    from bids_mrisr.sr.training.distill_mean import MeanDistillRecipe, _teacher_for
+
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match="cannot guide a student"):
+        _teacher_for(tmp_path / "teacher", students[0], MeanDistillRecipe(), cpu)
+    _, projector, _ = _teacher_for(tmp_path / "teacher", students[0],
+                                   MeanDistillRecipe(feature_weight=0.0), cpu)
+    assert projector is None
+    other = dataclasses.replace(base, context_slices=1)
+    with pytest.raises(ValueError, match="differ in base_width, channel_mults and "):
+        ModelConfig.upcycled_teacher(base, others=[other])
+    save_checkpoint(build_model(other), tmp_path / "other", {})
+    with pytest.raises(CheckpointError, match="differ in base_width"):
+        _warm_start(build_model(config), config, [tmp_path / "s0", tmp_path / "other"])

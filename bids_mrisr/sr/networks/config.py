@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,13 @@ class ModelConfig:
     num_heads: int = 4
     window_size: int = 4
     """Attention window side in coarsest-patch units (4 -> 64x64 px windows); 0 = global."""
+    expert_shapes: tuple[tuple[int, tuple[int, ...], int], ...] = ()
+    """Per expert ``(base_width, channel_mults, num_res_blocks)`` where the experts differ in
+    architecture (empty: every expert has the config's own). A teacher upcycled from students of
+    different shapes keeps each student's (:meth:`upcycled_teacher`). Why: students of one
+    architecture trained with other seeds were too alike for routing to add anything
+    (benchmarks/EXPERIMENTS.md, ``router-three-seed-experts``), while the mean of two
+    architectures beat its members (``ensemble-two-independent-networks``)."""
     gate_temperature: float = 0.2
     router_top_k: int = 0
     """0: every token mixes all experts (dense softmax). k >= 1: each token keeps its k most
@@ -95,6 +103,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name in ("channel_mults", "expert_names", "expert_biases", "patch_sizes"):
             setattr(self, name, tuple(getattr(self, name)))
+        self.expert_shapes = tuple((int(w), tuple(int(m) for m in mults), int(blocks))
+                                   for w, mults, blocks in self.expert_shapes)
         problems: list[str] = []
         if self.kind not in KINDS:
             problems.append(f"kind must be one of {KINDS}, got {self.kind!r}")
@@ -130,6 +140,12 @@ class ModelConfig:
                 problems.append("window_size and encoder_depth must be >= 0")
             if self.gate_temperature <= 0:
                 problems.append("gate_temperature must be > 0")
+            if self.expert_shapes and len(self.expert_shapes) != self.num_experts:
+                problems.append("expert_shapes must be empty or have num_experts entries")
+            if any(w < 1 or not mults or min(mults) < 1 or blocks < 1
+                   for w, mults, blocks in self.expert_shapes):
+                problems.append("expert_shapes: widths, channel_mults and blocks must be "
+                                "positive")
             if not 0 <= self.router_top_k <= self.num_experts:
                 problems.append("router_top_k must be between 0 and num_experts")
         if problems:
@@ -152,12 +168,25 @@ class ModelConfig:
         """Channels of the condition stack: the centre slice and m neighbours on each side."""
         return 2 * self.context_slices + 1
 
+    def expert_shape(self, k: int) -> tuple[int, tuple[int, ...], int]:
+        """Expert ``k``'s ``(base_width, channel_mults, num_res_blocks)``."""
+        if self.expert_shapes:
+            return self.expert_shapes[k]
+        return self.base_width, self.channel_mults, self.num_res_blocks
+
+    @property
+    def unet_shapes(self) -> list[tuple[int, tuple[int, ...], int]]:
+        """The shape of every U-Net the network runs (one for a student, one per expert)."""
+        if self.kind != "teacher":
+            return [(self.base_width, self.channel_mults, self.num_res_blocks)]
+        return [self.expert_shape(k) for k in range(self.num_experts)]
+
     @property
     def tile_alignment(self) -> int:
         """Tile origins on multiples of this see the same internal grids (U-Net pooling, router
         patches and attention windows), so overlapping tiles agree; tile sizes that are
         multiples of it need no internal padding."""
-        unet = self.stem * 2 ** (len(self.channel_mults) - 1)
+        unet = self.stem * 2 ** (max(len(mults) for _, mults, _ in self.unet_shapes) - 1)
         if self.kind != "teacher":
             return unet
         return math.lcm(unet, self.patch_sizes[0] * max(self.window_size, 1))
@@ -165,6 +194,11 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (tuples become lists)."""
         out = dataclasses.asdict(self)
+        if self.expert_shapes:
+            out["expert_shapes"] = [[w, list(mults), blocks] for w, mults, blocks in
+                                    self.expert_shapes]
+        else:  # one architecture: model.json stays as it was before experts could differ
+            del out["expert_shapes"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
     @classmethod
@@ -191,12 +225,25 @@ class ModelConfig:
 
     @classmethod
     def upcycled_teacher(cls, student: ModelConfig, num_experts: int = 3,
-                         router_top_k: int = 2) -> ModelConfig:
+                         router_top_k: int = 2, others: Sequence[ModelConfig] = ()
+                         ) -> ModelConfig:
         """A mean teacher whose experts have ``student``'s architecture, so that each can start
         as a copy of a trained student (sparse upcycling, Komatsuzaki et al. 2022): the mixture
         then starts exactly at the student and the routed experts can only specialise from
         there. The first expert also sees the Laplacian of the centre slice (zero weights at
-        the start); the others are plain."""
+        the start); the others are plain.
+
+        ``others``: more students, expert k taking the shape of ``[student, *others][k % n]``.
+        They may differ from ``student`` in width, levels and blocks per level (each expert
+        then keeps its student's, in ``expert_shapes``), in nothing else (ValueError)."""
+        students = [student, *others]
+        for other in others:
+            if dataclasses.replace(other, base_width=student.base_width,
+                                   channel_mults=student.channel_mults,
+                                   num_res_blocks=student.num_res_blocks) != student:
+                raise ValueError("the experts' students may differ in base_width, "
+                                 "channel_mults and num_res_blocks only")
+        shapes = tuple(students[k % len(students)].unet_shapes[0] for k in range(num_experts))
         return cls(kind="teacher", context_slices=student.context_slices,
                    base_width=student.base_width, channel_mults=student.channel_mults,
                    num_res_blocks=student.num_res_blocks, time_dim=student.time_dim,
@@ -205,7 +252,8 @@ class ModelConfig:
                    expert_names=("edges",) + tuple(f"plain{k}" for k in range(1, num_experts)),
                    expert_biases=("edge",) + ("none",) * (num_experts - 1),
                    router_top_k=router_top_k, prediction_type="mean",
-                   residual_scale=student.residual_scale)
+                   residual_scale=student.residual_scale,
+                   expert_shapes=() if len(set(shapes)) == 1 else shapes)
 
     @classmethod
     def student_default(cls) -> ModelConfig:

@@ -25,16 +25,19 @@ _LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
 class Expert(nn.Module):
     """One conditional U-Net plus its optional fixed inductive bias (see ``EXPERT_BIASES``)."""
 
-    def __init__(self, config: ModelConfig, bias: str) -> None:
+    def __init__(self, config: ModelConfig, bias: str,
+                 shape: tuple[int, tuple[int, ...], int] | None = None) -> None:
         super().__init__()
         self.bias = bias
         self.centre = config.context_slices
         extra = 1 if bias == "edge" else 0
+        width, mults, blocks = shape or (config.base_width, config.channel_mults,
+                                         config.num_res_blocks)
         self.unet = ConditionalUNet(
             in_channels=1 + config.in_condition_channels + extra,
-            base_width=config.base_width,
-            channel_mults=config.channel_mults,
-            num_res_blocks=config.num_res_blocks,
+            base_width=width,
+            channel_mults=mults,
+            num_res_blocks=blocks,
             time_dim=config.time_dim,
             dilated_mid=bias == "dilated",
             dropout=config.dropout,
@@ -76,7 +79,8 @@ class MoETeacher(nn.Module):
         )
         self.router = TokenRouter(config.embed_dim, config.num_experts, config.gate_temperature,
                                   config.router_top_k)
-        self.experts = nn.ModuleList(Expert(config, b) for b in config.expert_biases)
+        self.experts = nn.ModuleList(Expert(config, b, config.expert_shape(k))
+                                     for k, b in enumerate(config.expert_biases))
 
     @property
     def expert_names(self) -> list[str]:
@@ -166,6 +170,9 @@ class MoETeacher(nn.Module):
         out = (g * preds).sum(dim=1, keepdim=True)
         if not return_features:
             return out
+        if len({tuple(f.shape[1] for f in fs) for fs in feats}) > 1:
+            raise ValueError("the experts differ in architecture: their decoder features "
+                             "cannot be mixed (feature guidance needs one architecture)")
         mixed = []
         for level in range(len(feats[0])):
             fh, fw = feats[0][level].shape[-2:]

@@ -235,6 +235,9 @@ def _teacher_for(teacher_dir: str | Path | None, student: nn.Module,
     if (t_cfg.context_slices, t_cfg.residual_scale) != (config.context_slices,
                                                          config.residual_scale):
         raise ValueError("teacher and student must share context_slices and residual_scale")
+    if recipe.feature_weight and t_cfg.expert_shapes:
+        raise ValueError(f"{teacher_dir}: its experts differ in architecture, so their features "
+                         "cannot guide a student: distil from its output (feature_weight 0)")
     projector = (FeatureProjector(student, teacher, identity=recipe.init_from is not None)
                  .to(dev) if recipe.feature_weight else None)
     return teacher.to(dev), projector, teacher_sha

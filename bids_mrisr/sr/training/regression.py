@@ -325,7 +325,7 @@ def _warm_start(model: nn.Module, config: ModelConfig,
                 init_from: str | Path | Sequence[str | Path]) -> dict[str, Any]:
     """Copy a verified checkpoint's weights into ``model``; refuse another architecture.
 
-    Several checkpoints (students of one architecture) start a MoE teacher's experts in turn.
+    Several checkpoints (students) start a MoE teacher's experts in turn.
 
     Two changes keep the start computing exactly what the checkpoint did, so fine-tuning
     starts from its quality: a blind checkpoint may start a conditioned network (the
@@ -415,25 +415,27 @@ def _upcycle(model: nn.Module, config: ModelConfig, students: Sequence[Any],
     stays random). An expert with extra input channels (the edge expert's Laplacian) gets the
     student's input weights for the channels they share and zeros for the rest, so every
     expert computes exactly its student. One student: every expert and so any mixture starts
-    at it. Several students (of one architecture, e.g. snapshots of one campaign): expert k
-    starts as student k mod n, so the experts start different and uniform gates start as the
-    ensemble of the students. A blind student may start a conditioned teacher: the experts'
-    acquisition input starts at zero, as in :func:`_warm_start`."""
+    at it. Several students (e.g. seeds or snapshots of one campaign, or networks of other
+    widths and depths): expert k starts as student k mod n, with its architecture, so the
+    experts start different and uniform gates start as the ensemble of the students. A blind
+    student may start a conditioned teacher: the experts' acquisition input starts at zero, as
+    in :func:`_warm_start`."""
     from bids_mrisr.sr.checkpoint import CheckpointError
 
     loaded = students[0]
-    expected = ModelConfig.upcycled_teacher(loaded.config, config.num_experts,
-                                            config.router_top_k)
+    try:
+        expected = ModelConfig.upcycled_teacher(loaded.config, config.num_experts,
+                                                config.router_top_k,
+                                                [c.config for c in students[1:]])
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoints {', '.join(map(str, directories))}: {exc}"
+                              ) from None
     if not loaded.config.acquisition_features:
         config = dataclasses.replace(config, acquisition_features=0)
     if config != expected or loaded.config.prediction_type != "mean":
         raise CheckpointError(f"checkpoint {directories[0]}: a student upcycles only into "
                               "ModelConfig.upcycled_teacher(its config) (bids_mrisr train "
                               "--recipe moe --init-weights STUDENT)")
-    for other, directory in zip(students[1:], directories[1:], strict=True):
-        if other.config != loaded.config:
-            raise CheckpointError(f"checkpoint {directory}: another architecture than "
-                                  f"{directories[0]}; the experts' students must share one")
     with torch.no_grad():
         for k, expert in enumerate(model.experts):
             source = students[k % len(students)].model.unet.state_dict()
