@@ -394,17 +394,25 @@ def _campaign_args(run_sh: Path, **env: str):
 
     run = subprocess.run(["bash", str(run_sh), "60"], capture_output=True, text=True, check=True,
                          env={"PATH": os.environ["PATH"], **env, "PYTHON": "echo"})
-    words = run.stdout.split()
-    return build_parser().parse_args(["data", *words[words.index("train") + 2:]])
+    words = run.stdout.split()[run.stdout.split().index("train") + 2:]
+    for i in range(1, len(words)):  # run.sh runs in its folder: a recipe file is relative to it
+        if words[i - 1] == "--recipe-file":
+            words[i] = str(run_sh.parent / words[i])
+    return build_parser().parse_args(["data", *words])
 
 
-CAMPAIGNS = {"width-32 (finished)": ({}, 32, 150000, "out", 0),
-             "width-48 (finished)": ({"WIDTH": "48", "STEPS": "50000", "OUT": "out-width48"},
-                                     48, 50000, "out-width48", 0),
-             "width-32, seed 1 (finished)": ({"SEED": "1", "OUT": "out-seed1"}, 32, 150000,
-                                             "out-seed1", 1),
-             "width-32, seed 2 (finished)": ({"SEED": "2", "OUT": "out-seed2"}, 32, 150000,
-                                             "out-seed2", 2)}
+CAMPAIGNS = {  # name: (run.sh environment, network beyond the default, steps, OUT, seed, lr)
+    "width-32 (finished)": ({}, {}, 150000, "out", 0, 2e-3),
+    "width-48 (finished)": ({"WIDTH": "48", "STEPS": "50000", "OUT": "out-width48"},
+                            {"base_width": 48}, 50000, "out-width48", 0, 2e-3),
+    "width-32, seed 1 (finished)": ({"SEED": "1", "OUT": "out-seed1"}, {}, 150000,
+                                    "out-seed1", 1, 2e-3),
+    "width-32, seed 2 (finished)": ({"SEED": "2", "OUT": "out-seed2"}, {}, 150000,
+                                    "out-seed2", 2, 2e-3),
+    "four levels": ({"RECIPE": "levels4.toml", "OUT": "out-levels4"},
+                    {"channel_mults": (1, 1, 2, 2)}, 150000, "out-levels4", 0, 1e-3),
+    "two blocks per level": ({"RECIPE": "deep2.toml", "OUT": "out-deep2"},
+                             {"num_res_blocks": 2}, 150000, "out-deep2", 0, 2e-3)}
 
 
 def test_the_campaign_command_passes_a_stop_step_only_when_asked():
@@ -427,16 +435,16 @@ def test_the_campaign_command_still_builds_the_network_and_recipe_it_resumes(cam
     from bids_mrisr.sr.networks.factory import build_model
     from bids_mrisr.sr.training.regression import RegressionRecipe
 
-    env, width, steps, out, seed = CAMPAIGNS[campaign]
+    env, network, steps, out, seed, lr = CAMPAIGNS[campaign]
     scripts = Path(__file__).parents[1] / "scripts" / "campaign"
     args = _campaign_args(scripts / "run.sh", **env)
     assert args.output_dir.name == out
     options = read_recipe_file(args.recipe_file, args.recipe)
     config = network_config(args, options, False, None)
     assert config == dataclasses.replace(ModelConfig.student_default(), prediction_type="mean",
-                                         acquisition_features=3, base_width=width)
+                                         acquisition_features=3, **network)
     assert regression_recipe(args, options) == RegressionRecipe(
-        steps=steps, minutes=None, batch_size=16, lr=2e-3, seed=seed, crop=64,
+        steps=steps, minutes=None, batch_size=16, lr=lr, seed=seed, crop=64,
         factor_range=(1.5, 5.0), device="auto", workers=0, zoom_range=(1.0, 1.0),
         multi_axis_rate=0.0, profiles=("gaussian", "box"), stop_minutes=60.0)
     # What the campaign committed: its resumable state while it runs, its final weights once
