@@ -394,7 +394,8 @@ def _campaign_args(run_sh: Path, **env: str):
 
     run = subprocess.run(["bash", str(run_sh), "60"], capture_output=True, text=True, check=True,
                          env={"PATH": os.environ["PATH"], **env, "PYTHON": "echo"})
-    words = run.stdout.split()[run.stdout.split().index("train") + 2:]
+    words = run.stdout.split()
+    words = words[words.index("train") + 2:]
     for i in range(1, len(words)):  # run.sh runs in its folder: a recipe file is relative to it
         if words[i - 1] == "--recipe-file":
             words[i] = str(run_sh.parent / words[i])

@@ -26,13 +26,12 @@ class Expert(nn.Module):
     """One conditional U-Net plus its optional fixed inductive bias (see ``EXPERT_BIASES``)."""
 
     def __init__(self, config: ModelConfig, bias: str,
-                 shape: tuple[int, tuple[int, ...], int] | None = None) -> None:
+                 shape: tuple[int, tuple[int, ...], int]) -> None:
         super().__init__()
         self.bias = bias
         self.centre = config.context_slices
         extra = 1 if bias == "edge" else 0
-        width, mults, blocks = shape or (config.base_width, config.channel_mults,
-                                         config.num_res_blocks)
+        width, mults, blocks = shape  # config.expert_shape(k)
         self.unet = ConditionalUNet(
             in_channels=1 + config.in_condition_channels + extra,
             base_width=width,
